@@ -1,0 +1,69 @@
+"""The ``hybridhash`` command: one sub-command per module in :mod:`hybridhash.commands`.
+
+Each command module exposes ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``.
+``main(argv)`` runs in-process, so tests drive the whole CLI without a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import HybridHashError
+
+# (sub-command, module under hybridhash.commands)
+COMMANDS = [
+    ("models", "models"),
+    ("data", "data"),
+    ("train", "train"),
+    ("evaluate", "evaluate"),
+    ("encode", "encode"),
+    ("index", "index"),
+    ("search", "search"),
+    ("serve", "serve"),
+    ("demo", "demo"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridhash",
+        description="Deep-hashing image retrieval with HybridHash: train, evaluate, encode, index, search, serve.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS:
+        try:
+            module = importlib.import_module(f"hybridhash.commands.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"hybridhash.commands.{module_name}":
+                continue  # command not available in this build
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.configure(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except HybridHashError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

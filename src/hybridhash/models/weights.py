@@ -1,0 +1,291 @@
+"""Reading and writing weights: the project format, ImageNet NesT weights, and checked loading.
+
+Never unpickles: project checkpoints are safetensors + JSON; foreign ``.pth`` files are read with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from timm.models.nest import resize_pos_embed
+
+from ..errors import CheckpointError, CheckpointMismatchError
+from ..fileio import atomic_path, read_json, write_json
+from .hybridhash import HybridHash, HybridHashConfig
+
+_log = logging.getLogger(__name__)
+
+FORMAT = "hybridhash"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+PathLike = Union[str, Path]
+
+
+# --------------------------------------------------------------------------------------------
+# raw state dicts
+
+def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pth``/``.pt``/``.bin`` file (weights only).
+
+    A ``.pth`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or corrupt files
+        raise CheckpointError(f"{path}: not a weights-only PyTorch checkpoint ({_first_line(err)})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
+    return obj
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointMismatchError (one line) unless ``state_dict`` has exactly the model's keys and shapes."""
+    own = model.state_dict()
+    cfg: Optional[HybridHashConfig] = getattr(model, "config", None)
+    bits_key = "hash_head.to_bits.weight"
+    if cfg is not None and bits_key in state_dict and bits_key in own:
+        got = state_dict[bits_key].shape[0]
+        if got != cfg.bits:
+            raise CheckpointMismatchError(f"{source} makes {got}-bit codes, the model {cfg.bits}-bit ones")
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    name = cfg.preset if cfg is not None else type(model).__name__
+    if wrong:
+        k = wrong[0]
+        raise CheckpointMismatchError(
+            f"{source} is not a checkpoint of this {name} model: {len(wrong)} tensors differ in shape, "
+            f"e.g. {k} is {tuple(state_dict[k].shape)} there and {tuple(own[k].shape)} here")
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointMismatchError(f"{source} does not fit this {name} model: keys {', '.join(parts)}")
+
+
+def load_checked(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` after :func:`check_state_dict`, so errors are one line."""
+    check_state_dict(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def fingerprint_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
+    """A short stable hash of tensor names, shapes, dtypes and values (identifies a trained model)."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    return fingerprint_state_dict(model.state_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# the project format
+
+def save_pretrained(model: HybridHash, directory: PathLike, **extra: Any) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (preset, overrides, bits, preprocessing).
+
+    ``extra`` is stored under ``"extra"`` in the JSON (e.g. training metadata). Both writes are atomic;
+    the weights are written first, so a config always describes complete weights.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    write_json(directory / CONFIG_NAME, {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "preset": model.config.preset,
+        "bits": model.config.bits,
+        "config": model.config.to_dict(),
+        "preprocess": model.config.preprocess,
+        "fingerprint": fingerprint_state_dict(state),
+        "extra": extra,
+    })
+    return directory
+
+
+def read_config(directory: PathLike) -> Dict[str, Any]:
+    """The ``config.json`` of a project checkpoint directory, validated."""
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_NAME if directory.is_dir() else directory.with_name(CONFIG_NAME)
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{directory}: not a hybridhash checkpoint (no {CONFIG_NAME})")
+    try:
+        meta = read_json(cfg_path)
+    except ValueError as err:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"{cfg_path}: not a hybridhash checkpoint config")
+    return meta
+
+
+def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optional[str] = None,
+                    map_location: str = "cpu") -> HybridHash:
+    """Load a model saved with :meth:`HybridHash.save_pretrained`.
+
+    ``path`` is the directory (or its ``model.safetensors``). ``bits``/``preset``, when given, must
+    match the checkpoint, else CheckpointMismatchError names both.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    meta = read_config(path)
+    weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
+    cfg = HybridHashConfig.from_dict(meta["config"])
+    if bits is not None and cfg.bits != bits:
+        raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
+    if preset is not None and cfg.preset != preset:
+        raise CheckpointMismatchError(f"{path} is a {cfg.preset} checkpoint, {preset} was asked for")
+    model = HybridHash(cfg)
+    state = read_state_dict(weights)
+    load_checked(model, state, str(path))
+    model.fingerprint = meta.get("fingerprint") or fingerprint_state_dict(state)
+    model.checkpoint_meta = meta
+    return model.to(map_location)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet NesT weights
+
+_BEYOND = re.compile(r"^levels\.(\d+)\.transformer_encoder\.(\d+)\.")
+
+
+@dataclass
+class LoadReport:
+    """What happened to each tensor when NesT weights were loaded into a HybridHash model."""
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    resized: List[str] = field(default_factory=list)
+    dropped: List[str] = field(default_factory=list)
+    left_at_init: List[str] = field(default_factory=list)
+
+    @staticmethod
+    def _groups(keys: List[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for k in keys:
+            if k.startswith("hash_head."):
+                g = "hash_head"
+            elif ".pool.conv_glo." in k or ".pool.global_attention." in k:
+                g = k.split(".pool.")[0] + ".pool (global branch)"
+            elif k.startswith("head."):
+                g = "head (classifier)"
+            elif _BEYOND.match(k):
+                m = _BEYOND.match(k)
+                g = f"levels.{m.group(1)}.transformer_encoder beyond the configured depth"
+            else:
+                g = k.rsplit(".", 1)[0]
+            out[g] = out.get(g, 0) + 1
+        return out
+
+    @property
+    def left_at_init_groups(self) -> Dict[str, int]:
+        return self._groups(self.left_at_init)
+
+    @property
+    def dropped_groups(self) -> Dict[str, int]:
+        return self._groups(self.dropped)
+
+    def __str__(self) -> str:
+        def fmt(d: Dict[str, int]) -> str:
+            return "; ".join(f"{k}: {v}" for k, v in d.items()) or "none"
+        return (f"weights from {self.source}: loaded {len(self.loaded)} tensors "
+                f"({len(self.resized)} position embeddings resized); dropped {len(self.dropped)} "
+                f"[{fmt(self.dropped_groups)}]; left at init {len(self.left_at_init)} "
+                f"[{fmt(self.left_at_init_groups)}]")
+
+
+def _imagenet_state_dict(source_name: str) -> Dict[str, torch.Tensor]:
+    import timm
+
+    try:  # timm downloads the weights from the Hugging Face hub on a user's machine
+        nest = timm.create_model(source_name, pretrained=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"could not fetch ImageNet weights {source_name!r} through timm ({_first_line(err)}); "
+            f"download them elsewhere and pass the file as pretrained=<path>") from None
+    return nest.state_dict()
+
+
+def load_nest_weights(model: HybridHash, source: Union[str, Path, Dict[str, torch.Tensor]]) -> LoadReport:
+    """Load NesT weights (timm names) into the matching parameters of ``model``.
+
+    ``source`` is ``"imagenet"`` (timm's weights for the preset), a file path, or a state dict.
+    Position embeddings are resized to the model's image size; NesT's classifier and layers beyond
+    the configured depth are dropped; the global branches and the hash head keep their init.
+    Raises CheckpointMismatchError if tensors of the same name do not fit (another model size).
+    """
+    if isinstance(source, dict):
+        state, name = source, "state dict"
+    elif str(source) == "imagenet":
+        if not model.config.pretrained_source:
+            raise CheckpointError(f"preset {model.config.preset} has no ImageNet weights")
+        state, name = _imagenet_state_dict(model.config.pretrained_source), f"timm:{model.config.pretrained_source}"
+    else:
+        state, name = read_state_dict(source), str(source)
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+    own = model.state_dict()
+    report = LoadReport(source=name)
+    new_state = dict(own)
+    wrong = []
+    for k, v in state.items():
+        if k not in own:
+            report.dropped.append(k)
+            continue
+        if v.shape != own[k].shape:
+            if k.endswith(".pos_embed") and v.dim() == 4 and v.shape[1] == own[k].shape[1] and v.shape[3] == own[k].shape[3]:
+                v = resize_pos_embed(v.float(), own[k])
+                report.resized.append(k)
+            else:
+                wrong.append(k)
+                continue
+        new_state[k] = v.to(own[k].dtype)
+        report.loaded.append(k)
+    if wrong:
+        k = wrong[0]
+        raise CheckpointMismatchError(
+            f"{name} does not fit {model.config.preset}: {len(wrong)} tensors differ in shape, e.g. {k} is "
+            f"{tuple(state[k].shape)} there and {tuple(own[k].shape)} here (another model size?)")
+    if not report.loaded:
+        raise CheckpointMismatchError(f"{name}: no tensor matches a HybridHash parameter; is it a NesT state dict?")
+    report.left_at_init = [k for k in own if k not in set(report.loaded)]
+    model.load_state_dict(new_state, strict=True)
+    _log.info("%s", report)
+    return report
