@@ -1,0 +1,123 @@
+"""The retrieval protocols as data: which images are queries, which train, which form the database.
+
+One row per protocol of the benchmark table (SPEC sec 6), plus the embedded ``digits`` default and
+two generic layouts, ``list:<dir>`` (DeepHash-style list files) and ``folder:<dir>`` (one
+sub-folder per class). Nothing here touches the disk; :mod:`hybridhash.data.load` builds the sets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Union
+
+from ..errors import DataError
+
+# A per-class size: an int is a count of images, a float in (0, 1) a fraction of the class.
+Count = Union[int, float]
+
+# how the database is formed from the per-class draw
+DATABASE_RULES = (
+    "rest",       # every image that is neither query nor train (train and database disjoint)
+    "non_query",  # every image that is not a query (train is a subset of the database)
+    "train",      # the training images themselves
+    "list",       # database.txt of a list-file directory
+)
+
+# list-file names of a DeepHash-style directory, by set
+LIST_FILES = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """One protocol: its label space, its metric and how its sets are drawn.
+
+    ``query``/``train`` are per-class sizes for the per-class kinds (digits, cifar, folder);
+    ``train=None`` there means every image that is not a query. List-file protocols take their
+    sets from the files and only quote the published sizes in ``published``.
+    """
+
+    name: str
+    kind: str  # "digits" | "cifar" | "list" | "folder"
+    n_class: Optional[int]  # None: read from the data (list:, folder:)
+    multi_label: Optional[bool]  # None: read from the data
+    topk: Optional[int]  # mAP@topk; None means over the whole database ("all")
+    database: str
+    query: Optional[Count] = None
+    train: Optional[Count] = None
+    published: Dict[str, int] = field(default_factory=dict)
+    # memory-bank rows of the original code (the loss's quirk); None: the training set's size
+    original_bank_rows: Optional[int] = None
+    description: str = ""
+
+    @property
+    def per_class(self) -> bool:
+        return self.kind in ("digits", "cifar", "folder")
+
+    @property
+    def topk_label(self) -> str:
+        return "all" if self.topk is None else str(self.topk)
+
+
+_CIFAR = dict(kind="cifar", n_class=10, multi_label=False, topk=None, original_bank_rows=10000)
+_LISTS = dict(kind="list", database="list")
+
+PROTOCOLS: Dict[str, ProtocolSpec] = {p.name: p for p in [
+    ProtocolSpec("digits", "digits", 10, False, None, "non_query", query=20, train=50,
+                 published=dict(query=200, train=500, database=1597),
+                 description="scikit-learn's bundled 8x8 digits (1797 images), no download"),
+    ProtocolSpec("cifar10", database="rest", query=100, train=500,
+                 published=dict(query=1000, train=5000, database=54000),
+                 description="CIFAR-10, 100 queries and 500 training images per class; database the other 54000",
+                 **_CIFAR),
+    ProtocolSpec("cifar10-1", database="non_query", query=100, train=500,
+                 published=dict(query=1000, train=5000, database=59000),
+                 description="CIFAR-10, 100 queries per class; database the other 59000, 500 per class of it train",
+                 **_CIFAR),
+    ProtocolSpec("cifar10-2", database="train", query=1000, train=None,
+                 published=dict(query=10000, train=50000, database=50000),
+                 description="CIFAR-10, 1000 queries per class; the other 50000 train and form the database",
+                 **_CIFAR),
+    ProtocolSpec("nuswide_21", n_class=21, multi_label=True, topk=5000,
+                 published=dict(query=2100, train=10500),
+                 description="NUS-WIDE, the 21 most frequent concepts (list files)", **_LISTS),
+    ProtocolSpec("nuswide_21_m", n_class=21, multi_label=True, topk=5000,
+                 published=dict(query=2100, train=10500),
+                 description="NUS-WIDE, 21 concepts, the '_m' list files", **_LISTS),
+    ProtocolSpec("nuswide_81_m", n_class=81, multi_label=True, topk=5000,
+                 published=dict(query=5000, train=10000),
+                 description="NUS-WIDE, all 81 concepts (list files)", **_LISTS),
+    ProtocolSpec("coco", n_class=80, multi_label=True, topk=5000,
+                 published=dict(query=5000, train=10000),
+                 description="MS-COCO, 80 categories (list files)", **_LISTS),
+    ProtocolSpec("imagenet", n_class=100, multi_label=False, topk=1000,
+                 published=dict(query=5000, train=13000, database=128503),
+                 description="ImageNet, 100 classes (list files; single-label stored multi-hot)", **_LISTS),
+    ProtocolSpec("list", n_class=None, multi_label=None, topk=None,
+                 description="any directory of train.txt / test.txt / database.txt list files", **_LISTS),
+    ProtocolSpec("folder", "folder", None, False, None, "non_query", query=0.1, train=0.5,
+                 description="one sub-folder per class; per class 10% queries, the rest the database, "
+                             "half of that train"),
+]}
+
+
+def list_protocols() -> List[str]:
+    """Names accepted by :func:`~hybridhash.data.load_protocol` (``list`` and ``folder`` also as
+    ``list:<dir>`` / ``folder:<dir>``)."""
+    return list(PROTOCOLS)
+
+
+def get_spec(name: str) -> Tuple[ProtocolSpec, Optional[str]]:
+    """Look up a protocol by name. Returns ``(spec, directory)``; the directory is the part after
+    ``list:`` or ``folder:`` (None otherwise)."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"dataset name must be a non-empty string, got {name!r}")
+    base, sep, directory = name.partition(":")
+    if sep:
+        if base not in ("list", "folder"):
+            raise DataError(f"unknown dataset {name!r}: only list:<dir> and folder:<dir> take a directory")
+        if not directory:
+            raise DataError(f"dataset {name!r} names no directory")
+        return PROTOCOLS[base], directory
+    spec = PROTOCOLS.get(name)
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(list_protocols())}, list:<dir>, folder:<dir>")
+    return spec, None
