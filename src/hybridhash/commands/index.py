@@ -1,0 +1,39 @@
+"""``hybridhash index``: build a HashIndex over a code collection and save it beside the manifest."""
+from __future__ import annotations
+
+HELP = "build and save the search index of a code collection"
+DESCRIPTION = ("Build a binary index over the codes of a collection written by `hybridhash encode` and save it "
+               "(CODES/index.faiss and its JSON sidecar by default), where `hybridhash search` and "
+               "`hybridhash serve` find it. `flat` is exact; the other kinds are sub-linear and approximate.")
+
+
+def configure(p):
+    from hybridhash.index import KINDS
+
+    p.add_argument("--codes", required=True, help="the collection directory (from hybridhash encode)")
+    p.add_argument("--kind", default="flat", choices=list(KINDS), help="index kind")
+    p.add_argument("--nlist", type=int, default=None, help="ivf: number of cells (None: chosen from the count)")
+    p.add_argument("--nprobe", type=int, default=None, help="ivf: cells scanned per query (None: the index default)")
+    p.add_argument("--out", default=None, help="directory to save the index in (None: the collection directory)")
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from hybridhash.collection import open_collection
+    from hybridhash.errors import ConfigError
+    from hybridhash.retrieval import INDEX_FILE, build_index
+
+    params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
+    if params and args.kind == "flat":
+        raise ConfigError(f"--{next(iter(params))} applies to ivf indexes, not flat")
+    col = open_collection(args.codes)
+    t0 = time.perf_counter()
+    index = build_index(col, args.kind, **params)
+    seconds = time.perf_counter() - t0
+    path = Path(args.out if args.out is not None else col.directory) / INDEX_FILE
+    index.save(path, fingerprint=col.fingerprint)
+    print(f"{args.kind} index of {col.count} {col.bits}-bit codes: {index.memory_bytes()} bytes in memory, "
+          f"built in {seconds:.2f} s, saved to {path}")
+    return 0

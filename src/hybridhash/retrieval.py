@@ -1,0 +1,230 @@
+"""``Retriever``: a model, a code collection and its index; images in, nearest items out.
+
+Query images go through exactly the evaluation pipeline the collection was encoded with (the
+model's preprocessing, :func:`hybridhash.encode.eval_transform`), decoded by
+:func:`~hybridhash.data.images.open_image` under a pixel limit. One Retriever may serve
+concurrent searches (a web server's threads): the model forward and the index search each hold a lock.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .collection import Collection, open_collection
+from .data.images import DEFAULT_MAX_PIXELS, open_image
+from .encode import eval_transform, model_preprocess
+from .errors import CheckpointError, ConfigError, DataError, IndexMismatchError
+
+if TYPE_CHECKING:
+    from .index import HashIndex
+
+_log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"  # saved beside the manifest by `hybridhash index`
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image]
+
+
+@dataclass
+class Hit:
+    """One search result: ``rank`` is 1-based, ``distance`` the Hamming distance in bits."""
+
+    rank: int
+    id: int
+    distance: int
+    path: str
+    label: Optional[str]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def index_path(directory: Union[str, os.PathLike]) -> Path:
+    """Where ``hybridhash index`` saves the index of the collection in ``directory``."""
+    return Path(directory) / INDEX_FILE
+
+
+class Retriever:
+    """Search a code collection with images.
+
+    Attributes:
+        bits: code length.
+        count: items in the collection.
+        collection: the :class:`~hybridhash.collection.Collection`.
+        model: the hashing model (eval mode, on ``device``).
+        preprocess: the preprocessing dict the queries go through.
+        index: the :class:`~hybridhash.index.HashIndex` over the collection's codes.
+    """
+
+    def __init__(self, model: torch.nn.Module, collection: Collection, index: "HashIndex", *,
+                 device: Union[str, torch.device] = "cpu", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                 checkpoint: Optional[str] = None):
+        from .encode import _fingerprint
+
+        source = checkpoint or "the model"
+        if int(model.bits) != collection.bits:
+            raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, {source} makes "
+                                     f"{model.bits}-bit codes")
+        fp = _fingerprint(model)
+        if collection.fingerprint != fp:
+            raise IndexMismatchError(f"{collection.directory} was encoded by model {collection.fingerprint}, "
+                                     f"{source} is model {fp}; encode the images again with it")
+        pre = model_preprocess(model)
+        if collection.preprocess is not None and collection.preprocess != pre:
+            raise IndexMismatchError(f"{collection.directory} was encoded with preprocessing {collection.preprocess}, "
+                                     f"{source} now uses {pre}")
+        ntotal = int(index.ntotal)
+        if ntotal != collection.count:
+            raise IndexMismatchError(f"the index holds {ntotal} codes, the collection {collection.directory} "
+                                     f"{collection.count}; rebuild it with `hybridhash index`")
+        self.collection = collection
+        self.index = index
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess = pre
+        self.max_pixels = max_pixels
+        self.transform = eval_transform(model)
+        self._model_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+
+    @property
+    def bits(self) -> int:
+        return self.collection.bits
+
+    @property
+    def count(self) -> int:
+        return self.collection.count
+
+    @classmethod
+    def open(cls, index_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str, os.PathLike]] = None,
+             device: Union[str, torch.device] = "cpu", kind: Optional[str] = None, *,
+             max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, root: Optional[Union[str, os.PathLike]] = None,
+             ) -> "Retriever":
+        """Open the collection in ``index_dir`` with its saved index and a model.
+
+        Args:
+            checkpoint: a project checkpoint directory; default the one named in the manifest.
+            kind: an index kind; None loads the saved index (or builds a flat one in memory when
+                none was saved); a kind other than the saved one is built in memory.
+            root: the image root, when the images moved since encoding.
+
+        Raises:
+            IndexMismatchError: the collection or index has another bit length or model than the checkpoint.
+        """
+        from .models import from_pretrained
+
+        collection = open_collection(index_dir, root=root)
+        ckpt = checkpoint if checkpoint is not None else collection.checkpoint
+        if ckpt is None:
+            raise CheckpointError(f"{index_dir}: the manifest names no checkpoint; pass one")
+        if checkpoint is None and not Path(ckpt).exists():
+            raise CheckpointError(f"{ckpt}: the checkpoint named in {collection.directory}/manifest.json is gone; "
+                                  f"pass the checkpoint explicitly")
+        model = from_pretrained(ckpt)
+        # refuse a wrong model before loading (and possibly building) the index
+        if int(model.bits) != collection.bits:
+            raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, checkpoint {ckpt} "
+                                     f"makes {model.bits}-bit codes")
+        index = load_or_build_index(collection, kind)
+        return cls(model, collection, index, device=device, max_pixels=max_pixels, checkpoint=str(ckpt))
+
+    # ------------------------------------------------------------------------------------------
+    def _to_tensor(self, images: Any) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            x = images[None] if images.dim() == 3 else images
+            size = self.preprocess["img_size"]
+            if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
+                raise DataError(f"a preprocessed batch must be (B, 3, {size}, {size}), got {tuple(images.shape)}")
+            return x.float()
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
+            images = [images]
+        tensors = [self.transform(self._open(img)) for img in images]  # each (3, H, W)
+        if not tensors:
+            raise DataError("no query images")
+        return torch.stack(tensors)  # (B, 3, H, W)
+
+    def _open(self, img: ImageInput) -> Image.Image:
+        if isinstance(img, Image.Image):
+            w, h = img.size
+            if self.max_pixels is not None and w * h > self.max_pixels:
+                raise DataError(f"<image>: {w}x{h} = {w * h} pixels is over the limit of {self.max_pixels}")
+            return img if img.mode == "RGB" else img.convert("RGB")
+        if isinstance(img, (bytes, bytearray)):
+            return open_image(bytes(img), self.max_pixels, name="<upload>")
+        if isinstance(img, (str, os.PathLike)):
+            return open_image(img, self.max_pixels)
+        raise DataError(f"a query image must be a path, bytes or a PIL image, got {type(img).__name__}")
+
+    def encode_images(self, images: Union[Sequence[ImageInput], ImageInput, torch.Tensor]) -> np.ndarray:
+        """Paths, bytes or PIL images (or a preprocessed batch (B, 3, H, W)) -> int8 +-1 codes (B, bits)."""
+        x = self._to_tensor(images).to(self.device)  # (B, 3, H, W)
+        with self._model_lock:
+            codes = self.model.encode(x)  # (B, bits) int8
+        return codes.cpu().numpy()
+
+    def search_codes(self, codes: np.ndarray, k: int = 10) -> List[List[Hit]]:
+        """Codes (+-1 (B, bits) or packed uint8 (B, bits/8)) -> B lists of at most ``k`` hits, nearest first
+        (ties by id); fewer than ``k`` when the collection is smaller."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        if isinstance(codes, torch.Tensor):
+            codes = codes.cpu().numpy()
+        with self._index_lock:
+            dist, ids = self.index.search(codes, int(k))  # (B, k) int32, (B, k) int64
+        out = []
+        for drow, irow in zip(dist, ids):
+            hits = []
+            for d, i in zip(drow, irow):
+                if i < 0:  # empty slot: k exceeds the collection
+                    break
+                hits.append(Hit(rank=len(hits) + 1, id=int(i), distance=int(d), path=self.collection.path(i),
+                                label=self.collection.label(i)))
+            out.append(hits)
+        return out
+
+    def search(self, images: Union[Sequence[ImageInput], ImageInput, torch.Tensor], k: int = 10) -> List[List[Hit]]:
+        """Images (see :meth:`encode_images`) -> one list of hits per image, nearest first."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        return self.search_codes(self.encode_images(images), k)
+
+    def __repr__(self) -> str:
+        return (f"Retriever({str(self.collection.directory)!r}, count={self.count}, bits={self.bits}, "
+                f"index={self.index.kind})")
+
+
+def build_index(collection: Collection, kind: str = "flat", **params: Any) -> "HashIndex":
+    """A :class:`~hybridhash.index.HashIndex` of ``kind`` over the collection's codes, in memory.
+
+    ``params`` are the kind's parameters (e.g. ``nlist``, ``nprobe`` for ``ivf``).
+    """
+    from .index import HashIndex
+
+    index = HashIndex(collection.bits, kind=kind, fingerprint=collection.fingerprint, **params)
+    if collection.count:
+        index.add(np.ascontiguousarray(collection.codes))  # (n, bits/8) uint8
+    return index
+
+
+def load_or_build_index(collection: Collection, kind: Optional[str] = None) -> "HashIndex":
+    """The saved index of ``collection`` when there is one of ``kind`` (any kind if None), else a new one.
+
+    A saved index of another bit length or model than the collection raises IndexMismatchError.
+    """
+    from .index import HashIndex
+
+    path = index_path(collection.directory)
+    if path.is_file():
+        index = HashIndex.load(path, expect_bits=collection.bits, expect_fingerprint=collection.fingerprint)
+        if kind is None or index.kind == kind:
+            return index
+        _log.info("the saved index is %s; building a %s index in memory", index.kind, kind)
+    return build_index(collection, kind or "flat")
