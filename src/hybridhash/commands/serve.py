@@ -1,0 +1,64 @@
+"""``hybridhash serve``: an indexed collection over HTTP, a JSON API and a web page."""
+from __future__ import annotations
+
+HELP = "serve an indexed collection over HTTP: a search API and a web page"
+DESCRIPTION = (
+    "Serve a collection made by `hybridhash encode` (and `hybridhash index`): POST /search with an "
+    "uploaded image, GET /items/{id} for a stored image or its thumbnail, GET /health, the API docs "
+    "at /docs and a web page at / where an image is dropped and its nearest images shown. Listens on "
+    "127.0.0.1 unless --host says otherwise; uploads are limited in bytes and in pixels.")
+
+
+def configure(p):
+    from hybridhash.serve.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+
+    p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory; none: the one the manifest names")
+    p.add_argument("--kind", default=None, help="index kind; none: the saved index, else flat")
+    p.add_argument("--root", default=None, help="the image root, when the images moved since encoding")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 opens the service (and the images) to the network")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+                   help="largest accepted upload, in MB")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest accepted image (width * height), checked before decoding")
+    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help="most results one search may ask for")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="most concurrent queries encoded in one model forward")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args) -> int:
+    from hybridhash.errors import ConfigError
+    from hybridhash.retrieval import Retriever
+    from hybridhash.serve.app import create_app
+    from hybridhash.serve.server import bind_socket, is_loopback, run_server, socket_url
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    for name in ("max_pixels", "max_k", "max_batch"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
+                               max_pixels=args.max_pixels, root=args.root)
+    app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                     max_k=args.max_k, max_batch=args.max_batch)
+    sock = bind_socket(args.host, args.port)  # bound before printing, so the URL is the real one
+    port = sock.getsockname()[1]
+    if args.host in ("0.0.0.0", "::", ""):
+        url = f"http://127.0.0.1:{port}/"
+        where = f" (listening on all interfaces, port {port})"
+    else:
+        url, where = socket_url(sock) + "/", ""
+    print(f"serving {retriever.count} images ({retriever.bits}-bit codes, "
+          f"{getattr(retriever.index, 'kind', 'flat')} index) from {retriever.collection.directory}")
+    print(f"open {url} in a browser{where}; API docs at {url}docs; Ctrl-C stops", flush=True)
+    if not is_loopback(args.host):
+        print("warning: not bound to loopback: anyone who can reach this address can search the collection "
+              "and download its images", flush=True)
+    run_server(app, sock, log_level=args.log_level)
+    return 0

@@ -1,0 +1,509 @@
+"""The HTTP service: a FastAPI app over a :class:`~hybridhash.retrieval.Retriever`.
+
+Routes::
+
+    POST /search          multipart ``image`` (+ ``k``) -> the k nearest items as JSON
+    GET  /items/{id}      the stored image of item ``id`` (``?thumb=1``: a small cached thumbnail)
+    GET  /health          status, collection size, bits, model fingerprint, limits
+    GET  /                the web page (static files under /static, no external resource)
+    GET  /docs, /openapi.json
+
+Items are addressed by id only; a file is served only when the collection's own path check
+(:meth:`~hybridhash.collection.Collection.abspath`) keeps it inside the image root and it is an image.
+Uploads are bounded in bytes (before they are buffered) and in pixels (before they are decoded).
+"""
+# no ``from __future__ import annotations``: FastAPI must evaluate the endpoint annotations, whose
+# bounds (``le=max_k``) are closure variables of create_app
+
+import io
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, List, Optional, Tuple
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+
+from ..data.images import open_image
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
+# a 50-megapixel phone photo fits; a decompression bomb (say 30000 x 30000 in a few kB) does not
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_K = 100
+DEFAULT_MAX_BATCH = 16
+THUMB_SIZE = 256
+# room for the multipart envelope and the ``k`` field around an upload of the maximum size
+_ENVELOPE_BYTES = 64 * 2**10
+# a rejected body is read to its end (up to this much) so the client sees the 413, not a reset
+_DRAIN_BYTES = 64 * 2**20
+
+# the page and its files load nothing from outside this server
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+# ------------------------------------------------------------------------------------------------
+# response models (they document the API at /docs)
+
+class Problem(BaseModel):
+    detail: str
+
+
+class QueryInfo(BaseModel):
+    width: int
+    height: int
+
+
+class Result(BaseModel):
+    rank: int
+    id: int
+    distance: int
+    path: str
+    label: Optional[str]
+    url: str
+    thumbnail: str
+
+
+class SearchResponse(BaseModel):
+    query: QueryInfo
+    k: int
+    results: List[Result]
+    took_ms: float
+
+
+class Health(BaseModel):
+    status: str
+    count: int
+    bits: int
+    fingerprint: Optional[str]
+    model: Optional[str]
+    index: Optional[str]
+    limits: dict
+    stats: dict
+
+
+# ------------------------------------------------------------------------------------------------
+# upload size limit
+
+class _TooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"upload too large: the limit is {_mb(limit)}")
+
+
+def _mb(n: int) -> str:
+    for unit, size in (("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: a POST body over ``limit`` bytes gets 413 before the app buffers it.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is counted as it
+    arrives. Either way the rest of the body is read and dropped (up to ``drain`` bytes) so the
+    client, still sending, receives the 413 instead of a connection reset.
+    """
+
+    def __init__(self, app, limit: int, reported_limit: Optional[int] = None, drain: int = _DRAIN_BYTES):
+        self.app, self.limit, self.drain = app, limit, drain
+        self.reported_limit = reported_limit or limit  # the upload limit the message names
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive, 0)
+            return await self._reject(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    if message.get("more_body", False):
+                        await self._drain(receive, received)
+                    # an HTTPException passes through the form parser and FastAPI's handlers unchanged
+                    raise _TooLarge(self.reported_limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _drain(self, receive, seen: int) -> None:
+        while seen <= self.drain:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    async def _reject(self, scope, receive, send) -> None:
+        response = JSONResponse({"detail": _TooLarge(self.reported_limit).detail}, status_code=413)
+        await response(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------------------------
+# decoding an upload
+
+def decode_upload(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
+    """Uploaded bytes -> RGB PIL image, or an HTTPException whose status says why not.
+
+    400 empty, 415 not an image, 413 over ``max_pixels`` (checked from the header, before decoding),
+    422 truncated or corrupt. The decode itself is :func:`hybridhash.data.images.open_image`, the
+    one the encoder uses, so a stored image uploaded again gives the same code.
+    """
+    if not data:
+        raise HTTPException(400, f"{name}: empty upload (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except UnidentifiedImageError:
+        raise HTTPException(415, f"{name}: not an image (no known image format)") from None
+    except Image.DecompressionBombError:  # PIL's own, far higher limit, hit while reading the header
+        raise HTTPException(413, f"{name}: the image header claims more pixels than the limit of "
+                                 f"{max_pixels} (a decompression bomb?)") from None
+    except Exception as err:  # PIL raises many kinds on a broken header
+        raise HTTPException(422, f"{name}: corrupt image header ({_one_line(err)})") from None
+    if width * height > max_pixels:
+        raise HTTPException(413, f"{name}: {width}x{height} = {width * height} pixels is over the "
+                                 f"limit of {max_pixels}")
+    try:
+        return open_image(data, max_pixels=max_pixels, name=name)
+    except DataError as err:
+        raise HTTPException(422, str(err)) from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+# ------------------------------------------------------------------------------------------------
+# batching concurrent searches
+
+class SearchBatcher:
+    """Runs every search on one thread and coalesces queued queries into one batched forward.
+
+    Under load, the requests waiting while a forward runs go together into the next one (at most
+    ``max_batch``); an idle service answers a lone query at once, with no waiting for company.
+    One thread also means one model forward at a time, whatever the retriever's own locking.
+    The retriever searches with the largest k of the batch and each query keeps its first k hits,
+    which for the exact index are exactly its k nearest (ties by id).
+    """
+
+    def __init__(self, retriever, max_batch: int = DEFAULT_MAX_BATCH):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.retriever, self.max_batch = retriever, max_batch
+        self._queue: "queue.Queue[Optional[Tuple[Any, int, Future]]]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self.batches = 0  # forwards run (a test and the benchmark read these)
+        self.queries = 0
+
+    def search(self, image: Image.Image, k: int) -> list:
+        """One image -> its k hits (a list of :class:`~hybridhash.retrieval.Hit`)."""
+        self._start()
+        future: Future = Future()
+        self._queue.put((image, k, future))
+        return future.result()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="hybridhash-search", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._run(batch)
+
+    def _run(self, batch: List[Tuple[Any, int, Future]]) -> None:
+        try:
+            hits = self.retriever.search([image for image, _, _ in batch], k=max(k for _, k, _ in batch))
+        except Exception as err:
+            if len(batch) > 1:  # one bad query must not fail the others: retry them one by one
+                for item in batch:
+                    self._run([item])
+                return
+            batch[0][2].set_exception(err)  # the waiting request gets the error, the thread lives on
+            return
+        self.batches += 1
+        self.queries += len(batch)
+        for (_, k, future), row in zip(batch, hits):
+            future.set_result(row[:k])
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------
+# thumbnails
+
+class ThumbnailCache:
+    """Thumbnails of collection items, made on first request and kept in a bounded LRU.
+
+    ``get(id, path) -> (bytes, media type)``. Bounded both in entries and in bytes; the least recently
+    used thumbnails go first. Small images become PNG (lossless, a few kB), larger ones JPEG.
+    """
+
+    def __init__(self, size: int = THUMB_SIZE, max_items: int = 4096, max_bytes: int = 64 * 2**20,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.size, self.max_items, self.max_bytes = size, max_items, max_bytes
+        self.max_pixels = max_pixels
+        self._items: "OrderedDict[int, Tuple[bytes, str]]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, item_id: int, path: Path) -> Tuple[bytes, str]:
+        with self._lock:
+            entry = self._items.get(item_id)
+            if entry is not None:
+                self._items.move_to_end(item_id)
+                self.hits += 1
+                return entry
+            self.misses += 1
+        entry = self._make(path)  # outside the lock: two threads may both make it, both get the same
+        with self._lock:
+            if item_id not in self._items:
+                self._items[item_id] = entry
+                self._bytes += len(entry[0])
+            while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
+                _, (data, _) = self._items.popitem(last=False)
+                self._bytes -= len(data)
+        return entry
+
+    def _make(self, path: Path) -> Tuple[bytes, str]:
+        with Image.open(path) as img:
+            if img.size[0] * img.size[1] > self.max_pixels:
+                raise DataError(f"{path.name}: {img.size[0]}x{img.size[1]} is over the pixel limit for thumbnails")
+            img.draft("RGB", (self.size, self.size))  # JPEG: decode at a reduced scale, much faster
+            img = img.convert("RGBA") if img.mode in ("P", "LA", "PA") or "transparency" in img.info else img
+            if img.mode == "RGBA":  # transparency onto white, as a browser shows it on the page
+                canvas = Image.new("RGB", img.size, "white")
+                canvas.paste(img, mask=img.getchannel("A"))
+                img = canvas
+            img = img.convert("RGB")
+            img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        if img.size[0] * img.size[1] <= 96 * 96:
+            img.save(out, format="PNG", optimize=True)
+            return out.getvalue(), "image/png"
+        img.save(out, format="JPEG", quality=85)
+        return out.getvalue(), "image/jpeg"
+
+
+# ------------------------------------------------------------------------------------------------
+# the app
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """FastAPI's list of errors as one line: ``k: Input should be less than or equal to 100``."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form"))
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_k: int = DEFAULT_MAX_K, max_batch: int = DEFAULT_MAX_BATCH, thumb_size: int = THUMB_SIZE,
+               thumb_cache_items: int = 4096) -> FastAPI:
+    """The service for ``retriever`` (a :class:`~hybridhash.retrieval.Retriever` or the same shape).
+
+    Args:
+        retriever: has ``search(images, k) -> list[list[Hit]]``, ``collection`` (count, bits,
+            path(id), abspath(id)), ``bits``, ``count`` and ``model``.
+        max_upload_bytes: the largest accepted upload (413 above it).
+        max_pixels: the largest accepted image, width * height, checked before decoding (413); at most
+            the retriever's own ``max_pixels``.
+        max_k: the most results one search may ask for (422 above it).
+        max_batch: the most queued queries run in one model forward.
+        thumb_size: the longest side of a thumbnail, in pixels.
+        thumb_cache_items: thumbnails kept in memory (also bounded to 64 MB).
+    """
+    if max_upload_bytes < 1 or max_pixels < 1 or max_k < 1:
+        raise ValueError("max_upload_bytes, max_pixels and max_k must be positive")
+    retriever_limit = getattr(retriever, "max_pixels", None)
+    if retriever_limit is not None:  # the retriever refuses larger images anyway: say so up front
+        max_pixels = min(max_pixels, int(retriever_limit))
+    collection = retriever.collection
+    batcher = SearchBatcher(retriever, max_batch=max_batch)
+    thumbs = ThumbnailCache(size=thumb_size, max_items=thumb_cache_items, max_pixels=max_pixels)
+    model = getattr(retriever, "model", None)
+    model_config = getattr(model, "config", None)
+    health = {
+        "status": "ok",
+        "count": int(retriever.count),
+        "bits": int(retriever.bits),
+        "fingerprint": getattr(collection, "fingerprint", None) or getattr(model, "fingerprint", None),
+        "model": getattr(model_config, "preset", None),
+        "index": getattr(getattr(retriever, "index", None), "kind", None),
+        "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_k": max_k},
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(
+        title="hybridhash",
+        version=_version(),
+        summary="Find the images of an indexed collection nearest to an uploaded one, by Hamming distance "
+                "between HybridHash codes.",
+        lifespan=lifespan,
+    )
+    app.state.retriever = retriever
+    app.state.batcher = batcher
+    app.state.thumbnails = thumbs
+    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + _ENVELOPE_BYTES,
+                       reported_limit=max_upload_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
+
+    upload_errors = {
+        400: {"model": Problem, "description": "empty upload"},
+        413: {"model": Problem, "description": "upload or image too large"},
+        415: {"model": Problem, "description": "not an image"},
+        422: {"model": Problem, "description": "corrupt image, or k out of range"},
+    }
+
+    @app.post("/search", response_model=SearchResponse, responses=upload_errors, tags=["search"])
+    def search(
+        image: Annotated[UploadFile, File(description="the query image (any format PIL reads)")],
+        k_form: Annotated[Optional[int], Form(alias="k", ge=1, le=max_k, description="results wanted")] = None,
+        k_query: Annotated[Optional[int], Query(alias="k", ge=1, le=max_k, description="results wanted")] = None,
+    ) -> dict:
+        """The k items nearest to the uploaded image, nearest first (ties by id)."""
+        start = time.perf_counter()
+        k = k_form if k_form is not None else (k_query if k_query is not None else min(10, max_k))
+        data = image.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise _TooLarge(max_upload_bytes)
+        name = _display_name(image.filename)
+        img = decode_upload(data, max_pixels, name=name)
+        try:
+            hits = batcher.search(img, k)
+        except DataError as err:
+            raise HTTPException(422, str(err)) from None
+        results = []
+        for hit in hits:
+            d = hit.to_dict()
+            d["url"] = f"/items/{hit.id}"
+            d["thumbnail"] = f"/items/{hit.id}?thumb=1"
+            results.append(d)
+        took_ms = (time.perf_counter() - start) * 1e3
+        log.debug("search %s %dx%d k=%d: %.1f ms", name, img.width, img.height, k, took_ms)
+        return {"query": {"width": img.width, "height": img.height}, "k": k, "results": results,
+                "took_ms": round(took_ms, 3)}
+
+    @app.get("/items/{item_id}", responses={200: {"content": {"image/*": {}}, "description": "the image"},
+                                            404: {"model": Problem, "description": "no such item"}},
+             response_class=Response, tags=["items"])
+    def item(item_id: int, thumb: Annotated[bool, Query(description="a small thumbnail instead")] = False):
+        """The stored image of item ``item_id``, or its thumbnail (longest side ``thumb_size`` px)."""
+        path = _item_path(collection, item_id)
+        headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        if thumb:
+            try:
+                data, media_type = thumbs.get(item_id, path)
+            except (OSError, DataError, ValueError, SyntaxError) as err:
+                log.warning("item %d: no thumbnail (%s)", item_id, _one_line(err))
+                raise HTTPException(404, f"item {item_id}: its image cannot be read") from None
+            return Response(data, media_type=media_type, headers=headers)
+        media_type = _image_type(path)
+        if media_type is None:
+            raise HTTPException(404, f"item {item_id}: its image cannot be read")
+        return FileResponse(path, media_type=media_type, headers=headers)
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def get_health() -> dict:
+        """Liveness, the collection's size and code length, the limits uploads must keep, and counters
+        (searches answered, model forwards run: their ratio is the batching achieved)."""
+        return {**health, "stats": {"searches": batcher.queries, "forwards": batcher.batches,
+                                    "thumbnails_cached": len(thumbs)}}
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _item_path(collection, item_id: int) -> Path:
+    """The file of item ``item_id``, inside the image root, or a 404."""
+    if not 0 <= item_id < collection.count:
+        raise HTTPException(404, f"no item {item_id}: ids run from 0 to {collection.count - 1}")
+    try:
+        path = Path(collection.abspath(item_id))
+    except DataError as err:
+        log.warning("refused to serve %s", err)
+        raise HTTPException(404, f"item {item_id}: not served (its path leaves the image root)") from None
+    if not path.is_file():
+        raise HTTPException(404, f"item {item_id}: its image file is missing")
+    return path
+
+
+def _image_type(path: Path) -> Optional[str]:
+    """The MIME type from the file's own header (not its name); None for a file that is no image."""
+    try:
+        with Image.open(path) as img:
+            return Image.MIME.get(img.format or "", "application/octet-stream")
+    except Exception:  # unreadable or not an image: never served
+        return None
+
+
+def _display_name(filename: Optional[str]) -> str:
+    name = (filename or "upload").replace("\n", " ").replace("\r", " ").strip() or "upload"
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

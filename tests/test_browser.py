@@ -1,0 +1,148 @@
+"""The web page end to end in real headless Chromium (Debian's ``chromium``, driven by playwright):
+upload an image, see the nearest images with their distances; a bad upload shows the reason.
+The page runs under its own Content-Security-Policy and may load nothing from elsewhere."""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+
+import pytest
+
+from hybridhash.retrieval import Retriever
+from hybridhash.serve import BackgroundServer, create_app
+
+from serve_fixtures import shared_collection
+
+CHROMIUM = shutil.which("chromium") or next(
+    (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable: the web-page test needs one "
+                                                "(Debian: apt-get install chromium; .ci/run installs it)"),
+]
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    built = shared_collection(tmp_path_factory)
+    with BackgroundServer(create_app(Retriever.open(built["codes"]))) as server:
+        yield built, server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    _, server = served
+    context = browser.new_context(viewport={"width": 1200, "height": 820})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.js_errors = []
+    page.requested = []
+    page.on("pageerror", lambda err: page.js_errors.append(str(err)))
+    page.on("request", lambda req: page.requested.append(req.url))
+    page.goto(server.url + "/")
+    yield page
+    context.close()
+
+
+def _tiles(page):
+    return page.locator("#grid .tile")
+
+
+def test_upload_shows_the_nearest_images(page, served, tmp_path):
+    from playwright.sync_api import expect
+
+    built, server = served
+    expect(page.locator("#collection")).to_have_attribute("data-count", str(len(built["paths"])))
+    expect(page.locator("#collection")).to_contain_text("24 images")
+    expect(page.locator("#collection")).to_contain_text("32-bit codes")
+
+    page.select_option("#k", "5")
+    item = 13
+    page.set_input_files("#file", str(built["images"] / built["paths"][item]))
+    tiles = _tiles(page)
+    expect(tiles).to_have_count(5)
+    expect(page.locator("#preview")).to_be_visible()
+    expect(page.locator("#error")).to_be_hidden()
+
+    distances = [int(d) for d in tiles.evaluate_all("els => els.map(e => e.dataset.distance)")]
+    assert distances[0] == 0 and distances == sorted(distances)
+    expect(tiles.first.locator(".distance")).to_have_text("distance 0")
+    ids = [int(i) for i in tiles.evaluate_all("els => els.map(e => e.dataset.id)")]
+    zero = [i for i, d in zip(ids, distances) if d == 0]
+    assert item in zero
+    for n, (i, d) in enumerate(zip(ids, distances)):
+        expect(tiles.nth(n).locator(".distance")).to_have_text(f"distance {d}")
+        expect(tiles.nth(n).locator(".label")).to_have_text(built["paths"][i].split("/")[0])
+        img = tiles.nth(n).locator("img")
+        expect(img).to_have_attribute("src", f"/items/{i}?thumb=1")
+        expect(img).to_have_js_property("complete", True)
+    widths = tiles.locator("img").evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert all(w > 0 for w in widths), widths  # every thumbnail decoded
+
+    # more results on the same query
+    page.select_option("#k", "20")
+    expect(tiles).to_have_count(20)
+    page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+
+    assert page.js_errors == []
+    foreign = [u for u in page.requested if not u.startswith((server.url + "/", "blob:", "data:"))]
+    assert foreign == []
+
+
+def test_drop_an_image_on_the_page(page, served):
+    from playwright.sync_api import expect
+
+    built, _ = served
+    item = 20
+    data = (built["images"] / built["paths"][item]).read_bytes()
+    expect(page.locator("#collection")).to_have_attribute("data-count", "24")
+    # a real drop event carrying a File, as a person's drag from the desktop delivers it
+    page.locator("#drop").evaluate(
+        """(zone, b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+        }""", base64.b64encode(data).decode())
+    tiles = _tiles(page)
+    expect(tiles).to_have_count(10)
+    expect(tiles.first).to_have_attribute("data-distance", "0")
+    found = tiles.evaluate_all("els => els.map(e => [Number(e.dataset.id), Number(e.dataset.distance)])")
+    assert [item, 0] in found
+    expect(page.locator("#query-info")).to_contain_text("dropped.png")
+    assert page.js_errors == []
+
+
+def test_a_bad_upload_shows_the_reason(page, served, tmp_path):
+    from playwright.sync_api import expect
+
+    built, _ = served
+    expect(page.locator("#collection")).to_have_attribute("data-count", "24")
+    page.set_input_files("#file", str(built["images"] / built["paths"][0]))
+    expect(_tiles(page)).to_have_count(10)
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                          "buffer": b"not a picture at all\n"}])
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("notes.txt: not an image")
+    expect(_tiles(page)).to_have_count(0)  # the old results do not pass for this query's
+    page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+    assert page.js_errors == []
