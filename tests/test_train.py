@@ -198,7 +198,7 @@ def test_existing_run_needs_resume_and_same_options(tmp_path, small_digits):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, small_digits, monkeypatch):
-    from hybridhash.train import trainer as T
+    from hybridhash.train import loop as T
 
     train(small_config(tmp_path / "r", epochs=2, stop_after_epochs=1), protocol=small_digits)
     before = tensors(tmp_path / "r/bits16/last/model.safetensors")
@@ -241,7 +241,7 @@ def _ddp_worker(rank, world, port, out, dumps):
 
     def dump(event, trainer, **info):
         if event == "epoch_end":
-            torch.save({"U": trainer.criterion.U.clone(), "Y": trainer.criterion.Y.clone(),
+            torch.save({"U": trainer.method.U.clone(), "Y": trainer.method.Y.clone(),
                         "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()}},
                        os.path.join(dumps, f"rank{rank}_epoch{info['epoch']}.pt"))
 

@@ -28,11 +28,13 @@ from . import collection as coll
 from .data.images import DEFAULT_MAX_PIXELS, is_image_file, open_image
 from .errors import ConfigError, DataError, HybridHashError, IndexMismatchError
 from .fileio import read_json, write_json
+from .limits import SHARD_SIZE
+from .runtime import dist_env
 
 _log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-DEFAULT_SHARD_SIZE = 4096
+DEFAULT_SHARD_SIZE = SHARD_SIZE
 PLAN = "plan.json"
 ITEMS = "items.txt"
 ITEM_LABELS = "items.labels.npy"
@@ -553,12 +555,6 @@ def merge_shards(out: PathLike) -> "coll.Collection":
 # --------------------------------------------------------------------------------------------
 # the whole run, on one process or under torchrun
 
-def dist_env() -> Tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
-
-
 def _all_ok(error: Optional[BaseException], world_size: int) -> List[Optional[str]]:
     """Every rank's error message (None where it succeeded), gathered on all ranks."""
     if world_size == 1:
@@ -585,7 +581,8 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     Returns:
         the merged :class:`~hybridhash.collection.Collection` on rank 0, None on the other ranks.
     """
-    rank, world_size, local_rank = dist_env()
+    env = dist_env()
+    rank, world_size, local_rank = env.rank, env.world_size, env.local_rank
     if model is None:
         if checkpoint is None:
             raise HybridHashError("encode needs a checkpoint or a model")

@@ -6,7 +6,6 @@ protocol's queries against its database.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import logging
 import time
@@ -17,20 +16,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import metrics as M
+from . import rundir as R
 from .errors import DataError
+from .runtime import autocast_context, pick_device
 
 _log = logging.getLogger(__name__)
 
 # points of the precision@N curve, capped at the database size
 PRECISION_AT_N = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA devices that support bf16; nothing elsewhere (float16 would need loss
-    scaling, and CPU autocast does not pay off for these models)."""
-    if not enabled or device.type != "cuda" or not torch.cuda.is_bf16_supported():
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def _collate_images(batch):
@@ -185,31 +178,17 @@ def find_checkpoints(path: Union[str, "os.PathLike"]) -> Dict[int, "Path"]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
 
-    def pick(d: Path) -> Optional[Path]:
-        for name in ("best", "last"):
-            if (d / name / "config.json").is_file():
-                return d / name
-        return None
-
-    if (path / "config.json").is_file():
+    if (path / R.CONFIG_NAME).is_file():
         return {int(read_config(path)["bits"]): path}
     found: Dict[int, Path] = {}
     candidates = [path] if path.name.startswith("bits") else sorted(path.glob("bits*"))
     for d in candidates:
-        ck = pick(d)
+        ck = R.pick_checkpoint(d)
         if ck is not None:
             found[int(read_config(ck)["bits"])] = ck
     if not found:
         raise CheckpointError(f"{path}: holds no checkpoint (no config.json, no bits*/best or bits*/last)")
     return dict(sorted(found.items()))
-
-
-def find_run_dir(checkpoint: "Path") -> Optional["Path"]:
-    """The run directory (holding ``split.json``) a checkpoint lies in, if any."""
-    for d in [checkpoint, *checkpoint.parents][:4]:
-        if (d / "split.json").is_file():
-            return d
-    return None
 
 
 def load_eval_protocol(checkpoint: "Path", *, dataset: Optional[str] = None, root=None, image_root=None,
@@ -222,14 +201,14 @@ def load_eval_protocol(checkpoint: "Path", *, dataset: Optional[str] = None, roo
     from .errors import ConfigError
     from .fileio import read_json
 
-    run_dir = find_run_dir(Path(checkpoint).resolve())
+    run_dir = R.find_run_dir(Path(checkpoint).resolve())
     saved: Dict[str, Any] = {}
-    if run_dir is not None and (run_dir / "run.json").is_file():
-        saved = read_json(run_dir / "run.json").get("config", {})
+    if run_dir is not None and (run_dir / R.RUN_NAME).is_file():
+        saved = read_json(run_dir / R.RUN_NAME).get("config", {})
     if split_file is None and run_dir is not None:
-        recorded = read_json(run_dir / "split.json").get("name")
+        recorded = read_json(run_dir / R.SPLIT_NAME).get("name")
         if dataset is None or dataset == recorded:
-            split_file = run_dir / "split.json"
+            split_file = run_dir / R.SPLIT_NAME
             dataset = recorded
     if split_file is not None:
         if dataset is None:
@@ -261,7 +240,6 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
     from .encode import eval_transform
     from .fileio import write_json
     from .models import from_pretrained
-    from .train.trainer import pick_device
 
     ckpts = find_checkpoints(checkpoint)
     if protocol is None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json, write_json
+from .runtime import usable_cores
 
 __all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "pack_codes", "hamming_distances"]
 
@@ -52,13 +53,6 @@ KINDS: Dict[str, Dict[str, Any]] = {
 _FAISS_TYPES = {"flat": "IndexBinaryFlat", "ivf": "IndexBinaryIVF"}
 _TRAIN_POINTS_PER_LIST = 256  # k-means sample per cell, as faiss's own default cap
 _CHUNK_MIN, _CHUNK_MAX = 16, 256  # queries per worker task
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _check_bits(bits: Any) -> int:
@@ -172,7 +166,7 @@ class HashIndex:
         self.fingerprint = fingerprint
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-        self.threads = int(threads) if threads is not None else _default_threads()
+        self.threads = int(threads) if threads is not None else usable_cores()
         self._index: Any = faiss.IndexBinaryFlat(self.bits) if kind == "flat" else None
 
     # ------------------------------------------------------------------ size

@@ -16,7 +16,6 @@ Conventions shared by every function here:
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, IndexMismatchError
+from .runtime import usable_cores
 
 __all__ = [
     "pack_codes",
@@ -279,12 +279,6 @@ def _check_positive(name: str, value, allow_none: bool = True) -> None:
         raise ConfigError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
 
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 class _Task:
     """Validated inputs of one metric call and the chunked map over queries."""
 
@@ -297,7 +291,7 @@ class _Task:
             raise DataError("database_codes is empty")
         self.nq, self.ndb = self.codes.nq, self.codes.ndb
         self.chunk_size = int(chunk_size or max(1, _CHUNK_CELLS // self.ndb))
-        self.num_threads = int(num_threads or min(8, _usable_cores()))
+        self.num_threads = int(num_threads or min(8, usable_cores()))
 
     def topk(self, topk) -> int:
         _check_positive("topk", topk)

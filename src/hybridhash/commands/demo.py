@@ -101,7 +101,7 @@ def run(args) -> int:
     from hybridhash.errors import ConfigError
     from hybridhash.evaluation import evaluate_checkpoints
     from hybridhash.train import TrainConfig, train
-    from hybridhash.train.trainer import usable_cores
+    from hybridhash.runtime import usable_cores
 
     t_start = time.perf_counter()
     bits_list = tuple(QUICK_BITS if args.quick else args.bits)

@@ -14,8 +14,7 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.data.images import DEFAULT_MAX_PIXELS
-    from hybridhash.encode import DEFAULT_SHARD_SIZE
+    from hybridhash.limits import MAX_PIXELS as DEFAULT_MAX_PIXELS, SHARD_SIZE as DEFAULT_SHARD_SIZE
 
     p.add_argument("--checkpoint", required=True, help="project checkpoint directory (model.safetensors, config.json)")
     p.add_argument("--images", required=True,
@@ -35,7 +34,8 @@ def configure(p):
 
 
 def run(args) -> int:
-    from hybridhash.encode import dist_env, encode_collection
+    from hybridhash.encode import encode_collection
+    from hybridhash.runtime import dist_env
     from hybridhash.errors import ConfigError
 
     if args.batch_size < 1:
@@ -51,7 +51,7 @@ def run(args) -> int:
     if col is None:  # a rank other than 0: rank 0 reports
         return 0
     skipped = col.manifest.get("skipped", 0)
-    _, world_size, _ = dist_env()
+    world_size = dist_env().world_size
     print(f"encoded {col.count} images into {col.directory} ({col.bits} bits, {col.codes.nbytes} bytes of codes"
           f"{f', {world_size} ranks' if world_size > 1 else ''})")
     if skipped:

@@ -30,7 +30,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from hybridhash.evaluation import evaluate_checkpoints, find_run_dir
+    from hybridhash.evaluation import evaluate_checkpoints
+    from hybridhash.rundir import find_run_dir
 
     ck = Path(args.checkpoint)
     out = args.out

@@ -10,7 +10,8 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.serve.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    from hybridhash.limits import MAX_BATCH as DEFAULT_MAX_BATCH, MAX_K as DEFAULT_MAX_K
+    from hybridhash.limits import MAX_PIXELS as DEFAULT_MAX_PIXELS, MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES
 
     p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory; none: the one the manifest names")

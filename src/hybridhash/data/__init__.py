@@ -10,10 +10,24 @@ records), :mod:`.sets` (pools, ``RetrievalSet``), :mod:`.splits` (seeded draws),
 source (:mod:`.digits`, :mod:`.cifar`, :mod:`.listfile`, :mod:`.folder`), :mod:`.images` (safe
 loading), :mod:`.transforms` (pipelines from a model's preprocess dict), :mod:`.check`.
 """
-from .images import DEFAULT_MAX_PIXELS, open_image
-from .load import SPLIT_FORMAT, Protocol, load_protocol
-from .protocols import PROTOCOLS, ProtocolSpec, get_spec, list_protocols
-from .sets import RetrievalSet
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use, so that reading a constant or a protocol name does
+# not load torch (``hybridhash --help`` builds its parsers from them)
+_LAZY = {
+    "DEFAULT_MAX_PIXELS": "images", "open_image": "images",
+    "SPLIT_FORMAT": "load", "Protocol": "load", "load_protocol": "load",
+    "PROTOCOLS": "protocols", "ProtocolSpec": "protocols", "get_spec": "protocols", "list_protocols": "protocols",
+    "RetrievalSet": "sets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "PROTOCOLS", "Protocol", "ProtocolSpec", "RetrievalSet", "SPLIT_FORMAT",

@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..limits import MAX_PIXELS
 
-# PIL's own decompression-bomb threshold (about 89.5 megapixels); above it an image is refused.
-DEFAULT_MAX_PIXELS: int = 89_478_485
+# above the project's pixel limit (hybridhash.limits) an image is refused before it is decoded
+DEFAULT_MAX_PIXELS: int = MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 

@@ -1,20 +1,20 @@
-"""HybridHash models: presets by name, weights in and out."""
+"""HybridHash models: the architecture and its presets (:mod:`.hybridhash`), the name registry
+(:mod:`.registry`), building by name and loading checkpoints (:mod:`.factory`), weights in and out
+(:mod:`.weights`)."""
+from .factory import build_config, create_model, from_pretrained
 from .hybridhash import (
     GlobalAttention,
     HashHead,
     HybridHash,
     HybridHashConfig,
     InteractionModule,
-    build_config,
     convert_original_state_dict,
-    create_model,
 )
 from .registry import list_models
 from .weights import (
     LoadReport,
     check_state_dict,
     fingerprint_state_dict,
-    from_pretrained,
     load_checked,
     load_nest_weights,
     model_fingerprint,

@@ -21,8 +21,10 @@ from timm.layers import LayerNorm, LayerNorm2d, PatchEmbed, calculate_drop_path_
 from timm.models.nest import Attention, NestLevel
 from torch import nn
 
+from ..configs import from_json_dict, to_json_dict
 from ..errors import CheckpointError, ConfigError
-from .registry import preset_kwargs, register_preset
+from .registry import register_preset
+from .weights import LoadReport, save_pretrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,16 +128,11 @@ class HybridHashConfig:
 
     # (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return to_json_dict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "HybridHashConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown model options: {', '.join(unknown)}")
-        return cls(**d)
+        return from_json_dict(cls, d, "model options")
 
 
 class GlobalAttention(Attention):
@@ -195,7 +192,8 @@ class InteractionModule(nn.Module):
 
 
 class HashHead(nn.Module):
-    """Last interaction ("hash layer"): (B, D, b, b) -> tanh codes (B, bits) in (-1, 1)."""
+    """Last interaction ("hash layer"): (B, D, b, b) -> tanh codes (B, bits) in (-1, 1), or the raw
+    outputs before the tanh with ``activate=False`` (what the hashing methods take)."""
 
     def __init__(self, dim: int, bits: int, num_heads: int = 8):
         super().__init__()
@@ -205,13 +203,13 @@ class HashHead(nn.Module):
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         self.to_bits = nn.Conv2d(dim, bits, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
         local = self.conv_col(self.conv_row(x))  # (B, D, b, b)
         # one global token: upsampling a 1x1 map bilinearly is a broadcast
         g = self.global_attention(x.mean((2, 3)).unsqueeze(1))  # (B, 1, D)
         x = self.pool(local + g.transpose(1, 2).unsqueeze(-1))  # (B, D, ceil(b/2), ceil(b/2))
         x = self.to_bits(x).mean((2, 3))  # (B, bits)
-        return torch.tanh(x)
+        return torch.tanh(x) if activate else x
 
 
 class HybridHash(nn.Module):
@@ -245,6 +243,10 @@ class HybridHash(nn.Module):
         self.hash_head = HashHead(cfg.embed_dims[-1], cfg.bits, cfg.interaction_heads)
         self.init_weights()
         self.set_fused_attn(cfg.fused_attn)
+        # set by whoever loads weights into the model (hybridhash.models.factory)
+        self.fingerprint: Optional[str] = None  # of the checkpoint it was loaded from
+        self.checkpoint_meta: Dict[str, Any] = {}  # that checkpoint's config.json
+        self.load_report: Optional[LoadReport] = None  # what pretrained NesT weights filled
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -299,8 +301,9 @@ class HybridHash(nn.Module):
         x = self.levels(x)  # (B, D, b, b)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hash_head(self.forward_features(x))  # (B, bits)
+    def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
+        """(B, in_chans, H, W) -> tanh outputs (B, bits); raw hash-layer outputs with ``activate=False``."""
+        return self.hash_head(self.forward_features(x), activate)  # (B, bits)
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,9 +312,8 @@ class HybridHash(nn.Module):
         return torch.where(self(x) >= 0, 1, -1).to(torch.int8)
 
     def save_pretrained(self, directory: str, **extra: Any) -> None:
-        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically)."""
-        from .weights import save_pretrained
-
+        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically); see
+        :func:`hybridhash.models.weights.save_pretrained`."""
         save_pretrained(self, directory, **extra)
 
 
@@ -351,37 +353,6 @@ def hybridhash_cpu() -> dict:
     """A small model for 32x32 inputs that trains from scratch on a CPU in minutes (demo, tests)."""
     return dict(img_size=32, patch_size=2, embed_dims=(32, 64, 128), num_heads=(2, 4, 8), depths=(1, 1, 2),
                 drop_path_rate=0.0, crop_pct=1.0, pretrained_source=None)
-
-
-def build_config(name: str, bits: int = 64, **overrides: Any) -> HybridHashConfig:
-    """The config of preset ``name`` with ``bits`` and keyword ``overrides`` applied."""
-    kwargs = preset_kwargs(name)
-    kwargs.update(overrides)
-    names = {f.name for f in dataclasses.fields(HybridHashConfig)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ConfigError(f"unknown model options {unknown}; valid: {', '.join(sorted(names - {'preset'}))}")
-    return HybridHashConfig(preset=name, bits=bits, **kwargs)
-
-
-def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Optional[str] = None,
-                 **overrides: Any) -> HybridHash:
-    """Build a registered preset.
-
-    Args:
-        name: a name from :func:`list_models`.
-        bits: code length.
-        pretrained: None; ``"imagenet"`` for timm's ImageNet NesT weights of the preset; or a path to
-            a NesT state dict (.safetensors, or .pth read with ``weights_only=True``).
-        overrides: any :class:`HybridHashConfig` field (embed_dims, num_heads, depths, img_size,
-            patch_size, drop_path_rate, global_tokens, ...).
-    """
-    model = HybridHash(build_config(name, bits, **overrides))
-    if pretrained:
-        from .weights import load_nest_weights
-
-        model.load_report = load_nest_weights(model, pretrained)
-    return model
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -19,7 +19,9 @@ from timm.models.nest import resize_pos_embed
 
 from ..errors import CheckpointError, CheckpointMismatchError
 from ..fileio import atomic_path, read_json, write_json
-from .hybridhash import HybridHash, HybridHashConfig
+
+if TYPE_CHECKING:  # the model file imports this one, never the reverse
+    from .hybridhash import HybridHash, HybridHashConfig
 
 _log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def _first_line(err: BaseException) -> str:
 def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
     """Raise CheckpointMismatchError (one line) unless ``state_dict`` has exactly the model's keys and shapes."""
     own = model.state_dict()
-    cfg: Optional[HybridHashConfig] = getattr(model, "config", None)
+    cfg: Optional["HybridHashConfig"] = getattr(model, "config", None)
     bits_key = "hash_head.to_bits.weight"
     if cfg is not None and bits_key in state_dict and bits_key in own:
         got = state_dict[bits_key].shape[0]
@@ -116,7 +118,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 # --------------------------------------------------------------------------------------------
 # the project format
 
-def save_pretrained(model: HybridHash, directory: PathLike, **extra: Any) -> Path:
+def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (preset, overrides, bits, preprocessing).
 
     ``extra`` is stored under ``"extra"`` in the JSON (e.g. training metadata). Both writes are atomic;
@@ -153,31 +155,6 @@ def read_config(directory: PathLike) -> Dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{cfg_path}: not a hybridhash checkpoint config")
     return meta
-
-
-def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optional[str] = None,
-                    map_location: str = "cpu") -> HybridHash:
-    """Load a model saved with :meth:`HybridHash.save_pretrained`.
-
-    ``path`` is the directory (or its ``model.safetensors``). ``bits``/``preset``, when given, must
-    match the checkpoint, else CheckpointMismatchError names both.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    meta = read_config(path)
-    weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
-    cfg = HybridHashConfig.from_dict(meta["config"])
-    if bits is not None and cfg.bits != bits:
-        raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
-    if preset is not None and cfg.preset != preset:
-        raise CheckpointMismatchError(f"{path} is a {cfg.preset} checkpoint, {preset} was asked for")
-    model = HybridHash(cfg)
-    state = read_state_dict(weights)
-    load_checked(model, state, str(path))
-    model.fingerprint = meta.get("fingerprint") or fingerprint_state_dict(state)
-    model.checkpoint_meta = meta
-    return model.to(map_location)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +220,7 @@ def _imagenet_state_dict(source_name: str) -> Dict[str, torch.Tensor]:
     return nest.state_dict()
 
 
-def load_nest_weights(model: HybridHash, source: Union[str, Path, Dict[str, torch.Tensor]]) -> LoadReport:
+def load_nest_weights(model: "HybridHash", source: Union[str, Path, Dict[str, torch.Tensor]]) -> LoadReport:
     """Load NesT weights (timm names) into the matching parameters of ``model``.
 
     ``source`` is ``"imagenet"`` (timm's weights for the preset), a file path, or a state dict.

@@ -35,15 +35,16 @@ from pydantic import BaseModel
 
 from ..data.images import open_image
 from ..errors import DataError
+from ..limits import MAX_BATCH, MAX_K, MAX_PIXELS, MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
+DEFAULT_MAX_UPLOAD_BYTES = MAX_UPLOAD_BYTES
 # a 50-megapixel phone photo fits; a decompression bomb (say 30000 x 30000 in a few kB) does not
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MAX_K = 100
-DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_PIXELS = MAX_PIXELS
+DEFAULT_MAX_K = MAX_K
+DEFAULT_MAX_BATCH = MAX_BATCH
 THUMB_SIZE = 256
 # room for the multipart envelope and the ``k`` field around an upload of the maximum size
 _ENVELOPE_BYTES = 64 * 2**10

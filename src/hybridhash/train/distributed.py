@@ -4,38 +4,17 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything degrades 
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..runtime import DistEnv, dist_env
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def env_world_size() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+# one reading of torchrun's environment for the project: training, encoding and the CLI
+DistInfo = DistEnv
 
 
 def init_distributed(device: str = "cpu", backend: Optional[str] = None) -> DistInfo:
@@ -46,15 +25,14 @@ def init_distributed(device: str = "cpu", backend: Optional[str] = None) -> Dist
     """
     if dist.is_available() and dist.is_initialized():
         return current()
-    world = env_world_size()
-    if world <= 1:
+    env = dist_env()
+    if env.world_size <= 1:
         return DistInfo()
     if not dist.is_available():
         raise ConfigError("this torch build has no torch.distributed, cannot run under torchrun")
     backend = backend or ("nccl" if str(device).startswith("cuda") else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if str(device).startswith("cuda"):
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend=backend)
     return current()
 
@@ -63,7 +41,7 @@ def current() -> DistInfo:
     """The running group's ``DistInfo`` (rank 0 of 1 when there is none)."""
     if not (dist.is_available() and dist.is_initialized()):
         return DistInfo()
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), dist_env().local_rank)
 
 
 def barrier() -> None:
@@ -95,6 +73,7 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 STREAM_ORDER = 0  # data order
 STREAM_AUGMENT = 1  # augmentation, dropout and other per-epoch randomness
+STREAM_METHOD = 2  # a method's own draws (samples of rows, codes, centers)
 
 
 def derive_seed(*keys: int) -> int:

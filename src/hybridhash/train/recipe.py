@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from ..configs import from_json_dict, to_json_dict
 from ..errors import ConfigError
 
 OPTIMIZERS = ("rmsprop", "adamw")
@@ -29,71 +30,88 @@ SELECT_ON = ("val", "query")
 SCRATCH_MAX_IMG = 64
 
 
+def _opt(default: Any, help: str, group: str, **argparse_kw: Any) -> Any:
+    """A field that is also a ``hybridhash train`` option (see :func:`hybridhash.commands.train.configure`)."""
+    meta = {"help": help, "group": group, **argparse_kw}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. ``None`` means "the recipe's default"."""
+    """Everything that defines a training run. ``None`` means "the recipe's default".
 
-    dataset: str = "digits"
-    root: Optional[str] = None
-    image_root: Optional[str] = None
-    download: bool = False
-    model: str = "hybridhash_cpu"
-    model_overrides: Dict[str, Any] = field(default_factory=dict)
-    pretrained: Optional[str] = None
-    bits: Tuple[int, ...] = (16, 32, 48, 64)
-    out: str = "runs/train"
-    seed: int = 0
-    val_fraction: float = 0.1
-    select_on: str = "val"
+    Each field's metadata holds its command-line help, group and argparse settings, so the
+    ``train`` command's options are made from this class and cannot drift from it.
+    """
+
+    dataset: str = _opt("digits", "protocol name (digits, cifar10, ..., list:<dir>, folder:<dir>)", "data")
+    root: Optional[str] = _opt(None, "data directory (not needed for digits)", "data")
+    image_root: Optional[str] = _opt(None, "where list-file image paths start", "data")
+    download: bool = _opt(False, "download CIFAR-10 through torchvision when absent", "data")
+    model: str = _opt("hybridhash_cpu", "preset name (see `hybridhash models`)", "model")
+    model_overrides: Dict[str, Any] = _opt({}, "preset options to change, e.g. '{\"depths\": [1, 1, 1]}'", "model",
+                                           metavar="JSON", parse="json_object")
+    pretrained: Optional[str] = _opt(None, "'imagenet' (timm NesT weights of the preset) or a NesT weights file",
+                                     "model")
+    bits: Tuple[int, ...] = _opt((16, 32, 48, 64), "code lengths, one model each", "model", nargs="+")
+    out: str = _opt("runs/train", "run directory", "run")
+    seed: int = _opt(0, "seed of the split, the init and every random draw", "run")
+    val_fraction: float = _opt(0.1, "share of the training images held out for selection", "data")
+    select_on: str = _opt("val", "split that picks the best epoch; 'query' reproduces the original (not a fair "
+                          "protocol)", "run", choices=SELECT_ON)
     # recipe-filled
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    optimizer: Optional[str] = None
-    lr: Optional[float] = None
-    weight_decay: Optional[float] = None
-    momentum: Optional[float] = None
-    schedule: Optional[str] = None
-    warmup_epochs: Optional[float] = None
-    head_init_std: Optional[float] = None
-    data_mode: Optional[str] = None
-    shift: Optional[int] = None
-    eval_every: Optional[int] = None
-    amp: Optional[bool] = None
-    grad_clip: Optional[float] = None
+    epochs: Optional[int] = _opt(None, "training epochs", "optimisation")
+    batch_size: Optional[int] = _opt(None, "images per step (per process)", "optimisation")
+    optimizer: Optional[str] = _opt(None, "optimiser", "optimisation", choices=OPTIMIZERS)
+    lr: Optional[float] = _opt(None, "peak learning rate", "optimisation")
+    weight_decay: Optional[float] = _opt(None, "weight decay of weights (not of biases, norms, embeddings)",
+                                         "optimisation")
+    momentum: Optional[float] = _opt(None, "RMSprop momentum", "optimisation")
+    schedule: Optional[str] = _opt(None, "learning-rate schedule after the warm-up", "optimisation",
+                                   choices=SCHEDULES)
+    warmup_epochs: Optional[float] = _opt(None, "linear warm-up length", "optimisation")
+    head_init_std: Optional[float] = _opt(None, "std of the init of the layer that makes the bits", "optimisation")
+    data_mode: Optional[str] = _opt(None, "stream: per-image transforms in a DataLoader; cache: images "
+                                    "preprocessed once, held in memory, shifted per batch", "data",
+                                    choices=DATA_MODES)
+    shift: Optional[int] = _opt(None, "cache mode: largest random shift in pixels", "data")
+    eval_every: Optional[int] = _opt(None, "evaluate for selection every N epochs (and at the end)", "run")
+    amp: Optional[bool] = _opt(None, "mixed precision (bf16 autocast on CUDA; CPU runs stay float32)",
+                               "optimisation", parse="tristate")
+    grad_clip: Optional[float] = _opt(None, "clip the gradient norm at this value", "optimisation")
     # loss
-    alpha: float = 0.5
-    bank_rows: Optional[int] = None
-    bank_fp16: bool = False
+    alpha: float = _opt(0.5, "the loss's inner-product scale", "optimisation")
+    bank_rows: Optional[int] = _opt(None, "rows of the loss's memory bank (default: the training set size; the "
+                                    "original used 10000 on CIFAR-10)", "optimisation")
+    bank_fp16: bool = _opt(False, "keep the bank in float16 as the original", "optimisation")
     # machinery
-    device: str = "auto"
-    workers: int = 0
-    eval_batch_size: int = 256
-    save_every: int = 1
-    resume: bool = False
-    tensorboard: bool = False
-    quiet: bool = False
-    threads: Optional[int] = None
+    device: str = _opt("auto", "cpu, cuda, cuda:1, or auto", "run")
+    workers: int = _opt(0, "data-loading processes", "data")
+    eval_batch_size: int = _opt(256, "images per forward when encoding for selection", "run")
+    save_every: int = _opt(1, "save last/ every N epochs", "run")
+    resume: bool = _opt(False, "continue the run in --out from its last saved epoch", "run")
+    tensorboard: bool = _opt(False, "also log to OUT/bits{N}/tensorboard", "run")
+    quiet: bool = _opt(False, "no progress bars or per-epoch lines", "run")
+    threads: Optional[int] = _opt(None, "torch CPU threads (per process)", "run")
     # code lengths trained at once in separate CPU processes (0: as many as cores and code lengths)
-    parallel: Optional[int] = None
+    parallel: Optional[int] = _opt(None, "CPU only: code lengths trained at once in separate processes (0: one per "
+                                   "core; default: by recipe, 0 for small presets, 1 otherwise)", "run")
     # test hook: return after this many epochs have been saved, as a killed run would leave it
-    stop_after_epochs: Optional[int] = None
-    recipe: Optional[str] = None
+    stop_after_epochs: Optional[int] = _opt(None, "", "run", hidden=True)
+    recipe: Optional[str] = _opt(None, "force a recipe (default: by model)", "optimisation",
+                                 choices=("original", "scratch"))
 
     def __post_init__(self) -> None:
         self.bits = tuple(int(b) for b in self.bits)
 
     def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["bits"] = list(self.bits)
-        return d
+        return to_json_dict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**d)
+        return from_json_dict(cls, d, "training options")
 
 
 def original_recipe() -> Dict[str, Any]:

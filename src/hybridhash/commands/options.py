@@ -1,0 +1,107 @@
+"""Argument types and option builders shared by the sub-commands (no torch imported here)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, Dict, Iterable, Optional, Union, get_args, get_origin
+
+
+def _number(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"depths\": [1, 1, 1]}}', got {text!r}")
+    return value
+
+
+_PARSERS = {"json_object": json_object}
+
+
+def _base_type(annotation: Any) -> Any:
+    """int for ``Optional[int]``, ``Tuple[int, ...]`` and ``int`` (string annotations resolved by the caller)."""
+    if get_origin(annotation) is Union:
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) in (tuple, list):
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls, groups: Dict[str, str],
+                          skip: Iterable[str] = ()) -> Dict[str, argparse._ArgumentGroup]:
+    """One ``--option`` per field of dataclass ``cls`` whose metadata has a ``help``.
+
+    Metadata keys: ``help``, ``group`` (one of ``groups``, in that order), ``choices``, ``nargs``,
+    ``metavar``, ``parse`` (``"json_object"``; ``"tristate"`` for ``--x/--no-x`` over None),
+    ``hidden``. ``groups`` maps group keys to their titles, in display order. Booleans become
+    ``store_true`` flags; the field default is the option default. Returns the groups by key.
+    """
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    made = {key: parser.add_argument_group(title) for key, title in groups.items()}
+    skip = set(skip)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        if "help" not in meta or f.name in skip:
+            continue
+        group = made[meta.pop("group")]
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = argparse.SUPPRESS if meta.pop("hidden", False) else meta.pop("help")
+        meta.pop("help", None)
+        parse: Optional[str] = meta.pop("parse", None)
+        kind = _base_type(hints[f.name])
+        if parse == "tristate":
+            both = group.add_mutually_exclusive_group()
+            both.add_argument(flag, dest=f.name, action="store_true", default=default, help=help_text)
+            both.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false")
+            continue
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=default, help=help_text)
+            continue
+        arg_type = _PARSERS[parse] if parse else kind
+        if isinstance(default, tuple):
+            default = list(default)
+        group.add_argument(flag, type=arg_type, default=default, help=help_text, **meta)
+    return made
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, **override: Any):
+    """An instance of ``cls`` from the options :func:`add_dataclass_options` made (plus ``override``)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    for f in dataclasses.fields(cls):
+        if f.name in values and isinstance(f.default, tuple) and values[f.name] is not None:
+            values[f.name] = tuple(values[f.name])
+    values.update(override)
+    return cls(**values)

@@ -1,0 +1,15 @@
+"""The project's limits and size defaults, in one place and importable without torch (the command
+line reads them to build its ``--help``)."""
+from __future__ import annotations
+
+# Largest image (width * height) decoded anywhere: training, encoding, search, serving and
+# thumbnails alike, so an image that was encoded can always be shown. PIL's own bomb limit.
+MAX_PIXELS: int = 89_478_485
+
+# images per shard of an encoded collection (the unit of resume)
+SHARD_SIZE: int = 4096
+
+# the HTTP service
+MAX_UPLOAD_BYTES: int = 20 * 2**20  # largest accepted upload
+MAX_K: int = 100  # most results one search may ask for
+MAX_BATCH: int = 16  # most concurrent queries encoded in one forward

@@ -1,0 +1,103 @@
+"""Where the work runs: device choice, seeding, usable cores, mixed precision, the torchrun environment.
+
+One home for these, used by training, evaluation, encoding, the index and the metrics alike.
+torch is imported inside the functions that need it, so the index and the CLI can use this module
+without paying for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "dist_env", "pick_device",
+           "seed_everything", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pick_device(name: str = "auto"):
+    """A ``torch.device`` from a ``--device`` value: ``auto`` is the first CUDA device when there is
+    one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA device")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), NumPy's and Python's global generators."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+
+
+def bf16_autocast_available(device) -> bool:
+    """bf16 autocast is used on CUDA devices that support it, and nowhere else."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast_context(device, enabled: bool):
+    """bf16 autocast on CUDA devices that support bf16; nothing elsewhere (float16 would need loss
+    scaling, and CPU autocast does not pay off for these models)."""
+    if not enabled or not bf16_autocast_available(device):
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a ``torchrun`` job, read from its environment."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer (set by torchrun or by hand?)") from None
+
+
+def dist_env() -> DistEnv:
+    """(rank, world size, local rank) from torchrun's environment; one process outside it."""
+    env = DistEnv(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
+    if env.world_size < 1 or not 0 <= env.rank < env.world_size:
+        raise ConfigError(f"RANK={env.rank}, WORLD_SIZE={env.world_size}: not a valid torchrun environment")
+    return env

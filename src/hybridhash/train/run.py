@@ -1,0 +1,199 @@
+"""A whole training run: several code lengths, in one process, side by side, or under torchrun.
+
+The run directory's layout is :mod:`hybridhash.rundir`'s; one :class:`~.loop.Trainer` trains each
+code length.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from .. import rundir as R
+from ..errors import ConfigError
+from ..fileio import read_json, write_json
+from ..runtime import pick_device, usable_cores
+from . import distributed as D
+from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
+from .recipe import RESUME_KEYS, TrainConfig, resolve
+from .state import STATE_NAME, read_training_state
+
+_log = logging.getLogger(__name__)
+
+# cached training images above this many bytes fall back to streaming
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def _check_resume(run_dir: Path, config: TrainConfig) -> None:
+    saved_path = run_dir / R.RUN_NAME
+    if not saved_path.exists():
+        return
+    saved = read_json(saved_path).get("config", {})
+    now = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, like the saved side
+    for k in RESUME_KEYS:
+        if k in saved and saved[k] != now.get(k):
+            raise ConfigError(f"--resume: {run_dir} was trained with {k}={saved[k]!r}, this run asks for "
+                              f"{now.get(k)!r}; use the same options or another --out")
+
+
+def load_run_protocol(config: TrainConfig, run_dir: Path):
+    """The run's protocol: from its ``split.json`` when there is one (resume), else drawn anew."""
+    from ..data import load_protocol
+
+    split = run_dir / R.SPLIT_NAME
+    kw = dict(root=config.root, image_root=config.image_root, download=config.download)
+    if split.exists():
+        return load_protocol(config.dataset, split_file=str(split), **kw)
+    return load_protocol(config.dataset, seed=config.seed, val_fraction=config.val_fraction, **kw)
+
+
+def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] = ()) -> Dict[int, BitsResult]:
+    """Train one model per code length of ``config.bits`` into ``config.out/bits{N}/``.
+
+    Args:
+        config: options; unset ones are filled by the recipe of the model (see :mod:`.recipe`).
+        protocol: an already loaded ``Protocol`` (default: ``load_protocol(config.dataset, ...)``,
+            or the run's recorded split when resuming).
+        callbacks: see :class:`~.loop.Trainer`.
+
+    Returns:
+        {bits: BitsResult}. Code lengths already trained to the end are skipped under ``resume``.
+    """
+    import hybridhash
+    from ..models import build_config
+
+    dist_info = D.init_distributed(config.device if config.device != "auto" else str(pick_device("auto")))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    img_size = build_config(config.model, 16, **config.model_overrides).img_size
+    config = resolve(config, img_size)
+    run_dir = Path(config.out)
+    if config.tensorboard and dist_info.is_main:
+        tensorboard_writer(None)  # fails now, not after the data is loaded, when tensorboard is missing
+    # every rank checks (read-only), so that a refusal stops them all rather than leaving some waiting
+    existing = [b for b in config.bits if R.resolve_ckpt_dir(R.bits_dir(run_dir, b) / R.LAST) is not None]
+    if existing and not config.resume:
+        raise ConfigError(f"{run_dir} already holds a run ({R.bits_dir(run_dir, existing[0]).name}); "
+                          f"pass --resume to continue it or choose another --out")
+    if config.resume:
+        _check_resume(run_dir, config)
+    if protocol is None:
+        protocol = load_run_protocol(config, run_dir)
+    if config.select_on == "val" and len(protocol.val) == 0:
+        raise ConfigError("select_on=val needs validation images, but the split has none (val_fraction 0); "
+                          "use a val fraction above 0 or --select-on query")
+    if config.select_on == "query" and dist_info.is_main:
+        _log.warning("selecting the model on the test queries reproduces the original's protocol but is not a "
+                     "fair evaluation: the reported figures are then optimistic")
+    if config.bank_rows is None and protocol.original_bank_rows and dist_info.is_main:
+        _log.debug("memory bank sized to the %d training images (the original used %d rows)",
+                   len(protocol.train), protocol.original_bank_rows)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = protocol.split_record()
+        split_path = run_dir / R.SPLIT_NAME
+        if split_path.exists() and read_json(split_path).get("hash") != record["hash"]:
+            raise ConfigError(f"{split_path} records another split of the data than this run's; use another --out")
+        if not split_path.exists():
+            protocol.save_split(split_path)
+        write_json(run_dir / R.RUN_NAME, {"config": config.to_dict(), "protocol": protocol.summary(),
+                                          "torch": torch.__version__, "hybridhash": hybridhash.__version__,
+                                          "world_size": dist_info.world_size})
+    D.barrier()
+    split_hash = protocol.split_record()["hash"]
+
+    workers = _parallel_workers(config, dist_info)
+    results: Dict[int, BitsResult] = {}
+    if workers > 1:
+        results = _train_parallel(config, run_dir, workers, callbacks)
+    else:
+        cache = None
+        for bits in config.bits:
+            if cache is None and config.data_mode == "cache" and not _finished(config, run_dir, bits):
+                cache = _build_cache(config, protocol, bits, dist_info)
+            results[bits] = _train_bits(config, protocol, bits, run_dir, callbacks, cache, dist_info, split_hash)
+            if config.stop_after_epochs is not None and results[bits].epochs < config.epochs:
+                break
+    if dist_info.is_main:
+        done = {str(b): r.to_dict() for b, r in results.items()}
+        write_json(run_dir / R.SUMMARY_NAME, {"dataset": protocol.name, "select_on": config.select_on,
+                                              "results": done})
+    return results
+
+
+def _finished(config: TrainConfig, run_dir: Path, bits: int) -> Optional[Dict[str, Any]]:
+    """The saved counters of a code length already trained to the end under ``--resume``, else None."""
+    last = R.resolve_ckpt_dir(R.bits_dir(run_dir, bits) / R.LAST)
+    if not config.resume or last is None:
+        return None
+    _, meta = read_training_state(last / STATE_NAME)
+    counters = meta.get("counters", {})
+    return counters if int(counters.get("epoch", 0)) >= config.epochs else None
+
+
+def _train_bits(config: TrainConfig, protocol, bits: int, run_dir: Path, callbacks: Sequence[Callback],
+                cache: Optional[CachedImages], dist_info: D.DistInfo, split_hash: str) -> BitsResult:
+    out = R.bits_dir(run_dir, bits)
+    counters = _finished(config, run_dir, bits)
+    if counters is not None:
+        if dist_info.is_main:
+            _log.info("%d bits: already trained (%d epochs), skipped", bits, counters["epoch"])
+        return BitsResult(bits, out, int(counters["epoch"]), counters.get("best_epoch"), counters.get("best_metric"),
+                          config.select_on, float(counters.get("elapsed", 0.0)), R.read_log(out))
+    trainer = Trainer(config, protocol, bits, out, callbacks=callbacks, cache=cache, dist_info=dist_info)
+    trainer.split_hash = split_hash
+    return trainer.fit(resume=config.resume)
+
+
+def _parallel_workers(config: TrainConfig, dist_info: D.DistInfo) -> int:
+    """Processes to train code lengths in: 1 on GPUs, under torchrun, or when asked; ``parallel=0`` on a
+    CPU means one per core (at most one per code length), because small models use one core better
+    than several threads do."""
+    if dist_info.enabled or pick_device(config.device).type != "cpu" or len(config.bits) < 2:
+        return 1
+    if config.parallel == 0:
+        return max(1, min(len(config.bits), usable_cores()))
+    return max(1, min(config.parallel, len(config.bits)))
+
+
+def _worker(job) -> BitsResult:
+    """Train one code length in a child process (spawned: it imports afresh)."""
+    config, run_dir, bits, callbacks, threads, log_level = job
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    protocol = load_run_protocol(config, run_dir)
+    cache = _build_cache(config, protocol, bits, D.DistInfo()) if config.data_mode == "cache" else None
+    return _train_bits(config, protocol, bits, run_dir, callbacks, cache, D.DistInfo(),
+                       protocol.split_record()["hash"])
+
+
+def _train_parallel(config: TrainConfig, run_dir: Path, workers: int,
+                    callbacks: Sequence[Callback]) -> Dict[int, BitsResult]:
+    import multiprocessing as mp
+
+    threads = config.threads or max(1, usable_cores() // workers)
+    level = logging.getLogger().getEffectiveLevel()
+    jobs = [(config, run_dir, bits, list(callbacks), threads, level) for bits in config.bits]
+    _log.info("training %d code lengths in %d processes of %d thread(s)", len(jobs), workers, threads)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, maxtasksperchild=1) as pool:
+        done = pool.map(_worker, jobs, chunksize=1)
+    return {r.bits: r for r in done}
+
+
+def _build_cache(config: TrainConfig, protocol, bits: int, dist_info: D.DistInfo) -> Optional[CachedImages]:
+    from ..data.transforms import build_transform, with_pipeline
+    from ..models import build_config
+
+    model_cfg = build_config(config.model, bits, **config.model_overrides)
+    size = len(protocol.train) * 3 * model_cfg.img_size ** 2 * 4
+    if size > CACHE_LIMIT_BYTES:
+        raise ConfigError(f"caching {len(protocol.train)} training images of {model_cfg.img_size} px needs "
+                          f"{size / 2**30:.1f} GiB; use --data-mode stream")
+    transform = build_transform(with_pipeline(model_cfg.preprocess, protocol.name), train=False)
+    desc = "cache training images" if (not config.quiet and dist_info.is_main and sys.stderr.isatty()) else None
+    return CachedImages(protocol.train, transform, desc)

@@ -1,0 +1,124 @@
+"""The package's shape: no import circles (function-level imports included), the library apart
+from the training program, modules small enough to read in one sitting, each with its opening line."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "hybridhash"
+LIBRARY = ("models", "data", "codes", "metrics", "index", "retrieval", "serve", "collection", "runtime",
+           "limits", "rundir", "fileio", "errors", "configs", "methods")
+MAX_LINES = 450
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> Dict[str, Path]:
+    return {_module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: Set[str]) -> Set[str]:
+    """Modules of the package that ``name`` imports anywhere in its file."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: Set[str] = set()
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}  # never run
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # `from pkg import sub` imports the submodule when there is one
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def _graph() -> Dict[str, Set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {name: _imports(name, path, known) for name, path in mods.items()}
+
+
+def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on: Set[str] = set()
+    out: List[List[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_checker_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    # a package's __init__ importing its submodules is fine; one of them importing the package back is a circle
+    assert _cycles(_graph()) == []
+
+
+def test_the_library_never_imports_the_training_program():
+    bad = {m: sorted(d for d in deps if d == "hybridhash.train" or d.startswith("hybridhash.train."))
+           for m, deps in _graph().items()
+           if m.split(".")[1:2] and m.split(".")[1] in LIBRARY}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_modules_are_small_and_say_what_they_hold(name):
+    path = _modules()[name]
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_LINES, f"{path} has {len(text.splitlines())} lines"
+    doc = ast.get_docstring(ast.parse(text))
+    assert doc and doc.strip(), f"{path} has no opening docstring"
