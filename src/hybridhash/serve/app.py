@@ -476,11 +476,11 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
 
 def _item_path(collection, item_id: int) -> Path:
-    """The file of item ``item_id``, inside the image root, or a 404."""
+    """The file of item ``item_id`` (its listed path, read through links; see Collection.served_path), or a 404."""
     if not 0 <= item_id < collection.count:
         raise HTTPException(404, f"no item {item_id}: ids run from 0 to {collection.count - 1}")
     try:
-        path = Path(collection.abspath(item_id))
+        path = Path(collection.served_path(item_id))
     except DataError as err:
         log.warning("refused to serve %s", err)
         raise HTTPException(404, f"item {item_id}: not served (its path leaves the image root)") from None
