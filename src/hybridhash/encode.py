@@ -431,6 +431,17 @@ def _clear(out: Path, old_plan: Optional[Dict[str, Any]], manifest: Optional[Dic
             (out / name).unlink(missing_ok=True)
 
 
+def _encoder_leftovers_only(out: Path) -> bool:
+    """True when ``out`` holds nothing but a ``shards/`` folder of files named as the encoder names them
+    (a first run stopped before its plan was written)."""
+    shards = out / coll.SHARDS
+    if any(e.name != coll.SHARDS for e in out.iterdir()) or not shards.is_dir():
+        return False
+    return all(f.is_file() and (f.name in (ITEMS, ITEM_LABELS) or _SHARD_NAME.fullmatch(f.name)
+                                or (f.name.startswith(".") and f.name.endswith(".tmp")))
+               for f in shards.iterdir())
+
+
 def _not_ours(out: Path) -> DataError:
     return DataError(f"--out {out} is not empty and is not a hybridhash collection (not a code collection this "
                      f"project wrote); choose an empty or new directory")
@@ -465,7 +476,8 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
     manifest = coll.read_manifest(out) if out.is_dir() else None
     old_plan, plan_error, foreign_plan = _read_plan(plan_file)
     foreign = foreign_plan or ((out / coll.MANIFEST).exists() and manifest is None)
-    ours = manifest is not None or old_plan is not None or plan_error is not None
+    ours = manifest is not None or old_plan is not None or plan_error is not None \
+        or (out.is_dir() and _encoder_leftovers_only(out))
     if out.is_dir() and any(out.iterdir()) and (foreign or not ours):
         raise _not_ours(out)
     if plan_error is not None and resume:

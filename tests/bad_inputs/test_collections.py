@@ -154,6 +154,14 @@ def test_foreign_directory_is_refused_and_left_byte_identical(tmp_path, ckpt, ca
     assert snapshot(out) == before
 
 
+def test_a_run_stopped_before_its_plan_is_still_the_projects(tmp_path, model):
+    images, out = tmp_path / "images", tmp_path / "codes"
+    make_flat(images, 2)
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "items.txt").write_text("img_0.png\n")  # written just before plan.json
+    assert encode_collection(images, out, model=model, **KW).count == 2
+
+
 def test_no_resume_removes_only_the_files_the_project_wrote(tmp_path, ckpt, model):
     images, out = tmp_path / "images", tmp_path / "codes"
     make_flat(images, 4)
