@@ -79,7 +79,8 @@ def write_collection(directory: PathLike, manifest: Dict[str, Any], codes: np.nd
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     n = int(codes.shape[0])
-    if len(paths) != n or (labels is not None and labels.shape[0] != n) or (stats is not None and stats.shape != (n, 2)):
+    if len(paths) != n or (labels is not None and labels.shape[0] != n) \
+            or (stats is not None and stats.shape != (n, 2)):
         raise ValueError(f"{n} codes, {len(paths)} paths, {None if labels is None else labels.shape[0]} labels, "
                          f"{None if stats is None else stats.shape} stats")
     # a reader must never pair an old manifest with new files

@@ -398,7 +398,8 @@ class HashIndex:
             raise IndexMismatchError(f"index {path} was built from model {fingerprint}, "
                                      f"expected model {expect_fingerprint}")
         if expect_codes_sha256 is not None and codes_sha256 != expect_codes_sha256:
-            what = "codes it does not record" if codes_sha256 is None else f"other codes (sha256 {str(codes_sha256)[:12]})"
+            what = ("codes it does not record" if codes_sha256 is None
+                    else f"other codes (sha256 {str(codes_sha256)[:12]})")
             raise StaleIndexError(f"index {path} was built from {what}, not these codes "
                                      f"(sha256 {expect_codes_sha256[:12]}); rebuild it with `hybridhash index`")
         try:

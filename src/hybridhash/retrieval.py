@@ -88,7 +88,8 @@ class Retriever:
         built_from = getattr(index, "codes_sha256", None)
         if built_from is not None and built_from != collection.codes_sha256:
             raise IndexMismatchError(f"the index was built from other codes than those of {collection.directory} "
-                                     f"(sha256 {str(built_from)[:12]}, the collection's {collection.codes_sha256[:12]}); "
+                                     f"(sha256 {str(built_from)[:12]}, the collection's "
+                                     f"{collection.codes_sha256[:12]}); "
                                      f"rebuild it with `hybridhash index`")
         self.collection = collection
         self.index = index
