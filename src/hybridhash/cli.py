@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except HybridHashError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the system's own reason and the file, not a traceback
+        reason = err.strerror or str(err) or type(err).__name__
+        print(f"error: {reason}: {err.filename}" if err.filename else f"error: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,16 +9,21 @@ Layout of a collection directory ``CODES/``::
     labels.npy           int64 (n,) class ids, or uint8 (n, C) multi-hot (only when labels are known)
     classes.json         the C class names (only when labels are known)
     skipped.json         [{"path", "reason"}] images that could not be encoded
+    files.stat.npy       int64 (n, 2) size and mtime_ns of each item's file when it was encoded
     shards/              the encoder's resumable shards (see :mod:`hybridhash.encode`)
 
-``manifest.json`` is written last, so a directory with a manifest holds a complete collection.
+``manifest.json`` is written last, so a directory with a manifest holds a complete collection. The
+manifest's ``format`` marks the directory as this project's, and ``files`` lists the files the
+project wrote there (only those are ever removed or replaced).
 Codes and offsets are memory-mapped; a path is read from disk only when a result needs it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+import stat as stat_mod
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -34,6 +39,7 @@ OFFSETS = "paths.offsets.npy"
 LABELS = "labels.npy"
 CLASSES = "classes.json"
 SKIPPED = "skipped.json"
+STATS = "files.stat.npy"
 SHARDS = "shards"
 # label kinds a manifest may name
 LABEL_KINDS = ("class", "multi-hot")
@@ -63,17 +69,20 @@ def write_paths(directory: PathLike, paths: Sequence[str]) -> None:
 
 def write_collection(directory: PathLike, manifest: Dict[str, Any], codes: np.ndarray, paths: Sequence[str],
                      labels: Optional[np.ndarray] = None, classes: Optional[List[str]] = None,
-                     skipped: Sequence[Dict[str, str]] = ()) -> "Collection":
+                     skipped: Sequence[Dict[str, str]] = (), stats: Optional[np.ndarray] = None) -> "Collection":
     """Write the merged files of a collection, the manifest last, and open it.
 
-    ``codes`` uint8 (n, bits/8); ``paths`` n relative paths; ``labels`` int64 (n,) or uint8 (n, C).
-    ``manifest`` gets ``format``, ``version`` and ``count`` filled in.
+    ``codes`` uint8 (n, bits/8); ``paths`` n relative paths; ``labels`` int64 (n,) or uint8 (n, C);
+    ``stats`` int64 (n, 2) size and mtime_ns of each file when it was encoded, or None.
+    ``manifest`` gets ``format``, ``version``, ``count``, ``codes_sha256`` and ``files`` filled in.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     n = int(codes.shape[0])
-    if len(paths) != n or (labels is not None and labels.shape[0] != n):
-        raise ValueError(f"{n} codes, {len(paths)} paths, {None if labels is None else labels.shape[0]} labels")
+    if len(paths) != n or (labels is not None and labels.shape[0] != n) \
+            or (stats is not None and stats.shape != (n, 2)):
+        raise ValueError(f"{n} codes, {len(paths)} paths, {None if labels is None else labels.shape[0]} labels, "
+                         f"{None if stats is None else stats.shape} stats")
     # a reader must never pair an old manifest with new files
     (directory / MANIFEST).unlink(missing_ok=True)
     save_npy(directory / CODES, codes.astype(np.uint8, copy=False))
@@ -84,9 +93,33 @@ def write_collection(directory: PathLike, manifest: Dict[str, Any], codes: np.nd
         save_npy(directory / LABELS, labels)
         write_json(directory / CLASSES, list(classes or []))
     write_json(directory / SKIPPED, list(skipped))
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **manifest, "count": n}
+    (directory / STATS).unlink(missing_ok=True)
+    if stats is not None:
+        save_npy(directory / STATS, stats.astype(np.int64, copy=False))
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    files = [CODES, PATHS, OFFSETS, SKIPPED] + ([LABELS, CLASSES] if labels is not None else []) \
+        + ([STATS] if stats is not None else [])
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **manifest, "count": n,
+                "codes_sha256": codes_digest(codes), "files": files + [MANIFEST]}
     write_json(directory / MANIFEST, manifest)
     return Collection(directory)
+
+
+def codes_digest(codes: np.ndarray) -> str:
+    """Hex sha256 of packed codes uint8 (n, bits/8), row after row: what an index is bound to."""
+    h = hashlib.sha256()
+    h.update(f"{tuple(codes.shape)}:".encode())
+    step = max(1, (1 << 24) // max(1, codes.shape[1] if codes.ndim == 2 else 1))  # ~16 MB at a time
+    for s in range(0, codes.shape[0], step):
+        h.update(np.ascontiguousarray(codes[s:s + step], dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def _manifest_int(mpath: Path, m: Dict[str, Any], key: str, least: int) -> int:
+    value = m.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise DataError(f"{mpath}: {key} is {value!r}, expected an integer of at least {least}")
+    return value
 
 
 class Collection:
@@ -112,32 +145,64 @@ class Collection:
             raise DataError(f"{self.directory}: not a code collection (no {MANIFEST})")
         try:
             m = read_json(mpath)
-        except ValueError as err:
+        except (ValueError, UnicodeDecodeError) as err:
             raise DataError(f"{mpath}: not valid JSON ({err})") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise DataError(f"{mpath}: not a {FORMAT} manifest")
         if m.get("version") != FORMAT_VERSION:
             raise DataError(f"{mpath}: format version {m.get('version')}, this hybridhash reads {FORMAT_VERSION}")
         self.manifest: Dict[str, Any] = m
-        self.bits = int(m["bits"])
-        self.count = int(m["count"])
+        self.bits = _manifest_int(mpath, m, "bits", 1)
+        self.count = _manifest_int(mpath, m, "count", 0)
         self.fingerprint: Optional[str] = m.get("fingerprint")
+        if root is None and not isinstance(m.get("image_root"), str):
+            raise DataError(f"{mpath}: no image_root (where the item paths start); pass the image root explicitly "
+                            f"or encode the images again")
         self.root = Path(root if root is not None else m["image_root"]).resolve()
+        self._digest: Optional[str] = None
 
-        self.codes = self._load(CODES, np.uint8, (self.count, (self.bits + 7) // 8))  # (n, bits/8)
-        self._offsets = self._load(OFFSETS, np.int64, (self.count + 1,))  # (n + 1,)
+        nbytes = (self.bits + 7) // 8
+        self.codes = self._load(CODES, np.uint8, None)  # (n, bits/8)
+        if self.codes.ndim != 2 or tuple(self.codes.shape) != (self.count, nbytes):
+            raise DataError(f"{mpath}: says {self.count} codes of {self.bits} bits ({nbytes} bytes each), "
+                            f"{self.directory / CODES} holds shape {tuple(self.codes.shape)}; the manifest does not "
+                            f"match the collection, encode the images again")
+        self._offsets = self._load(OFFSETS, np.int64, None)  # (n + 1,)
+        self._paths_file = self.directory / PATHS
+        if not self._paths_file.is_file():
+            raise DataError(f"{self._paths_file}: missing")
+        self._check_offsets(mpath)
         self.labels: Optional[np.ndarray] = None
         self.classes: Optional[List[str]] = None
         if m.get("labels") in LABEL_KINDS:
             self.labels = self._load(LABELS, None, None)
-            if self.labels.shape[0] != self.count:
-                raise DataError(f"{self.directory / LABELS}: {self.labels.shape[0]} rows, the manifest says {self.count}")
-            self.classes = [str(c) for c in read_json(self.directory / CLASSES)]
-        self._paths_file = self.directory / PATHS
-        if not self._paths_file.is_file():
-            raise DataError(f"{self._paths_file}: missing")
+            if self.labels.ndim == 0 or self.labels.shape[0] != self.count:
+                raise DataError(f"{mpath}: says {self.count} items, {self.directory / LABELS} has shape "
+                                f"{tuple(self.labels.shape)}; encode the images again")
+            try:
+                self.classes = [str(c) for c in read_json(self.directory / CLASSES)]
+            except (OSError, ValueError, TypeError) as err:
+                raise DataError(f"{self.directory / CLASSES}: unreadable ({err})") from None
+        elif m.get("labels") is not None:
+            raise DataError(f"{mpath}: labels {m.get('labels')!r}, expected one of {', '.join(LABEL_KINDS)} or null")
+        self._stats: Optional[np.ndarray] = None  # (n, 2) size, mtime_ns at encoding; loaded when needed
         # one descriptor read with pread: no shared file position, so path() is thread-safe
         self._fd: Optional[int] = os.open(self._paths_file, os.O_RDONLY)
+
+    def _check_offsets(self, mpath: Path) -> None:
+        """paths.offsets.npy must be (count + 1,), start at 0, never decrease and end at the size of paths.txt."""
+        off = self._offsets
+        size = self._paths_file.stat().st_size
+        why = None
+        if off.ndim != 1 or off.shape[0] != self.count + 1:
+            why = f"{self.directory / OFFSETS} has shape {tuple(off.shape)}, expected ({self.count + 1},)"
+        elif int(off[0]) != 0 or int(off[-1]) != size:
+            why = (f"{self.directory / OFFSETS} spans bytes {int(off[0])}..{int(off[-1])} of "
+                   f"{self.directory / PATHS}, which has {size}")
+        elif self.count and bool((np.diff(off) < 1).any()):
+            why = f"{self.directory / OFFSETS} is not increasing"
+        if why:
+            raise DataError(f"{mpath}: says {self.count} items, but {why}; encode the images again")
 
     def _load(self, name: str, dtype, shape) -> np.ndarray:
         path = self.directory / name
@@ -145,7 +210,7 @@ class Collection:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             raise DataError(f"{path}: missing") from None
-        except ValueError as err:
+        except (ValueError, OSError, EOFError) as err:
             raise DataError(f"{path}: not a numpy array file ({err})") from None
         if dtype is not None and arr.dtype != dtype:
             raise DataError(f"{path}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
@@ -194,6 +259,50 @@ class Collection:
             raise DataError(f"item {i}: {rel!r} resolves outside the image root {self.root}")
         return full
 
+    @property
+    def codes_sha256(self) -> str:
+        """Hex sha256 of the codes as stored (see :func:`codes_digest`), computed once."""
+        if self._digest is None:
+            self._digest = codes_digest(self.codes)
+        return self._digest
+
+    def encoded_stat(self, i: int) -> Optional[Tuple[int, int]]:
+        """(size, mtime_ns) of item ``i``'s file when it was encoded; None for collections without them."""
+        i = self._check_id(i)
+        if self._stats is None:
+            path = self.directory / STATS
+            if STATS not in (self.manifest.get("files") or []) or not path.is_file():
+                return None
+            arr = self._load(STATS, np.int64, (self.count, 2))
+            self._stats = arr
+        return int(self._stats[i, 0]), int(self._stats[i, 1])
+
+    def served_path(self, i: int) -> Path:
+        """The file of item ``i`` to hand out, read through symbolic links; DataError if it must not be served.
+
+        The listed path must stay inside the image root as written (no ``..``, not absolute). When
+        it resolves inside the root it is served; when a symbolic link takes it outside, it is served
+        only if it is the very file that was encoded (same size and mtime as recorded then), so an
+        item can never stand for a file the collection did not list and encode.
+        """
+        rel = self.path(i)
+        parts = PurePosixPath(rel).parts
+        if not rel or rel.startswith("/") or ".." in parts:
+            raise DataError(f"item {i}: {rel!r} leaves the image root {self.root}")
+        full = (self.root / rel).resolve()
+        if full.is_relative_to(self.root):
+            return full
+        recorded = self.encoded_stat(i)
+        try:
+            st = os.stat(full)
+        except OSError:
+            st = None
+        if recorded is None or st is None or not stat_mod.S_ISREG(st.st_mode) \
+                or (st.st_size, st.st_mtime_ns) != recorded:
+            raise DataError(f"item {i}: {rel!r} resolves outside the image root {self.root} "
+                            f"to a file that is not the one encoded")
+        return full
+
     def label_ids(self, i: int) -> List[int]:
         """Class ids of item ``i`` (one for class labels, any number for multi-hot); [] if unknown."""
         i = self._check_id(i)
@@ -230,5 +339,37 @@ def open_collection(directory: PathLike, root: Optional[PathLike] = None) -> Col
     return Collection(directory, root=root)
 
 
+def read_manifest(directory: PathLike) -> Optional[Dict[str, Any]]:
+    """The manifest of the collection in ``directory`` if this project wrote it, else None.
+
+    A manifest is the project's when it is a JSON object with ``"format": "hybridhash-codes"``
+    (every manifest this project has written carries it); anyone else's ``manifest.json`` is not.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        m = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return m if isinstance(m, dict) and m.get("format") == FORMAT else None
+
+
+def written_files(manifest: Dict[str, Any]) -> List[str]:
+    """Names of the files a project manifest says its collection consists of (the manifest last).
+
+    Manifests written before ``files`` was recorded: the files such a collection always had.
+    """
+    files = manifest.get("files")
+    if isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and f not in (".", "..")
+                                       for f in files):
+        return [f for f in files if f != MANIFEST] + [MANIFEST]
+    base = [CODES, PATHS, OFFSETS, SKIPPED]
+    if manifest.get("labels") in LABEL_KINDS:
+        base += [LABELS, CLASSES]
+    return base + [MANIFEST]
+
+
 def is_collection(directory: PathLike) -> bool:
-    return (Path(directory) / MANIFEST).is_file()
+    """True when ``directory`` holds a collection manifest this project wrote."""
+    return read_manifest(directory) is not None

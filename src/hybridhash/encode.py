@@ -13,10 +13,13 @@ stops at the first one instead). Item ids are positions among the images that we
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -40,6 +43,11 @@ ITEMS = "items.txt"
 ITEM_LABELS = "items.labels.npy"
 # what must agree for finished shards to be reused
 PLAN_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "images_sha256", "shard_size", "max_pixels")
+PLAN_FORMAT = "hybridhash-encode-plan"
+PLAN_VERSION = 1
+_SHARD_NAME = re.compile(r"shard-\d{5}\.npz")
+# arrays every shard file holds ("stat" since file sizes and times are recorded)
+_SHARD_ARRAYS = ("index", "codes", "skipped_index", "skipped_reason", "fingerprint", "images_sha256")
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +98,38 @@ def _storable(rel: str) -> Optional[str]:
     except UnicodeEncodeError:
         return "file name is not valid UTF-8"
     return None
+
+
+def file_stats(root: PathLike, paths: Sequence[str]) -> np.ndarray:
+    """int64 (n, 2): size and mtime_ns of each file (through links), (-1, -1) where it cannot be read.
+
+    What make and rsync compare: a file replaced in place gets another size or time.
+    """
+    out = np.full((len(paths), 2), -1, dtype=np.int64)
+    for i, rel in enumerate(paths):
+        try:
+            st = os.stat(os.path.join(root, rel))
+        except (OSError, ValueError):
+            continue
+        out[i] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _printable(name: str) -> str:
+    """``name`` as it can stand on one line of an error message (quoted and escaped when needed)."""
+    return name if name.isprintable() else repr(name)
+
+
+@contextmanager
+def _disk_full(what: PathLike, kept: str) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing ``what`` into a one-line DataError saying what was kept."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"no space left on device while writing {err.filename or what}: "
+                            f"free space and rerun; {kept}") from None
+        raise
 
 
 def _walk_images(root: Path) -> List[str]:
@@ -279,11 +319,21 @@ class EncodePlan:
         return s * self.shard_size, min((s + 1) * self.shard_size, self.count)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "EncodePlan":
+        d = {k: v for k, v in d.items() if k not in ("format", "version")}
         return cls(**d)
+
+    @staticmethod
+    def is_plan(d: Any) -> bool:
+        """True for a plan this project wrote: the format marker, or (before the marker) exactly the plan's fields."""
+        if not isinstance(d, dict):
+            return False
+        if d.get("format") == PLAN_FORMAT:
+            return d.get("version") == PLAN_VERSION
+        return set(d) == {f.name for f in fields(EncodePlan)}
 
 
 def shard_path(out: PathLike, s: int) -> Path:
@@ -339,17 +389,64 @@ def _mismatch(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _clear(out: Path) -> None:
-    """Remove what an earlier run wrote to ``out`` (only files this module names)."""
+def _read_plan(plan_file: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str], bool]:
+    """(plan dict, why it is unreadable, whether a file is there that is not a plan of this project)."""
+    if not plan_file.is_file():
+        return None, None, False
+    try:
+        d = read_json(plan_file)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        return None, f"unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]})", False
+    if not EncodePlan.is_plan(d):
+        return None, None, True
+    try:
+        EncodePlan.from_dict(d)
+    except TypeError as err:
+        return None, f"not a complete plan ({err})", False
+    return d, None, False
+
+
+def _clear(out: Path, old_plan: Optional[Dict[str, Any]], manifest: Optional[Dict[str, Any]]) -> None:
+    """Remove what an earlier run wrote to ``out``: exactly the files its plan and manifest name.
+
+    A plan that cannot be read names nothing; then only files under ``shards/`` with the names this
+    module gives them go (that folder and those names are the encoder's own).
+    """
+    from .retrieval import remove_own_index
+
     shards = out / coll.SHARDS
     if shards.is_dir():
-        for f in shards.iterdir():
-            if f.name in (PLAN, ITEMS, ITEM_LABELS) or (f.name.startswith("shard-") and f.suffix == ".npz"):
-                f.unlink()
+        if old_plan is not None:
+            plan = EncodePlan.from_dict(old_plan)
+            names = [shard_path(out, s).name for s in range(plan.num_shards)] + [ITEMS, ITEM_LABELS, PLAN]
+            for name in names:
+                (shards / name).unlink(missing_ok=True)
+        elif not (out / coll.SHARDS / PLAN).is_file() or _read_plan(shards / PLAN)[1] is not None:
+            for f in shards.iterdir():
+                if f.is_file() and (f.name in (PLAN, ITEMS, ITEM_LABELS) or _SHARD_NAME.fullmatch(f.name)):
+                    f.unlink()
         if not any(shards.iterdir()):
             shards.rmdir()
-    for name in (coll.MANIFEST, coll.CODES, coll.PATHS, coll.OFFSETS, coll.LABELS, coll.CLASSES, coll.SKIPPED):
-        (out / name).unlink(missing_ok=True)
+    if manifest is not None:
+        remove_own_index(out)  # it was built from the codes about to go
+        for name in coll.written_files(manifest):
+            (out / name).unlink(missing_ok=True)
+
+
+def _encoder_leftovers_only(out: Path) -> bool:
+    """True when ``out`` holds nothing but a ``shards/`` folder of files named as the encoder names them
+    (a first run stopped before its plan was written)."""
+    shards = out / coll.SHARDS
+    if any(e.name != coll.SHARDS for e in out.iterdir()) or not shards.is_dir():
+        return False
+    return all(f.is_file() and (f.name in (ITEMS, ITEM_LABELS) or _SHARD_NAME.fullmatch(f.name)
+                                or (f.name.startswith(".") and f.name.endswith(".tmp")))
+               for f in shards.iterdir())
+
+
+def _not_ours(out: Path) -> DataError:
+    return DataError(f"--out {out} is not empty and is not a hybridhash collection (not a code collection this "
+                     f"project wrote); choose an empty or new directory")
 
 
 def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkpoint: Optional[PathLike] = None,
@@ -357,9 +454,12 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
                 resume: bool = True) -> EncodePlan:
     """Write the shard plan and the image list under ``out/shards/`` (rank 0's job).
 
-    With ``resume``, an earlier plan (or finished collection) in ``out`` must describe the same
-    model, images, shard size and pixel limit, else IndexMismatchError says what differs; its
-    finished shards are then kept. Without ``resume`` earlier results are removed first.
+    ``out`` must be new, empty, or a collection (or encoding run) this project wrote; nothing else
+    in it is ever removed. With ``resume``, an earlier plan (or finished collection) in ``out`` must
+    describe the same model, images, shard size and pixel limit, else IndexMismatchError says what
+    differs; its finished shards are then kept, except those whose images changed since (size or
+    mtime) and those that are unreadable or do not hold the rows of their plan: those are removed
+    and encoded again. Without ``resume`` earlier results are removed first.
     """
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
@@ -375,25 +475,71 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
     plan_file = out / coll.SHARDS / PLAN
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not plan_file.is_file() and not coll.is_collection(out):
-        raise DataError(f"{out}: exists and is not a code collection; choose a new or empty directory")
-    old = read_json(plan_file) if plan_file.is_file() else None
-    if old is None and coll.is_collection(out):
-        old = read_json(out / coll.MANIFEST)
-    if old is not None:
-        why = _mismatch(old, new)
+    manifest = coll.read_manifest(out) if out.is_dir() else None
+    old_plan, plan_error, foreign_plan = _read_plan(plan_file)
+    foreign = foreign_plan or ((out / coll.MANIFEST).exists() and manifest is None)
+    ours = manifest is not None or old_plan is not None or plan_error is not None \
+        or (out.is_dir() and _encoder_leftovers_only(out))
+    if out.is_dir() and any(out.iterdir()) and (foreign or not ours):
+        raise _not_ours(out)
+    if plan_error is not None and resume:
+        raise DataError(f"{plan_file}: {plan_error}; pass --no-resume to start over")
+    old = old_plan if old_plan is not None else manifest
+    if old is not None or plan_error is not None:
+        why = _mismatch(old, new) if old is not None else None
         if why and resume:
             raise IndexMismatchError(f"{out} holds codes of {why}; pass --no-resume to replace them, "
                                      f"or choose another output directory")
-        if why or not resume:
-            _clear(out)
-    (out / coll.SHARDS).mkdir(parents=True, exist_ok=True)
-    with coll.atomic_path(out / coll.SHARDS / ITEMS) as tmp:  # read back by every rank and by the merge
-        tmp.write_text("".join(p + "\n" for p in images.paths), encoding="utf-8")
-    if images.labels is not None:
-        coll.save_npy(out / coll.SHARDS / ITEM_LABELS, images.labels)
-    write_json(plan_file, new)
+        if why or not resume or plan_error is not None:
+            _clear(out, old_plan, manifest)
+    kept = "nothing was encoded yet"
+    with _disk_full(out / coll.SHARDS, kept):
+        (out / coll.SHARDS).mkdir(parents=True, exist_ok=True)
+        with coll.atomic_path(out / coll.SHARDS / ITEMS) as tmp:  # read back by every rank and by the merge
+            tmp.write_text("".join(p + "\n" for p in images.paths), encoding="utf-8")
+        if images.labels is not None:
+            coll.save_npy(out / coll.SHARDS / ITEM_LABELS, images.labels)
+        write_json(plan_file, new)
+    if resume:
+        _drop_stale_shards(out, plan, images)
     return plan
+
+
+def _drop_stale_shards(out: Path, plan: EncodePlan, images: ImageList) -> List[int]:
+    """Remove the finished shards that must be encoded again, say why, and return them.
+
+    A shard goes when it is unreadable, does not hold exactly its plan's rows and ids, or any of
+    its images has another size or mtime_ns now than when it was encoded.
+    """
+    present = [s for s in range(plan.num_shards) if shard_path(out, s).is_file()]
+    if not present:
+        return []
+    stale, changed, problems = [], 0, []
+    for s in present:
+        start, end = plan.shard_range(s)
+        problem, data = check_shard(out, plan, s)
+        if problem is None and data.get("stat") is None:
+            problem = "records no file sizes and times (written by an older hybridhash)"
+        if problem is None:
+            now = file_stats(images.root, images.paths[start:end])  # (m, 2)
+            diff = int((now != data["stat"]).any(axis=1).sum())
+            if diff:
+                stale.append(s)
+                changed += diff
+            continue
+        stale.append(s)
+        problems.append(f"{shard_path(out, s).name} {problem}")
+    if not stale:
+        return []
+    parts = []
+    if changed:
+        parts.append(f"{changed} image{'s' if changed != 1 else ''} changed since "
+                     f"{'they were' if changed != 1 else 'it was'} encoded")
+    parts += problems[:3] + ([f"{len(problems) - 3} more shards unusable"] if len(problems) > 3 else [])
+    _log.warning("re-encoding %d of %d shards: %s", len(stale), plan.num_shards, "; ".join(parts))
+    for s in stale:
+        shard_path(out, s).unlink(missing_ok=True)
+    return stale
 
 
 def load_plan(out: PathLike) -> Tuple[EncodePlan, ImageList]:
@@ -401,9 +547,17 @@ def load_plan(out: PathLike) -> Tuple[EncodePlan, ImageList]:
     shards = Path(out) / coll.SHARDS
     if not (shards / PLAN).is_file():
         raise DataError(f"{out}: no encoding plan ({coll.SHARDS}/{PLAN} missing)")
-    plan = EncodePlan.from_dict(read_json(shards / PLAN))
-    paths = (shards / ITEMS).read_text(encoding="utf-8").split("\n")[:-1]
-    labels = np.load(shards / ITEM_LABELS, allow_pickle=False) if plan.label_kind else None
+    d, why, foreign = _read_plan(shards / PLAN)
+    if d is None:
+        raise DataError(f"{shards / PLAN}: {why or 'not an encoding plan of hybridhash'}; "
+                        f"encode again with --no-resume to start over")
+    plan = EncodePlan.from_dict(d)
+    try:
+        paths = (shards / ITEMS).read_text(encoding="utf-8").split("\n")[:-1]
+        labels = np.load(shards / ITEM_LABELS, allow_pickle=False) if plan.label_kind else None
+    except (OSError, ValueError, UnicodeDecodeError, EOFError) as err:
+        raise DataError(f"{shards}: the image list of {PLAN} is unreadable ({type(err).__name__}); "
+                        f"encode again with --no-resume") from None
     images = ImageList(Path(plan.image_root), paths, labels, plan.label_kind, plan.classes, plan.source,
                        list(plan.rejected))
     if len(images) != plan.count or images.digest() != plan.images_sha256:
@@ -417,17 +571,60 @@ def shards_of_rank(plan: EncodePlan, rank: int = 0, world_size: int = 1) -> List
 
 
 def done_shards(out: PathLike, plan: EncodePlan) -> List[int]:
-    return [s for s in range(plan.num_shards) if shard_path(out, s).is_file()]
+    """The shards whose file is there and holds exactly the rows and ids of its plan."""
+    return [s for s in range(plan.num_shards) if shard_path(out, s).is_file() and check_shard(out, plan, s)[0] is None]
+
+
+def check_shard(out: PathLike, plan: EncodePlan, s: int) -> Tuple[Optional[str], Dict[str, Any]]:
+    """(what is wrong with shard ``s``'s file or None, its arrays).
+
+    A good shard belongs to this plan (model fingerprint and image list), and its encoded ids and
+    skipped ids together are exactly the list positions ``shard_range(s)``, each once, with one
+    code row of ``bits/8`` bytes per encoded id. The arrays: ``index`` (m,), ``codes`` (m, bits/8),
+    ``skipped_index`` (k,), ``skipped_reason`` (k,), ``stat`` (end - start, 2) or None.
+    """
+    path = shard_path(out, s)
+    start, end = plan.shard_range(s)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _SHARD_ARRAYS if k not in z.files]
+            if missing:
+                return f"lacks {', '.join(missing)}", {}
+            data = {k: z[k] for k in _SHARD_ARRAYS}
+            data["stat"] = z["stat"] if "stat" in z.files else None
+    except Exception as err:  # any way a damaged file fails to parse
+        return f"is unreadable ({type(err).__name__})", {}
+    if str(data["fingerprint"]) != plan.fingerprint or str(data["images_sha256"]) != plan.images_sha256:
+        return "belongs to another encoding run", data
+    index, codes, sk = data["index"], data["codes"], data["skipped_index"]
+    nbytes = (plan.bits + 7) // 8
+    if index.ndim != 1 or sk.ndim != 1 or index.dtype.kind not in "iu" or sk.dtype.kind not in "iu":
+        return "holds malformed ids", data
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape != (index.size, nbytes):
+        return f"holds codes of shape {codes.shape} for {index.size} ids, expected ({index.size}, {nbytes})", data
+    if data["skipped_reason"].shape != sk.shape:
+        return f"holds {data['skipped_reason'].size} skip reasons for {sk.size} skipped ids", data
+    if index.size + sk.size != end - start:
+        return (f"holds {index.size + sk.size} rows ({index.size} encoded, {sk.size} skipped), "
+                f"its plan {end - start}"), data
+    ids = np.concatenate([index, sk]).astype(np.int64)
+    if not np.array_equal(np.sort(ids), np.arange(start, end)) or bool((np.diff(index) <= 0).any()):
+        return f"holds ids other than {start}..{end - 1} each once, in order", data
+    st = data["stat"]
+    if st is not None and (st.dtype != np.int64 or st.shape != (end - start, 2)):
+        return f"holds file stats of shape {st.shape}, expected ({end - start}, 2)", data
+    return None, data
 
 
 # --------------------------------------------------------------------------------------------
 # encoding
 
 def _write_shard(out: Path, s: int, plan: EncodePlan, index: List[np.ndarray], codes: List[np.ndarray],
-                 bad: List[Tuple[int, str]]) -> None:
+                 bad: List[Tuple[int, str]], stats: np.ndarray) -> None:
     nbytes = (plan.bits + 7) // 8
     bad.sort()
-    with coll.atomic_path(shard_path(out, s)) as tmp, open(tmp, "wb") as f:
+    with _disk_full(shard_path(out, s), "finished shards are kept"), \
+            coll.atomic_path(shard_path(out, s)) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             index=np.concatenate(index) if index else np.zeros(0, np.int64),  # (m,) list positions
@@ -436,6 +633,7 @@ def _write_shard(out: Path, s: int, plan: EncodePlan, index: List[np.ndarray], c
             skipped_reason=np.asarray([r for _, r in bad], dtype=str),  # (s,)
             fingerprint=np.asarray(plan.fingerprint),
             images_sha256=np.asarray(plan.images_sha256),
+            stat=stats,  # (end - start, 2) size, mtime_ns of every file of the shard, taken before decoding
         )
 
 
@@ -467,6 +665,8 @@ def encode_shards(out: PathLike, model: torch.nn.Module, rank: int = 0, world_si
     if not todo:
         return []
     ranges = [plan.shard_range(s) for s in todo]
+    # taken before any decoding: a file changed meanwhile then differs at the next resume
+    stats = [file_stats(images.root, images.paths[a:b]) for a, b in ranges]
     dataset = EncodeDataset(images.root, images.paths, eval_transform(model), plan.max_pixels)
     device = torch.device(device)
     loader = DataLoader(dataset, batch_sampler=ShardBatches(ranges, batch_size), num_workers=workers,
@@ -487,7 +687,7 @@ def encode_shards(out: PathLike, model: torch.nn.Module, rank: int = 0, world_si
         for batch in loader:
             if strict and batch["bad"]:
                 i, reason = batch["bad"][0]
-                raise DataError(f"{images.root / images.paths[i]}: {reason} (strict: stopping)")
+                raise DataError(f"{_printable(str(images.root / images.paths[i]))}: {reason} (strict: stopping)")
             if batch["images"] is not None:
                 x = batch["images"].to(device, non_blocking=True)  # (b, 3, H, W)
                 codes.append(pack_codes(model.encode(x).cpu().numpy()))  # (b, bits/8)
@@ -498,7 +698,7 @@ def encode_shards(out: PathLike, model: torch.nn.Module, rank: int = 0, world_si
             bar.update(n)
             start, end = ranges[pos]
             if seen == end - start:  # the shard is complete: write it before going on
-                _write_shard(out, todo[pos], plan, index, codes, bad)
+                _write_shard(out, todo[pos], plan, index, codes, bad, stats[pos])
                 written.append(todo[pos])
                 if on_shard is not None:
                     on_shard(todo[pos])
@@ -516,19 +716,23 @@ def merge_shards(out: PathLike) -> "coll.Collection":
     if missing:
         raise DataError(f"{out}: {len(missing)} of {plan.num_shards} shards are not encoded yet "
                         f"(first: {shard_path(out, missing[0]).name}); run the encode command again")
-    index, codes, skipped, shards = [], [], [], []
+    index, codes, skipped, shards, stats = [], [], [], [], []
     for s in range(plan.num_shards):
-        with np.load(shard_path(out, s), allow_pickle=False) as z:
-            if str(z["fingerprint"]) != plan.fingerprint or str(z["images_sha256"]) != plan.images_sha256:
-                raise DataError(f"{shard_path(out, s)}: belongs to another encoding run; encode with --no-resume")
-            index.append(z["index"])
-            codes.append(z["codes"])
-            skipped += [(int(i), str(r)) for i, r in zip(z["skipped_index"], z["skipped_reason"])]
-            start, end = plan.shard_range(s)
-            shards.append({"file": f"{coll.SHARDS}/{shard_path(out, s).name}", "start": start, "end": end,
-                           "encoded": int(z["index"].size), "skipped": int(z["skipped_index"].size)})
-    kept = np.concatenate(index)  # (n,) list positions, increasing
+        problem, z = check_shard(out, plan, s)
+        if problem is not None:
+            hint = ("encode with --no-resume" if problem == "belongs to another encoding run"
+                    else "run the same encode command again to re-encode it")
+            raise DataError(f"{shard_path(out, s)}: {problem}; {hint}")
+        index.append(z["index"])
+        codes.append(z["codes"])
+        skipped += [(int(i), str(r)) for i, r in zip(z["skipped_index"], z["skipped_reason"])]
+        start, end = plan.shard_range(s)
+        stats.append(None if z["stat"] is None else z["stat"][z["index"] - start])  # (m, 2) of the encoded ones
+        shards.append({"file": f"{coll.SHARDS}/{shard_path(out, s).name}", "start": start, "end": end,
+                       "encoded": int(z["index"].size), "skipped": int(z["skipped_index"].size)})
+    kept = np.concatenate(index).astype(np.int64)  # (n,) list positions, increasing
     all_codes = np.concatenate(codes)  # (n, bits/8)
+    all_stats = None if any(st is None for st in stats) else np.concatenate(stats).astype(np.int64)  # (n, 2)
     labels = images.labels[kept] if images.labels is not None else None
     skipped_list = list(plan.rejected) + [{"path": images.paths[i], "reason": r} for i, r in sorted(skipped)]
     manifest = {
@@ -548,8 +752,13 @@ def merge_shards(out: PathLike) -> "coll.Collection":
         "shards": shards,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return coll.write_collection(out, manifest, all_codes, [images.paths[i] for i in kept], labels,
-                                 plan.classes, skipped_list)
+    from .retrieval import remove_own_index
+
+    with _disk_full(out, "the encoded shards are kept"):
+        col = coll.write_collection(out, manifest, all_codes, [images.paths[i] for i in kept], labels,
+                                    plan.classes, skipped_list, stats=all_stats)
+    remove_own_index(out, keep_sha256=col.codes_sha256)  # an index of other codes must not answer for these
+    return col
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,7 +812,12 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
         error: Optional[BaseException] = None
         if rank == 0:
             try:
-                plan_encode(out, find_images(images, root), model, checkpoint, shard_size=shard_size,
+                found = find_images(images, root)
+                if strict and found.rejected:
+                    first = found.rejected[0]
+                    raise DataError(f"{_printable(str(found.root / first['path']))}: {first['reason']} "
+                                    f"(strict: stopping)")
+                plan_encode(out, found, model, checkpoint, shard_size=shard_size,
                             max_pixels=max_pixels, resume=resume)
             except HybridHashError as err:
                 error = err
@@ -633,7 +847,7 @@ def _finished(out: PathLike) -> bool:
     if not coll.is_collection(out):
         return False
     plan, _ = load_plan(out)
-    if _mismatch(read_json(out / coll.MANIFEST), plan.to_dict()) is not None:
+    if _mismatch(coll.read_manifest(out) or {}, plan.to_dict()) is not None:
         return False
     merged = (out / coll.MANIFEST).stat().st_mtime_ns
     shards = [shard_path(out, s) for s in range(plan.num_shards)]

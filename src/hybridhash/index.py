@@ -18,11 +18,14 @@ order; slots with no item hold id ``EMPTY_ID`` (-1) and distance ``EMPTY_DISTANC
 faiss's convention). Rows are sorted by ``(distance, id)`` for every kind.
 
 ``save(path)`` writes the faiss index file and a JSON sidecar ``<path>.json`` (kind, bits, params,
-count, optional model fingerprint); ``HashIndex.load`` checks the sidecar against the file and
-against the caller's expected bit length and fingerprint.
+count, optional model fingerprint, optional ``codes_sha256`` of the packed codes it was built from);
+``HashIndex.load`` checks the sidecar against the file and against the caller's expected bit
+length, fingerprint and codes digest.
 """
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,7 @@ import faiss
 import numpy as np
 
 from .errors import ConfigError, DataError, IndexMismatchError
-from .fileio import atomic_path, read_json, write_json
+from .fileio import atomic_path, read_json
 from .runtime import usable_cores
 
 __all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "pack_codes", "hamming_distances"]
@@ -53,6 +56,10 @@ KINDS: Dict[str, Dict[str, Any]] = {
 _FAISS_TYPES = {"flat": "IndexBinaryFlat", "ivf": "IndexBinaryIVF"}
 _TRAIN_POINTS_PER_LIST = 256  # k-means sample per cell, as faiss's own default cap
 _CHUNK_MIN, _CHUNK_MAX = 16, 256  # queries per worker task
+
+
+class StaleIndexError(IndexMismatchError):
+    """A saved index built from other codes than the ones it is loaded for (its ``codes_sha256`` differs)."""
 
 
 def _check_bits(bits: Any) -> int:
@@ -164,6 +171,8 @@ class HashIndex:
                                       or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.fingerprint = fingerprint
+        # sha256 of the packed codes added, when the caller knows it (a collection's codes_sha256)
+        self.codes_sha256: Optional[str] = None
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.threads = int(threads) if threads is not None else usable_cores()
@@ -306,17 +315,36 @@ class HashIndex:
         path = Path(path)
         return path.with_name(path.name + ".json")
 
-    def save(self, path: str | os.PathLike, fingerprint: Optional[str] = None) -> None:
+    def save(self, path: str | os.PathLike, fingerprint: Optional[str] = None,
+             codes_sha256: Optional[str] = None) -> None:
         """Write the faiss index to ``path`` and its sidecar to ``<path>.json``, each atomically.
 
-        ``fingerprint`` (default: the index's own) names the model that made the codes.
+        ``fingerprint`` (default: the index's own) names the model that made the codes;
+        ``codes_sha256`` (default: the index's own) binds the index to exactly those codes.
+        Both are written to temporary files first, so a failed write (a full disk) leaves the old
+        pair as it was and no partial file; then the old sidecar goes, the index file is replaced
+        and the new sidecar follows, so a new index file is never described by an old sidecar.
         """
         if fingerprint is not None:
             self.fingerprint = fingerprint
+        if codes_sha256 is not None:
+            self.codes_sha256 = codes_sha256
         index = self._index if self._index is not None else faiss.IndexBinaryFlat(self.bits)
-        with atomic_path(path) as tmp:
-            faiss.write_index_binary(index, str(tmp))
-        write_json(self.manifest_path(path), {
+        path = Path(path)
+        mpath = self.manifest_path(path)
+        with atomic_path(mpath) as tmp_side:
+            with atomic_path(path) as tmp:
+                try:
+                    faiss.write_index_binary(index, str(tmp))
+                except RuntimeError as e:  # faiss reports a failed write (e.g. a full disk) this way
+                    reason = str(e).strip().splitlines()[-1] if str(e).strip() else "write failed"
+                    raise OSError(errno.EIO, f"cannot write the index ({reason[:160]})", str(path)) from None
+                self._write_sidecar(tmp_side)
+                mpath.unlink(missing_ok=True)
+            # the index file is in place here; the sidecar replaces nothing older on leaving
+
+    def _write_sidecar(self, tmp: Path) -> None:
+        tmp.write_text(json.dumps({
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "kind": self.kind,
@@ -325,18 +353,22 @@ class HashIndex:
             "count": self.ntotal,
             "trained": self._index is not None,
             "fingerprint": self.fingerprint,
+            "codes_sha256": self.codes_sha256,
             "faiss_version": faiss.__version__,
-        })
+        }, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_bits: Optional[int] = None,
-             expect_fingerprint: Optional[str] = None, threads: Optional[int] = None) -> "HashIndex":
+             expect_fingerprint: Optional[str] = None, threads: Optional[int] = None,
+             expect_codes_sha256: Optional[str] = None) -> "HashIndex":
         """Read an index written by :meth:`save`.
 
         Raises:
             IndexMismatchError: the index holds codes of another bit length than ``expect_bits``,
                 or was recorded with another model fingerprint than ``expect_fingerprint`` (an
-                index saved without a fingerprint cannot be checked and is accepted).
+                index saved without a fingerprint cannot be checked and is accepted), or was built
+                from other codes than those of digest ``expect_codes_sha256`` (an index saved without
+                a digest cannot be bound to its codes and is refused too).
             DataError: a missing or corrupt index file or sidecar, or the two disagree.
         """
         path = Path(path)
@@ -349,7 +381,8 @@ class HashIndex:
             m = read_json(mpath)
             kind, bits, count, params = m["kind"], int(m["bits"]), int(m["count"]), dict(m["params"])
             fingerprint = m.get("fingerprint")
-        except (ValueError, KeyError, TypeError) as e:
+            codes_sha256 = m.get("codes_sha256")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise DataError(f"index manifest {mpath} is malformed ({type(e).__name__}: {e})") from None
         if m.get("format") != MANIFEST_FORMAT or kind not in KINDS:
             raise DataError(f"{mpath} is not a hybridhash index manifest (format {m.get('format')!r}, kind {kind!r})")
@@ -358,6 +391,11 @@ class HashIndex:
         if expect_fingerprint is not None and fingerprint is not None and fingerprint != expect_fingerprint:
             raise IndexMismatchError(f"index {path} was built from model {fingerprint}, "
                                      f"expected model {expect_fingerprint}")
+        if expect_codes_sha256 is not None and codes_sha256 != expect_codes_sha256:
+            what = ("codes it does not record" if codes_sha256 is None
+                    else f"other codes (sha256 {str(codes_sha256)[:12]})")
+            raise StaleIndexError(f"index {path} was built from {what}, not these codes "
+                                     f"(sha256 {expect_codes_sha256[:12]}); rebuild it with `hybridhash index`")
         try:
             index = faiss.read_index_binary(str(path))  # already the concrete class
         except RuntimeError as e:
@@ -370,6 +408,7 @@ class HashIndex:
                             f"{index.d}-bit codes in a {type(index).__name__}, manifest says {count} "
                             f"{bits}-bit codes in a {kind} index")
         obj = cls(bits, kind, fingerprint=fingerprint, threads=threads, **params)
+        obj.codes_sha256 = codes_sha256
         if not trained:
             return obj
         if kind == "ivf":

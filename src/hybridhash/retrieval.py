@@ -85,6 +85,12 @@ class Retriever:
         if ntotal != collection.count:
             raise IndexMismatchError(f"the index holds {ntotal} codes, the collection {collection.directory} "
                                      f"{collection.count}; rebuild it with `hybridhash index`")
+        built_from = getattr(index, "codes_sha256", None)
+        if built_from is not None and built_from != collection.codes_sha256:
+            raise IndexMismatchError(f"the index was built from other codes than those of {collection.directory} "
+                                     f"(sha256 {str(built_from)[:12]}, the collection's "
+                                     f"{collection.codes_sha256[:12]}); "
+                                     f"rebuild it with `hybridhash index`")
         self.collection = collection
         self.index = index
         self.device = torch.device(device)
@@ -211,6 +217,7 @@ def build_index(collection: Collection, kind: str = "flat", **params: Any) -> "H
     index = HashIndex(collection.bits, kind=kind, fingerprint=collection.fingerprint, **params)
     if collection.count:
         index.add(np.ascontiguousarray(collection.codes))  # (n, bits/8) uint8
+    index.codes_sha256 = collection.codes_sha256  # saved in the sidecar: the index answers for these codes only
     return index
 
 
@@ -218,13 +225,46 @@ def load_or_build_index(collection: Collection, kind: Optional[str] = None) -> "
     """The saved index of ``collection`` when there is one of ``kind`` (any kind if None), else a new one.
 
     A saved index of another bit length or model than the collection raises IndexMismatchError.
+    A saved index built from other codes than the collection's (its sidecar's ``codes_sha256``
+    differs, or is missing in an index saved before it was recorded) is stale: the project wrote it
+    beside the collection, so it is left unused and a fresh index is built in memory, with a warning
+    to run ``hybridhash index`` again. (``HashIndex.load`` with ``expect_codes_sha256`` refuses such an
+    index instead, for an index a caller names explicitly.)
     """
-    from .index import HashIndex
+    from .index import HashIndex, StaleIndexError
 
     path = index_path(collection.directory)
     if path.is_file():
-        index = HashIndex.load(path, expect_bits=collection.bits, expect_fingerprint=collection.fingerprint)
+        try:
+            index = HashIndex.load(path, expect_bits=collection.bits, expect_fingerprint=collection.fingerprint,
+                                   expect_codes_sha256=collection.codes_sha256)
+        except StaleIndexError as err:
+            _log.warning("%s: not used, building a %s index in memory", err, kind or "flat")
+            return build_index(collection, kind or "flat")
         if kind is None or index.kind == kind:
             return index
         _log.info("the saved index is %s; building a %s index in memory", index.kind, kind)
     return build_index(collection, kind or "flat")
+
+
+def remove_own_index(directory: Union[str, os.PathLike], keep_sha256: Optional[str] = None) -> bool:
+    """Remove the index ``hybridhash index`` saved in ``directory`` (file and sidecar), unless it was
+    built from the codes of digest ``keep_sha256``. Only an index whose sidecar is this project's
+    is touched. Returns whether one was removed."""
+    from .fileio import read_json
+    from .index import MANIFEST_FORMAT, HashIndex
+
+    path = index_path(directory)
+    side = HashIndex.manifest_path(path)
+    try:
+        m = read_json(side)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        return False
+    if keep_sha256 is not None and m.get("codes_sha256") == keep_sha256:
+        return False
+    path.unlink(missing_ok=True)
+    side.unlink(missing_ok=True)
+    _log.info("removed %s: it was built from other codes", path)
+    return True

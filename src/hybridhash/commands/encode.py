@@ -7,7 +7,9 @@ import os
 HELP = "encode a folder or list file of images into a code collection"
 DESCRIPTION = (
     "Encode images into packed binary codes with paths, labels and a manifest. Work is written in "
-    "shards, so running the same command again after a crash resumes at the first missing shard. "
+    "shards, so running the same command again after a crash resumes at the first missing shard; shards "
+    "whose images changed since (size or modification time) or whose file is damaged are encoded again. "
+    "--out must be new, empty, or a collection hybridhash wrote; only files hybridhash wrote are replaced. "
     "Unreadable images are skipped and listed in CODES/skipped.json (or stop the run with --strict). "
     "Under torchrun each rank encodes its own shards and rank 0 merges them, e.g. "
     "`torchrun --nproc_per_node 4 -m hybridhash.cli encode ...`.")

@@ -18,11 +18,12 @@ def configure(p):
 
 
 def run(args) -> int:
+    import errno
     import time
     from pathlib import Path
 
     from hybridhash.collection import open_collection
-    from hybridhash.errors import ConfigError
+    from hybridhash.errors import ConfigError, DataError
     from hybridhash.retrieval import INDEX_FILE, build_index
 
     params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
@@ -33,7 +34,13 @@ def run(args) -> int:
     index = build_index(col, args.kind, **params)
     seconds = time.perf_counter() - t0
     path = Path(args.out if args.out is not None else col.directory) / INDEX_FILE
-    index.save(path, fingerprint=col.fingerprint)
+    try:
+        index.save(path, fingerprint=col.fingerprint, codes_sha256=col.codes_sha256)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # save removed its partial files
+            raise DataError(f"no space left on device while writing {path}: free space and rerun; "
+                            f"no index was saved") from None
+        raise
     print(f"{args.kind} index of {col.count} {col.bits}-bit codes: {index.memory_bytes()} bytes in memory, "
           f"built in {seconds:.2f} s, saved to {path}")
     return 0

@@ -9,7 +9,8 @@ Routes::
     GET  /docs, /openapi.json
 
 Items are addressed by id only; a file is served only when the collection's own path check
-(:meth:`~hybridhash.collection.Collection.abspath`) keeps it inside the image root and it is an image.
+(:meth:`~hybridhash.collection.Collection.served_path`) allows it (the listed file, inside the image root
+or the very file encoded through a link) and it is an image.
 Uploads are bounded in bytes (before they are buffered) and in pixels (before they are decoded).
 """
 # no ``from __future__ import annotations``: FastAPI must evaluate the endpoint annotations, whose
@@ -354,7 +355,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
     Args:
         retriever: has ``search(images, k) -> list[list[Hit]]``, ``collection`` (count, bits,
-            path(id), abspath(id)), ``bits``, ``count`` and ``model``.
+            path(id), served_path(id) or abspath(id)), ``bits``, ``count`` and ``model``.
         max_upload_bytes: the largest accepted upload (413 above it).
         max_pixels: the largest accepted image, width * height, checked before decoding (413); at most
             the retriever's own ``max_pixels``.
@@ -477,14 +478,16 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
 
 def _item_path(collection, item_id: int) -> Path:
-    """The file of item ``item_id``, inside the image root, or a 404."""
+    """The file of item ``item_id`` (its listed path, read through links; see Collection.served_path), or a 404."""
     if not 0 <= item_id < collection.count:
         raise HTTPException(404, f"no item {item_id}: ids run from 0 to {collection.count - 1}")
     try:
-        path = Path(collection.abspath(item_id))
+        resolve = getattr(collection, "served_path", None) or collection.abspath  # abspath: an older collection shape
+        path = Path(resolve(item_id))
     except DataError as err:
         log.warning("refused to serve %s", err)
-        raise HTTPException(404, f"item {item_id}: not served (its path leaves the image root)") from None
+        raise HTTPException(404, f"item {item_id}: not served (its path leaves the image root, or its link "
+                                 f"no longer leads to the file that was encoded)") from None
     if not path.is_file():
         raise HTTPException(404, f"item {item_id}: its image file is missing")
     return path
