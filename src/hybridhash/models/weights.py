@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models.nest import resize_pos_embed
 
-from ..errors import CheckpointError, CheckpointMismatchError
+from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
 from ..fileio import atomic_path, read_json, write_json
 from .hybridhash import HybridHash, HybridHashConfig
 
@@ -51,6 +51,9 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            # torch's own text advises weights_only=False, i.e. running whatever the file holds: never say that
+            raise CheckpointError(_objects_message(path, err)) from None
         raise CheckpointError(f"{path}: not a weights-only PyTorch checkpoint ({_first_line(err)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -59,6 +62,15 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors")
     return obj
+
+
+def _objects_message(path: Path, err: BaseException) -> str:
+    """One line for a ``.pth`` that ``torch.load(weights_only=True)`` refuses: it pickles other objects."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    example = f" (e.g. {found.group(1)})" if found else ""
+    return (f"{path}: holds Python objects other than tensors{example}, which are not loaded because unpickling "
+            f"them can run code; in an environment you trust, re-save only the weights with "
+            f"torch.save(model.state_dict(), path), or convert them to .safetensors")
 
 
 def _first_line(err: BaseException) -> str:
@@ -167,7 +179,13 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
         raise CheckpointError(f"{path}: no such checkpoint")
     meta = read_config(path)
     weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
-    cfg = HybridHashConfig.from_dict(meta["config"])
+    cfg_path = weights.with_name(CONFIG_NAME)
+    try:  # checked before the model is built, so an absurd size never allocates anything
+        if not isinstance(meta["config"], dict):
+            raise ConfigError(f"config is a {type(meta['config']).__name__}, not an object")
+        cfg = HybridHashConfig.from_dict(meta["config"])
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: not a usable model config: {_first_line(err)}") from None
     if bits is not None and cfg.bits != bits:
         raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
     if preset is not None and cfg.preset != preset:
