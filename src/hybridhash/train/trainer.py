@@ -53,17 +53,38 @@ def bits_dir(run_dir: os.PathLike, bits: int) -> Path:
     return Path(run_dir) / f"bits{bits}"
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU."""
+    """``auto``: the first CUDA device when there is one, else the CPU; ``cpu``, ``cuda``, ``cuda:N``
+    (and ``mps`` where PyTorch has it) as named. Anything else is a one-line ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: this machine has no CUDA device")
+    except (RuntimeError, TypeError):
+        device = None
+    mps = getattr(torch.backends, "mps", None)
+    usable = ("cpu", "cuda") + (("mps",) if mps is not None and mps.is_available() else ())
+    if device is None or device.type not in usable:
+        raise ConfigError(f"--device {name!r} is not a device this program can use; choose {DEVICE_CHOICES}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: this machine has no CUDA GPU (or PyTorch was built without CUDA); "
+                              f"use --device cpu, or --device auto to take a GPU only when there is one")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                              f"choose one of those, cuda, or cpu")
     return device
+
+
+def device_option(name: str) -> str:
+    """A ``--device`` value checked by :func:`pick_device`, as the string to pass on: itself, or for
+    ``auto`` the device chosen (``cuda`` stays ``cuda``, which torchrun runs read as cuda:LOCAL_RANK)."""
+    device = pick_device(name)
+    return str(device) if name == "auto" else name
 
 
 def seed_everything(seed: int) -> None:
@@ -494,14 +515,30 @@ def _tensorboard_writer(directory: Optional[Path]):
 
 def _check_resume(run_dir: Path, config: TrainConfig) -> None:
     saved_path = run_dir / RUN_NAME
-    if not saved_path.exists():
-        return
+    if not saved_path.exists():  # run.json is written before the first epoch, so no run was started here
+        raise ConfigError(f"--resume: no run in {run_dir}; drop --resume to start a new run")
     saved = read_json(saved_path).get("config", {})
     now = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, like the saved side
     for k in RESUME_KEYS:
         if k in saved and saved[k] != now.get(k):
             raise ConfigError(f"--resume: {run_dir} was trained with {k}={saved[k]!r}, this run asks for "
                               f"{now.get(k)!r}; use the same options or another --out")
+
+
+def _no_val_message(protocol) -> str:
+    """Why ``--select-on val`` cannot work on this split: every set's size and what would fix it."""
+    n_images = sum(len(p) for p in protocol.pools.values())
+    n_train = len(protocol.train)
+    if protocol.val_fraction == 0:
+        why = "val_fraction 0"
+    elif protocol.multi_label:
+        why = f"val_fraction {protocol.val_fraction:g} of {n_train} training image(s) rounds to 0"
+    else:
+        why = (f"val_fraction {protocol.val_fraction:g} of {n_train} training images rounds to 0, and no class has "
+               f"2 training images to spare one")
+    return (f"{protocol.name} has {n_images} images: query {len(protocol.query)}, train {n_train}, val 0 ({why}), "
+            f"database {len(protocol.database)}; --select-on val needs at least 1 validation image: use a larger "
+            f"dataset (a class with at least 2 training images), --val-fraction above 0, or --select-on query")
 
 
 def load_run_protocol(config: TrainConfig, run_dir: Path):
@@ -530,7 +567,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     import hybridhash
     from ..models import build_config
 
-    dist_info = D.init_distributed(config.device if config.device != "auto" else str(pick_device("auto")))
+    dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
     if config.threads:
         torch.set_num_threads(config.threads)
     img_size = build_config(config.model, 16, **config.model_overrides).img_size
@@ -548,8 +585,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     if protocol is None:
         protocol = load_run_protocol(config, run_dir)
     if config.select_on == "val" and len(protocol.val) == 0:
-        raise ConfigError("select_on=val needs validation images, but the split has none (val_fraction 0); "
-                          "use a val fraction above 0 or --select-on query")
+        raise ConfigError(_no_val_message(protocol))
     if config.select_on == "query" and dist_info.is_main:
         _log.warning("selecting the model on the test queries reproduces the original's protocol but is not a "
                      "fair evaluation: the reported figures are then optimistic")
