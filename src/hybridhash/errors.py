@@ -23,3 +23,11 @@ class DataError(HybridHashError):
 
 class IndexMismatchError(HybridHashError):
     """A code collection or index of another bit length or another model."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message folded onto one line (at most ``limit`` characters), or its type name."""
+    text = " ".join(str(err).split())
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text or type(err).__name__

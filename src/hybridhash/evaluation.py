@@ -241,13 +241,13 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
     from .fileio import write_json
     from .models import from_pretrained
 
+    dev = pick_device(device)  # an unusable --device is refused before any work
     ckpts = find_checkpoints(checkpoint)
     if protocol is None:
         protocol = load_eval_protocol(next(iter(ckpts.values())), dataset=dataset, root=root,
                                       image_root=image_root, split_file=split_file, seed=seed, download=download)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
     results: Dict[int, Dict[str, Any]] = {}
     for bits, ck in ckpts.items():
         model = from_pretrained(ck, map_location=str(dev))
@@ -262,7 +262,8 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
         _retrieval_figure(protocol, codes, out / f"retrieval_bits{bits}.png", n_queries, k)
     doc = {"dataset": protocol.name, "split_hash": protocol.split_record()["hash"],
            "topk": "all" if protocol.topk is None else protocol.topk,
-           "results": {str(b): r for b, r in results.items()}}
+           "results": {str(b): r for b, r in results.items()},
+           "warnings": list(getattr(protocol, "warnings", []))}
     write_json(out / "metrics.json", doc)
     report.plot_pr_curves(results, out / "pr_curve.png", f"{protocol.name}: precision-recall")
     report.plot_precision_at_n(results, out / "precision_at_n.png", f"{protocol.name}: precision@N")

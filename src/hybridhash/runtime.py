@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "dist_env", "pick_device",
+__all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "device_option", "dist_env", "pick_device",
            "seed_everything", "usable_cores"]
 
 
@@ -25,9 +25,13 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
 def pick_device(name: str = "auto"):
     """A ``torch.device`` from a ``--device`` value: ``auto`` is the first CUDA device when there is
-    one, else the CPU."""
+    one, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` (and ``mps`` where PyTorch has it) as named.
+    Anything else is a one-line ConfigError."""
     import torch
 
     if name == "auto":
@@ -35,10 +39,27 @@ def pick_device(name: str = "auto"):
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: this machine has no CUDA device")
+        device = None
+    mps = getattr(torch.backends, "mps", None)
+    usable = ("cpu", "cuda") + (("mps",) if mps is not None and mps.is_available() else ())
+    if device is None or device.type not in usable:
+        raise ConfigError(f"--device {name!r} is not a device this program can use; choose {DEVICE_CHOICES}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: this machine has no CUDA GPU (or PyTorch was built without CUDA); "
+                              f"use --device cpu, or --device auto to take a GPU only when there is one")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                              f"choose one of those, cuda, or cpu")
     return device
+
+
+def device_option(name: str) -> str:
+    """A ``--device`` value checked by :func:`pick_device`, as the string to pass on: itself, or for
+    ``auto`` the device chosen (``cuda`` stays ``cuda``, which torchrun runs read as cuda:LOCAL_RANK)."""
+    device = pick_device(name)
+    return str(device) if name == "auto" else name
 
 
 def seed_everything(seed: int) -> None:

@@ -46,6 +46,9 @@ def run(args) -> int:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be positive, got {args.max_pixels}")
+    from hybridhash.runtime import device_option
+
+    args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     col = encode_collection(args.images, args.out, args.checkpoint, root=args.root, batch_size=args.batch_size,
                             workers=args.workers, strict=args.strict, shard_size=args.shard_size,
                             max_pixels=args.max_pixels, device=args.device, resume=args.resume,

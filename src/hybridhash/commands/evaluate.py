@@ -50,5 +50,7 @@ def run(args) -> int:
     print(f"{'bits':>5} {'mAP':>8} {'tie-aware':>10} {'P@r<=2':>8}")
     for bits, r in doc["results"].items():
         print(f"{bits:>5} {r['map']:8.4f} {r['map_tie_aware']:10.4f} {r['precision_within_radius']:8.4f}")
+    for warning in doc.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"metrics and figures in {out}")
     return 0

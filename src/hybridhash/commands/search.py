@@ -33,6 +33,9 @@ def run(args) -> int:
 
     if args.k < 1:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
+    from hybridhash.runtime import device_option
+
+    args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind)
     results = retriever.search(list(args.images), k=args.k)
     if args.json:

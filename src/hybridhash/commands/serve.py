@@ -44,6 +44,9 @@ def run(args) -> int:
     for name in ("max_pixels", "max_k", "max_batch"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    from hybridhash.runtime import device_option
+
+    args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
                                max_pixels=args.max_pixels, root=args.root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,

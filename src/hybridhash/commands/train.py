@@ -37,14 +37,28 @@ def config_from_args(args) -> "TrainConfig":
     return dataclass_from_args(TrainConfig, args, bank_rows=bank_rows)
 
 
+def _split_warnings(out) -> list:
+    """The warnings of the run's split (e.g. a single class), as recorded in its run.json."""
+    from pathlib import Path
+
+    from hybridhash.fileio import read_json
+    from hybridhash.rundir import RUN_NAME
+
+    path = Path(out) / RUN_NAME
+    return list(read_json(path).get("protocol", {}).get("warnings", [])) if path.is_file() else []
+
+
 def run(args) -> int:
     from hybridhash.train import train
     from hybridhash.train.distributed import current
 
-    results = train(config_from_args(args))
+    config = config_from_args(args)
+    results = train(config)
     if current().is_main:
         for bits, r in results.items():
             best = "n/a" if r.best_metric is None else f"{r.best_metric:.4f}"
             print(f"{bits:3d} bits: {r.epochs} epochs, best {r.select_on} mAP {best} at epoch {r.best_epoch}, "
                   f"{r.seconds:.1f} s -> {r.directory}")
+        for warning in _split_warnings(config.out):
+            print(f"warning: {warning}")
     return 0

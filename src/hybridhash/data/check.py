@@ -130,7 +130,10 @@ def _check_split(report: CheckReport, spec, name, pools, sizes, val_fraction) ->
 def check_protocol(name: str, root=None, *, image_root=None, verify_images: bool = False,
                    progress: bool = False, workers: int = 4, sizes: Optional[dict] = None,
                    val_fraction: float = 0.1) -> CheckReport:
-    """Check a dataset for its protocol; see the module doc. Never raises for bad data: reports it."""
+    """Check a dataset for its protocol; see the module doc. Never raises for bad data: reports it.
+
+    Raises :class:`~hybridhash.data.cifar.UnsafePickleError` for a CIFAR-10 batch that asks to run
+    code: that is a hostile file, not a defect to list among others."""
     spec, name_dir = get_spec(name)
     if name_dir is not None:
         root = name_dir
@@ -149,7 +152,7 @@ def check_protocol(name: str, root=None, *, image_root=None, verify_images: bool
 
 
 def _check_cifar(spec, name, root, verify_images, sizes, val_fraction) -> CheckReport:
-    from .cifar import cifar_pool, cifar_root, missing_files, verify_md5
+    from .cifar import UnsafePickleError, cifar_pool, cifar_root, missing_files, verify_md5
 
     try:
         root = cifar_root(root)
@@ -166,6 +169,8 @@ def _check_cifar(spec, name, root, verify_images, sizes, val_fraction) -> CheckR
         report.errors += [Problem(p, "md5 differs from the published CIFAR-10 archive") for p in verify_md5(root)]
     try:
         pool = cifar_pool(root)
+    except UnsafePickleError:
+        raise  # a file crafted to run code: stop here, as loading it would
     except DataError as err:
         report.errors.append(Problem(name, str(err)))
         return report

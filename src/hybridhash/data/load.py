@@ -52,6 +52,8 @@ class Protocol:
     # memory-bank rows of the original code for this dataset (None: the training set's size)
     original_bank_rows: Optional[int] = None
     pools: Dict[str, Pool] = field(default_factory=dict, repr=False)
+    # what makes the split's figures misleading (e.g. a single class), also logged when loaded
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def sets(self) -> Dict[str, RetrievalSet]:
@@ -94,6 +96,7 @@ class Protocol:
             "pipeline": self.pipeline,
             "class_names": self.class_names,
             "original_bank_rows": self.original_bank_rows,
+            "warnings": list(self.warnings),
         }
 
     describe = summary
@@ -271,13 +274,47 @@ def load_protocol(name: str, root=None, *, image_root=None, seed: int = 0, downl
     multi_label = spec.multi_label
     if multi_label is None:
         multi_label = any(bool(np.any(p.labels.sum(1) != 1)) for p in pools.values())
+    warnings = label_warnings(name, sets, any_pool.class_names)
+    for w in warnings:
+        log.warning("%s", w)
     return Protocol(
         name=name, n_class=n_class, multi_label=bool(multi_label), topk=spec.topk,
         train=sets["train"], val=sets["val"], query=sets["query"], database=sets["database"],
         seed=int(seed), val_fraction=float(val_fraction), class_names=any_pool.class_names, spec=spec,
         root=root_used, image_root=image_root_used, sizes=per_class,
-        original_bank_rows=spec.original_bank_rows, pools=pools,
+        original_bank_rows=spec.original_bank_rows, pools=pools, warnings=warnings,
     )
+
+
+def label_warnings(name: str, sets: Dict[str, RetrievalSet], class_names: Optional[List[str]] = None) -> List[str]:
+    """Warnings for a split whose figures mean nothing: every image carries the same labels.
+
+    With one label set among the queries and the database every database image is relevant to
+    every query, so mAP is 1.0 whatever the codes; with one among the training images the loss
+    has no dissimilar pair to learn from.
+    """
+    def only_labels(*names: str) -> Optional[np.ndarray]:
+        """The label row every image of these sets has, or None when they differ (or there are none)."""
+        rows = [sets[n].labels > 0 for n in names if len(sets[n])]
+        if not rows:
+            return None
+        first = rows[0][0]
+        return first if all(bool(np.all(r == first)) for r in rows) else None
+
+    def which(labels: np.ndarray) -> str:
+        ids = np.flatnonzero(labels)
+        return ", ".join(repr(class_names[i]) if class_names else str(i) for i in ids) or "no label"
+
+    searched, trained = only_labels("query", "database"), only_labels("train", "val")
+    if searched is not None:
+        return [f"{name}: every query and database image has the same label ({which(searched)}): mAP is "
+                f"meaningless with one class (every database image is relevant to every query, so mAP is 1.0 "
+                f"whatever the codes); use data with two or more classes"]
+    if trained is not None:
+        return [f"{name}: every training image has the same label ({which(trained)}): the model learns nothing "
+                f"that tells classes apart and the validation mAP that selects it is meaningless (1.0); use "
+                f"training data with two or more classes"]
+    return []
 
 
 def _draw(spec, name, pools, per_class, seed, val_fraction) -> Dict[str, Tuple[str, np.ndarray]]:

@@ -88,6 +88,9 @@ def draw_val(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> n
     Returns:
         int64 (m,) sorted positions within the training set. Single-label data is stratified
         (the fraction of every class, rounded half up); multi-label data is drawn uniformly.
+        A fraction above 0 that rounds to no image at all (small data: 0.1 of 4 images per class)
+        still holds out one image, from the largest class, when some class has 2 or more (so no
+        class loses its only training image); multi-label data needs 2 images for that.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {fraction!r}")
@@ -97,13 +100,18 @@ def draw_val(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> n
     single = bool(np.all(labels.sum(1) == 1))
     if single:
         classes = labels.argmax(1)
-        picks = []
+        picks, perms = [], []
         for c in range(labels.shape[1]):
             idx = rng.permutation(np.flatnonzero(classes == c))
+            perms.append(idx)
             picks.append(idx[:resolve_count(float(fraction), idx.size, "val")])
         rows = np.concatenate(picks)
+        largest = int(np.argmax([p.size for p in perms]))  # the first of the largest classes
+        if rows.size == 0 and perms[largest].size >= 2:
+            rows = perms[largest][:1]
     else:
-        rows = rng.permutation(n)[:resolve_count(float(fraction), n, "val")]
+        perm = rng.permutation(n)
+        rows = perm[:max(resolve_count(float(fraction), n, "val"), 1 if n >= 2 else 0)]
     return np.sort(rows).astype(np.int64)
 
 

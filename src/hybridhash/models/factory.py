@@ -9,11 +9,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
+from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_line
 from .hybridhash import HybridHash, HybridHashConfig
 from .registry import preset_kwargs
 from .weights import (
-    WEIGHTS_NAME, PathLike, fingerprint_state_dict, load_checked, load_nest_weights, read_config, read_state_dict,
+    CONFIG_NAME, WEIGHTS_NAME, PathLike, fingerprint_state_dict, load_checked, load_nest_weights, read_config, read_state_dict,
 )
 
 __all__ = ["build_config", "create_model", "from_pretrained"]
@@ -60,7 +60,13 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
         raise CheckpointError(f"{path}: no such checkpoint")
     meta = read_config(path)
     weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
-    cfg = HybridHashConfig.from_dict(meta["config"])
+    cfg_path = weights.with_name(CONFIG_NAME)
+    try:  # checked before the model is built, so an absurd size never allocates anything
+        if not isinstance(meta["config"], dict):
+            raise ConfigError(f"config is a {type(meta['config']).__name__}, not an object")
+        cfg = HybridHashConfig.from_dict(meta["config"])
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: not a usable model config: {one_line(err)}") from None
     if bits is not None and cfg.bits != bits:
         raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
     if preset is not None and cfg.preset != preset:

@@ -29,6 +29,16 @@ from .weights import LoadReport, save_pretrained
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GLOBAL_TOKENS = ("original", "spatial")
+# largest image edge a config may ask for: a 4096 px base model already holds half a GB of position
+# embeddings, and a config.json saying more is a mistake or an attempt to exhaust memory
+MAX_IMG_SIZE = 4096
+# sanity bounds on the widths and depths a config may ask for, for the same reason
+MAX_EMBED_DIM = 8192
+MAX_DEPTH = 128
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -102,6 +112,23 @@ class HybridHashConfig:
         }
 
     def validate(self) -> None:
+        # sizes first, as whole numbers in a sane range: a config.json may come from anywhere
+        if not _is_int(self.img_size) or not 1 <= self.img_size <= MAX_IMG_SIZE:
+            raise ConfigError(f"img_size must be a whole number of pixels from 1 to {MAX_IMG_SIZE}, "
+                              f"got {self.img_size!r}")
+        if not _is_int(self.patch_size) or not 1 <= self.patch_size <= self.img_size:
+            raise ConfigError(f"patch_size must be a whole number from 1 to img_size ({self.img_size}), "
+                              f"got {self.patch_size!r}")
+        for name, low, high in (("embed_dims", 1, MAX_EMBED_DIM), ("num_heads", 1, MAX_EMBED_DIM),
+                                ("depths", 0, MAX_DEPTH)):
+            values = getattr(self, name)
+            if not all(_is_int(v) and low <= v <= high for v in values):
+                raise ConfigError(f"{name} must be whole numbers from {low} to {high}, got {list(values)}")
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) \
+                or not 0.1 <= self.crop_pct <= 2.0:  # images are resized to img_size / crop_pct first
+            raise ConfigError(f"crop_pct must be a number from 0.1 to 2, got {self.crop_pct!r}")
+        if not _is_int(self.interaction_heads) or self.interaction_heads < 1:
+            raise ConfigError(f"interaction_heads must be a positive whole number, got {self.interaction_heads!r}")
         n = len(self.embed_dims)
         if n < 2 or len(self.num_heads) != n or len(self.depths) != n:
             raise ConfigError(

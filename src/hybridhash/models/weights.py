@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models.nest import resize_pos_embed
 
-from ..errors import CheckpointError, CheckpointMismatchError
+from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
 from ..fileio import atomic_path, read_json, write_json
 
 if TYPE_CHECKING:  # the model file imports this one, never the reverse
@@ -53,6 +53,9 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            # torch's own text advises weights_only=False, i.e. running whatever the file holds: never say that
+            raise CheckpointError(_objects_message(path, err)) from None
         raise CheckpointError(f"{path}: not a weights-only PyTorch checkpoint ({_first_line(err)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -61,6 +64,15 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors")
     return obj
+
+
+def _objects_message(path: Path, err: BaseException) -> str:
+    """One line for a ``.pth`` that ``torch.load(weights_only=True)`` refuses: it pickles other objects."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    example = f" (e.g. {found.group(1)})" if found else ""
+    return (f"{path}: holds Python objects other than tensors{example}, which are not loaded because unpickling "
+            f"them can run code; in an environment you trust, re-save only the weights with "
+            f"torch.save(model.state_dict(), path), or convert them to .safetensors")
 
 
 def _first_line(err: BaseException) -> str:

@@ -16,7 +16,7 @@ import torch
 from .. import rundir as R
 from ..errors import ConfigError
 from ..fileio import read_json, write_json
-from ..runtime import pick_device, usable_cores
+from ..runtime import device_option, pick_device, usable_cores
 from . import distributed as D
 from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
 from .recipe import RESUME_KEYS, TrainConfig, resolve
@@ -30,14 +30,30 @@ CACHE_LIMIT_BYTES = 2 << 30
 
 def _check_resume(run_dir: Path, config: TrainConfig) -> None:
     saved_path = run_dir / R.RUN_NAME
-    if not saved_path.exists():
-        return
+    if not saved_path.exists():  # run.json is written before the first epoch, so no run was started here
+        raise ConfigError(f"--resume: no run in {run_dir}; drop --resume to start a new run")
     saved = read_json(saved_path).get("config", {})
     now = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, like the saved side
     for k in RESUME_KEYS:
         if k in saved and saved[k] != now.get(k):
             raise ConfigError(f"--resume: {run_dir} was trained with {k}={saved[k]!r}, this run asks for "
                               f"{now.get(k)!r}; use the same options or another --out")
+
+
+def _no_val_message(protocol) -> str:
+    """Why ``--select-on val`` cannot work on this split: every set's size and what would fix it."""
+    n_images = sum(len(p) for p in protocol.pools.values())
+    n_train = len(protocol.train)
+    if protocol.val_fraction == 0:
+        why = "val_fraction 0"
+    elif protocol.multi_label:
+        why = f"val_fraction {protocol.val_fraction:g} of {n_train} training image(s) rounds to 0"
+    else:
+        why = (f"val_fraction {protocol.val_fraction:g} of {n_train} training images rounds to 0, and no class has "
+               f"2 training images to spare one")
+    return (f"{protocol.name} has {n_images} images: query {len(protocol.query)}, train {n_train}, val 0 ({why}), "
+            f"database {len(protocol.database)}; --select-on val needs at least 1 validation image: use a larger "
+            f"dataset (a class with at least 2 training images), --val-fraction above 0, or --select-on query")
 
 
 def load_run_protocol(config: TrainConfig, run_dir: Path):
@@ -66,7 +82,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     import hybridhash
     from ..models import build_config
 
-    dist_info = D.init_distributed(config.device if config.device != "auto" else str(pick_device("auto")))
+    dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
     if config.threads:
         torch.set_num_threads(config.threads)
     img_size = build_config(config.model, 16, **config.model_overrides).img_size
@@ -84,8 +100,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     if protocol is None:
         protocol = load_run_protocol(config, run_dir)
     if config.select_on == "val" and len(protocol.val) == 0:
-        raise ConfigError("select_on=val needs validation images, but the split has none (val_fraction 0); "
-                          "use a val fraction above 0 or --select-on query")
+        raise ConfigError(_no_val_message(protocol))
     if config.select_on == "query" and dist_info.is_main:
         _log.warning("selecting the model on the test queries reproduces the original's protocol but is not a "
                      "fair evaluation: the reported figures are then optimistic")
