@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import Method, MethodConfig
+from .base import Method, MethodConfig, promote
 
 
 class BankMethod(Method):
@@ -32,7 +32,7 @@ class BankMethod(Method):
         self.check_batch(h, y, index)
         # every rank writes every rank's rows, so the banks stay identical under DDP
         self.write_bank(*(gathered if gathered is not None else (h, y, index)))
-        return self.bank_loss(h, y)
+        return self.bank_loss(promote(h), y)
 
     def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

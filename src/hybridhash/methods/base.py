@@ -106,6 +106,11 @@ class MethodConfig:
                 raise ConfigError(f"{method}: {name} must be >= 0, got {getattr(self, name)!r}")
 
 
+def promote(h: Tensor) -> Tensor:
+    """h in at least float32: fp16 / bf16 outputs of autocast keep the losses' sums accurate."""
+    return h.to(torch.promote_types(h.dtype, torch.float32))
+
+
 def _activate(name: str, h: Tensor) -> Tensor:
     if name == "tanh":
         return torch.tanh(h)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote, register_method
 
 
 def cnnh_stage_one(S: Tensor, bits: int, sweeps: int = 10,
@@ -92,4 +92,5 @@ class CNNH(Method):
         index = self.check_batch(h, y, index)
         if not bool(self.prepared):
             raise ConfigError("cnnh: call prepare(train_labels) before training (stage 1 codes)")
+        h = promote(h)
         return cnnh_loss(h, self.H[index.to(self.H.device)].to(h.device))

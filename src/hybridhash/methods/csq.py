@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.linalg import hadamard
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote, register_method
 
 
 def center_distances(centers: Tensor) -> Tuple[float, float]:
@@ -96,5 +96,6 @@ class CSQ(Method):
 
     def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
         self.check_batch(h, y, index)
+        h = promote(h)
         c = batch_centers(y.to(h.dtype), self.centers.to(h.device), self.fill.to(h.device))
         return csq_loss(h, c, self.config.lam)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote, register_method
 
 
 def cauchy_distance(a: Tensor, b: Tensor, bits: int) -> Tensor:
@@ -51,4 +51,5 @@ class DCH(Method):
 
     def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
         self.check_batch(h, y, index)
+        h = promote(h)
         return dch_loss(h, y.to(h.dtype), self.config.gamma, self.config.lam)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote, register_method
 
 
 def dnnh_loss(u: Tensor, y: Tensor, margin: float = 1.0) -> Tensor:
@@ -66,4 +66,5 @@ class DNNH(Method):
 
     def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
         self.check_batch(h, y, index)
+        h = promote(h)
         return dnnh_loss(torch.sigmoid(h), y.to(h.dtype), self.config.margin)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote, register_method
 
 
 def dtsh_loss(h: Tensor, y: Tensor, alpha: float = 5.0, lam: float = 1.0) -> Tensor:
@@ -47,4 +47,5 @@ class DTSH(Method):
 
     def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
         self.check_batch(h, y, index)
+        h = promote(h)
         return dtsh_loss(h, y.to(h.dtype), self.config.alpha, self.config.lam)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote, register_method
 
 
 def hashnet_loss(u: Tensor, y: Tensor, alpha: float = 0.1) -> Tensor:
@@ -79,4 +79,5 @@ class HashNet(Method):
 
     def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
         self.check_batch(h, y, index)
+        h = promote(h)
         return hashnet_loss(self.activate(h), y.to(h.dtype), self.config.alpha)
