@@ -16,6 +16,7 @@ from hybridhash.methods import create_method, list_methods
 from hybridhash.methods.adsh import adsh_update_v, iterations_for, soft_similarity
 from hybridhash.methods.cnnh import cnnh_stage_one
 from hybridhash.methods.csq import hash_centers
+from hybridhash.methods.dnnh import DivideAndEncode
 from hybridhash.methods.hashnet import continuation_beta
 
 DATA = Path(__file__).parent / "data"
@@ -557,3 +558,48 @@ def test_a_few_steps_lower_each_loss(name):
     with torch.no_grad():
         after = full_loss().item()
     assert after < before, (before, after)
+
+
+def test_adsh_gathered_rows_keep_every_rank_identical():
+    n, K, C = 10, 8, 3
+    y = labels("single", n, C, torch.Generator().manual_seed(1)).float()
+    ranks = [create_method("adsh", bits=K, n_class=C, num_train=n, num_samples=6, epochs_per_iteration=1) for _ in range(2)]
+    samples = []
+    for m in ranks:
+        m.prepare(y)
+        samples.append(m.epoch_rows(0, torch.Generator().manual_seed(5)))  # same seed on every rank
+    assert torch.equal(samples[0], samples[1])
+    h_all = torch.randn(6, K, generator=torch.Generator().manual_seed(2))
+    idx_all = samples[0]
+    for r, m in enumerate(ranks):  # rank r holds half of the rows
+        part = slice(3 * r, 3 * r + 3)
+        m.loss(h_all[part], y[idx_all[part]], idx_all[part], gathered=(h_all, y[idx_all], idx_all))
+        m.on_epoch_end(0)
+    assert torch.equal(ranks[0].U_bar, ranks[1].U_bar) and ranks[0].U_bar[idx_all].abs().sum() > 0
+    assert torch.equal(ranks[0].V, ranks[1].V) and ranks[0].V.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_half_precision_outputs_give_a_float32_loss(name):
+    n, K, C = 6, 8, 2
+    y = torch.eye(C)[torch.arange(n) % C]
+    method = create_method(name, bits=K, n_class=C, num_train=n, **({"sweeps": 1} if name == "cnnh" else {}))
+    method.prepare(y, torch.Generator().manual_seed(0))
+    rows = method.epoch_rows(0, torch.Generator().manual_seed(0))
+    idx = torch.arange(3) if rows is None else rows[:3]
+    h = torch.randn(3, K, generator=torch.Generator().manual_seed(1))
+    low = method.loss(h.half(), y[idx], idx)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+
+
+def test_divide_and_encode_maps_each_slice_to_one_unit():
+    head = create_method("dnnh", bits=4, n_class=2, num_train=2, head="divide_encode").make_head(10)
+    assert isinstance(head, DivideAndEncode) and head.sizes == [3, 3, 2, 2]
+    assert create_method("dnnh", bits=4, n_class=2, num_train=2).make_head(10) is None
+    x = torch.randn(2, 10, requires_grad=True)
+    out = head(x)
+    assert out.shape == (2, 4)
+    out[:, 2].sum().backward()  # unit 2 sees features 6 and 7 only
+    assert x.grad[:, [6, 7]].abs().sum() > 0 and x.grad[:, :6].abs().sum() == 0 and x.grad[:, 8:].abs().sum() == 0
+    with pytest.raises(ConfigError, match="at least 4 features"):
+        DivideAndEncode(3, 4)

@@ -50,12 +50,17 @@ identical, and give ``epoch_rows`` a generator seeded the same on every rank (th
 it returns); in-batch, CNNH and CSQ losses ignore ``gathered``. ``state_tensors()`` is a flat dict
 of contiguous tensors, ready for ``safetensors.torch.save_file``.
 
+ADSH: with ``config.database == "learned"`` the training-set (database) codes are
+``method.learned_codes()`` (its V) instead of the network's; say which in the report. CSQ:
+``method.centers`` (C, bits) +-1, ``min_center_distance`` / ``mean_center_distance`` for the log.
+
 Scaling to small training sets: ADSH's total epochs are ``iterations * epochs_per_iteration``
 over samples of ``min(num_samples, n)`` images; ``adsh.iterations_for(image_steps, n)`` gives the
 ``iterations`` hparam that matches another method's image-steps (epochs * n). CNNH's stage 1 does
 ``sweeps`` passes of n * bits coordinate steps (cost n^2 * bits each).
 """
 from . import adsh, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, hashnet, hybridhash  # noqa: F401  (registers)
-from .base import Method, MethodConfig, MethodDefaults, create_method, list_methods, register_method
+from .base import Method, MethodConfig, MethodDefaults
+from .registry import create_method, list_methods, register_method
 
 __all__ = ["Method", "MethodConfig", "MethodDefaults", "create_method", "list_methods", "register_method"]

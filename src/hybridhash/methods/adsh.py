@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote
+from .registry import register_method
 
 
 def soft_similarity(y: Tensor, Y: Tensor) -> Tuple[Tensor, float]:
@@ -118,7 +119,7 @@ class ADSH(Method):
         index_w = torch.as_tensor(index_w).to(self.V.device, torch.long)
         if not bool(in_sample[index_w].all()):
             raise DataError("adsh: batch rows outside this outer iteration's sample; iterate over epoch_rows(...)")
-        u = torch.tanh(h)
+        u = torch.tanh(promote(h))
         with torch.no_grad():
             self.U_bar[index_w] = torch.tanh(h_w.detach()).to(self.U_bar.dtype)
         r = float(self.r)

@@ -1,4 +1,4 @@
-"""The ``Method`` base class, its typed configs and the name registry (timm-style).
+"""The ``Method`` base class and its typed configs.
 
 A method is a small ``nn.Module``: its loss, the activation it applies to the raw hash-layer output
 ``h`` (B, bits), the hooks a trainer calls around epochs and steps, and the tensors it must save
@@ -8,7 +8,6 @@ with a run (``state_tensors``). Everything it keeps between steps is a registere
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type
 
@@ -17,10 +16,9 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError, ConfigError, DataError
 
-__all__ = ["Method", "MethodConfig", "MethodDefaults", "register_method", "list_methods", "create_method"]
+__all__ = ["Method", "MethodConfig", "MethodDefaults", "promote"]
 
 FAMILIES = ("symmetric", "asymmetric", "central")
-_METHODS: Dict[str, Type["Method"]] = {}
 
 
 @dataclass(frozen=True)
@@ -218,24 +216,3 @@ class Method(nn.Module):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_train):
             raise DataError(f"{self.name}: index holds rows outside [0, {self.num_train})")
         return index.to(device=h.device, dtype=torch.long)
-
-
-def register_method(cls: Type[Method]) -> Type[Method]:
-    """Class decorator: make ``cls`` available to ``create_method(cls.name, ...)``."""
-    if cls.family not in FAMILIES:
-        raise ConfigError(f"method {cls.name!r} has family {cls.family!r}; expected one of {FAMILIES}")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def list_methods(pattern: str = "*") -> list[str]:
-    """Registered method names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
-
-
-def create_method(name: str, bits: int, n_class: int, num_train: int, **hparams: Any) -> Method:
-    """The method ``name`` with its published hyper-parameters, overridden by ``hparams``."""
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
-    cls = _METHODS[name]
-    return cls(bits, n_class, num_train, cls.Config.from_dict(hparams, name))

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, promote, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote
+from .registry import register_method
 
 
 def cnnh_stage_one(S: Tensor, bits: int, sweeps: int = 10,

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from scipy.linalg import hadamard
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote
+from .registry import register_method
 
 
 def center_distances(centers: Tensor) -> Tuple[float, float]:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote
+from .registry import register_method
 
 
 def cauchy_distance(a: Tensor, b: Tensor, bits: int) -> Tensor:

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, promote, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote
+from .registry import register_method
 
 
 def dnnh_loss(u: Tensor, y: Tensor, margin: float = 1.0) -> Tensor:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bank import BankMethod
-from .base import MethodConfig, MethodDefaults, register_method
+from .base import MethodConfig, MethodDefaults
+from .registry import register_method
 
 
 def dpsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, eta: float = 0.1) -> Tensor:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .bank import BankMethod
-from .base import MethodConfig, MethodDefaults, register_method
+from .base import MethodConfig, MethodDefaults
+from .registry import register_method
 
 
 def dsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, margin: float, alpha: float = 0.1) -> Tensor:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote, register_method
+from .base import Method, MethodConfig, MethodDefaults, promote
+from .registry import register_method
 
 
 def dtsh_loss(h: Tensor, y: Tensor, alpha: float = 5.0, lam: float = 1.0) -> Tensor:

@@ -10,7 +10,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses import PairwiseLikelihoodLoss
-from .base import Method, MethodConfig, MethodDefaults, register_method
+from .base import Method, MethodConfig, MethodDefaults
+from .registry import register_method
 
 
 @dataclass
