@@ -42,7 +42,10 @@ Resume: create the method with the same arguments, ``method.load_state_tensors(s
 restores banks, HashNet's beta, ADSH's labels, V and sample, CNNH's H, CSQ's centers) and do NOT
 rely on ``prepare`` afterwards (CNNH skips it once H is restored; ADSH re-reads the labels only);
 then continue the loop at the saved epoch and step: ``on_epoch_start`` / ``epoch_rows`` give the
-same beta and the same sample as before the interruption.
+same beta and the same sample as before the interruption. For later samples to match an
+uninterrupted run too, give ``epoch_rows`` a generator seeded from (run seed, epoch), e.g.
+``torch.Generator().manual_seed(seed * 100_003 + epoch)``; it only draws on the first epoch of an
+outer iteration.
 
 Rules: call ``loss`` once per optimizer step (bank methods write the batch first; ADSH records
 u for its V update); under DDP pass ``gathered`` on every rank so banks, ADSH's U and V stay
