@@ -21,9 +21,10 @@ returns a module to use instead of the model's linear hash layer, or None (only 
 
 Fresh run::
 
-    method = create_method(name, bits, n_class, num_train, seed=..., **hparams)  # seed: CSQ only
+    method = create_method(name, bits, n_class, num_train, **hparams)  # CSQ: pass seed=<run seed>
     method.prepare(train_labels, generator)      # once; (n, C) float labels of the training set,
-                                                 # rows in the order of ``index``. CNNH stage 1 runs here.
+                                                 # rows in the order of ``index``. CNNH stage 1 runs
+                                                 # here (seed the generator alike on every DDP rank)
     step = 0
     for epoch in range(method.total_epochs):     # or the recipe's epochs; ADSH needs total_epochs
         method.on_epoch_start(epoch, step)       # HashNet sets beta
