@@ -496,6 +496,10 @@ def test_adsh_samples_per_outer_iteration_and_updates_v_at_its_end():
 def test_csq_uses_hadamard_rows_when_they_exist(K):
     C = 2 * K if K == 16 else 10
     c = create_method("csq", bits=K, n_class=C, num_train=4).centers
+    H = torch.ones(1, 1)
+    while H.shape[0] < K:  # Sylvester's construction, written out
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)])
+    assert torch.equal(c[: min(C, K)], H[: min(C, K)])
     top = c[: min(C, K)]
     assert set(c.unique().tolist()) == {-1.0, 1.0}
     assert torch.equal(top @ top.t(), K * torch.eye(len(top)))  # orthogonal rows: distance K/2

@@ -130,7 +130,8 @@ class ADSH(Method):
     @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
         """After the last epoch of an outer iteration, the column-wise update of V."""
-        if (epoch + 1) % self.config.epochs_per_iteration or int(self.sample_iteration) != epoch // self.config.epochs_per_iteration:
+        per = self.config.epochs_per_iteration
+        if (epoch + 1) % per or int(self.sample_iteration) != epoch // per:
             return
         S_soft, _ = soft_similarity(self.labels[self.sample], self.labels)
         self.V.copy_(adsh_update_v(self.V, self.U_bar[self.sample], S_soft, self.U_bar, self.config.gamma))

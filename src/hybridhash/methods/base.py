@@ -160,7 +160,8 @@ class Method(nn.Module):
         """The method's activation of raw outputs h (B, bits); codes are sign(h) whatever it is."""
         return _activate(self.activation, h)
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+    def loss(self, h: Tensor, y: Tensor, index: Tensor, *,
+             gathered: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
         """Scalar loss of the local batch: h (B, bits) raw outputs, y (B, C), index (B,) long."""
         raise NotImplementedError
 
@@ -209,9 +210,11 @@ class Method(nn.Module):
         if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[1] != self.bits:
             raise DataError(f"{self.name}: h must be (B, {self.bits}), got {tuple(getattr(h, 'shape', ()))}")
         if not isinstance(y, Tensor) or tuple(y.shape) != (h.shape[0], self.n_class):
-            raise DataError(f"{self.name}: y must be ({h.shape[0]}, {self.n_class}), got {tuple(getattr(y, 'shape', ()))}")
+            raise DataError(f"{self.name}: y must be ({h.shape[0]}, {self.n_class}), "
+                            f"got {tuple(getattr(y, 'shape', ()))}")
         index = torch.as_tensor(index)
-        if index.dim() != 1 or index.shape[0] != h.shape[0] or index.dtype.is_floating_point or index.dtype == torch.bool:
+        if (index.dim() != 1 or index.shape[0] != h.shape[0]
+                or index.dtype.is_floating_point or index.dtype == torch.bool):
             raise DataError(f"{self.name}: index must be an integer tensor of shape ({h.shape[0]},)")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_train):
             raise DataError(f"{self.name}: index holds rows outside [0, {self.num_train})")
