@@ -1,0 +1,38 @@
+"""Memory bank shared by the bank methods (DPSH, DSH): U (n, bits) and Y (n, C), zeros at start."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import Method, MethodConfig, promote
+
+
+class BankMethod(Method):
+    """A method whose batch is compared with all n rows of a bank written just before.
+
+    Subclasses implement ``bank_loss(h, y)`` against ``self.U`` and ``self.Y``.
+    """
+
+    def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
+        super().__init__(bits, n_class, num_train, config)
+        self.register_buffer("U", torch.zeros(num_train, bits))  # (n, bits)
+        self.register_buffer("Y", torch.zeros(num_train, n_class))  # (n, C)
+
+    @torch.no_grad()
+    def write_bank(self, h: Tensor, y: Tensor, index: Tensor) -> None:
+        """U[index] = activation(h) (detached), Y[index] = y."""
+        index = self.check_batch(h, y, index).to(self.U.device)
+        self.U[index] = self.activate(h.detach()).to(self.U.dtype)
+        self.Y[index] = y.detach().to(self.Y.dtype)
+
+    def loss(self, h: Tensor, y: Tensor, index: Tensor, *,
+             gathered: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+        self.check_batch(h, y, index)
+        # every rank writes every rank's rows, so the banks stay identical under DDP
+        self.write_bank(*(gathered if gathered is not None else (h, y, index)))
+        return self.bank_loss(promote(h), y)
+
+    def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError

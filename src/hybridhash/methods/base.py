@@ -1,0 +1,221 @@
+"""The ``Method`` base class and its typed configs.
+
+A method is a small ``nn.Module``: its loss, the activation it applies to the raw hash-layer output
+``h`` (B, bits), the hooks a trainer calls around epochs and steps, and the tensors it must save
+with a run (``state_tensors``). Everything it keeps between steps is a registered buffer, so
+``.to(device)`` moves it and ``state_tensors`` finds it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointMismatchError, ConfigError, DataError
+
+__all__ = ["Method", "MethodConfig", "MethodDefaults", "promote"]
+
+FAMILIES = ("symmetric", "asymmetric", "central")
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """Published training settings of a method (METHODS.md; DeepHash-pytorch where it is silent)."""
+
+    optimizer: str  # "rmsprop" | "adam"
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(method: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of the field's default (None default: optional int)."""
+    bad = ConfigError(f"{method}: hyper-parameter {name} must be like {default!r}, got {value!r}")
+    if default is None:
+        if value is None:
+            return None
+        default = 0
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise bad
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise bad
+    return value
+
+
+@dataclass
+class MethodConfig:
+    """Base of the per-method hyper-parameter dataclasses; round-trips through JSON dicts.
+
+    Subclasses list string fields with their allowed values in ``choices`` and numeric fields that
+    must be > 0 in ``positive`` (>= 0 in ``nonnegative``).
+    """
+
+    choices: ClassVar[Dict[str, Tuple[str, ...]]] = {}
+    positive: ClassVar[Tuple[str, ...]] = ()
+    nonnegative: ClassVar[Tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], method: str = "method") -> "MethodConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown hyper-parameter {unknown[0]!r} for {method}; "
+                              f"valid: {', '.join(names) or '(none)'}")
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        config = cls(**{k: _coerce(method, k, v, fields[k]) for k, v in d.items()})
+        config.check(method)
+        return config
+
+    def check(self, method: str) -> None:
+        for name, allowed in self.choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{method}: {name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        for name in self.positive:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{method}: {name} must be > 0, got {value!r}")
+        for name in self.nonnegative:
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{method}: {name} must be >= 0, got {getattr(self, name)!r}")
+
+
+def promote(h: Tensor) -> Tensor:
+    """h in at least float32: fp16 / bf16 outputs of autocast keep the losses' sums accurate."""
+    return h.to(torch.promote_types(h.dtype, torch.float32))
+
+
+def _activate(name: str, h: Tensor) -> Tensor:
+    if name == "tanh":
+        return torch.tanh(h)
+    if name == "sigmoid":
+        return torch.sigmoid(h)
+    return h
+
+
+class Method(nn.Module):
+    """Base class: a deep-hashing method driven by a trainer (see the package docstring).
+
+    Subclasses set ``name``, ``family``, ``activation``, ``Config`` and ``DEFAULTS`` and implement
+    ``loss``; the hooks below are no-ops here.
+
+    Args:
+        bits: code length K.
+        n_class: label vector length C.
+        num_train: n, the number of training images (rows of ``index``).
+        config: an instance of the subclass's ``Config``.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    activation: ClassVar[str] = "none"
+    Config: ClassVar[Type[MethodConfig]] = MethodConfig
+    DEFAULTS: ClassVar[MethodDefaults]
+
+    def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
+        super().__init__()
+        for key, value in (("bits", bits), ("n_class", n_class), ("num_train", num_train)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{self.name}: {key} must be a positive integer, got {value!r}")
+        self.bits, self.n_class, self.num_train = bits, n_class, num_train
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def defaults(self) -> MethodDefaults:
+        return self.DEFAULTS
+
+    @property
+    def total_epochs(self) -> int:
+        """Trainer epochs of a run with the published settings."""
+        return self.defaults.epochs
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, n_class={self.n_class}, num_train={self.num_train}, {self.config}"
+
+    def activate(self, h: Tensor) -> Tensor:
+        """The method's activation of raw outputs h (B, bits); codes are sign(h) whatever it is."""
+        return _activate(self.activation, h)
+
+    def loss(self, h: Tensor, y: Tensor, index: Tensor, *,
+             gathered: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+        """Scalar loss of the local batch: h (B, bits) raw outputs, y (B, C), index (B,) long."""
+        raise NotImplementedError
+
+    def forward(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
+        return self.loss(h, y, index, gathered=gathered)
+
+    # hooks; see the package docstring for the order a trainer calls them in
+    def prepare(self, train_labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
+        """Once before training, with the (n, C) labels of the training set."""
+
+    def on_epoch_start(self, epoch: int, step: int) -> None:
+        """Before each epoch (0-based), with the number of optimizer steps taken so far."""
+
+    def on_step(self, step: int) -> None:
+        """Before each optimizer step, with the number of steps taken so far."""
+
+    def epoch_rows(self, epoch: int, generator: Optional[torch.Generator] = None) -> Optional[Tensor]:
+        """Rows of the training set this epoch iterates over (LongTensor, CPU); None: all of them."""
+        return None
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """After the last step of each epoch."""
+
+    def make_head(self, in_features: int) -> Optional[nn.Module]:
+        """A hash head to use instead of the model's linear hash layer; None: keep the model's."""
+        return None
+
+    # state saved with a run
+    def state_tensors(self) -> Dict[str, Tensor]:
+        """Every buffer, detached and contiguous (safetensors-ready); restore with ``load_state_tensors``."""
+        return {k: v.detach().contiguous().clone() for k, v in self.named_buffers()}
+
+    def load_state_tensors(self, tensors: Dict[str, Tensor]) -> None:
+        own = dict(self.named_buffers())
+        if set(tensors) != set(own):
+            missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+            raise CheckpointMismatchError(f"{self.name} state: missing {missing}, unexpected {extra}")
+        for key, buf in own.items():
+            if tuple(tensors[key].shape) != tuple(buf.shape):
+                raise CheckpointMismatchError(f"{self.name} state {key} has shape {tuple(tensors[key].shape)}, "
+                                              f"expected {tuple(buf.shape)} (other bits, classes or training set?)")
+            buf.copy_(tensors[key].to(buf.device, buf.dtype))
+
+    def check_batch(self, h: Tensor, y: Tensor, index: Tensor) -> Tensor:
+        """Validate one batch; returns ``index`` as a long tensor on h's device."""
+        if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[1] != self.bits:
+            raise DataError(f"{self.name}: h must be (B, {self.bits}), got {tuple(getattr(h, 'shape', ()))}")
+        if not isinstance(y, Tensor) or tuple(y.shape) != (h.shape[0], self.n_class):
+            raise DataError(f"{self.name}: y must be ({h.shape[0]}, {self.n_class}), "
+                            f"got {tuple(getattr(y, 'shape', ()))}")
+        index = torch.as_tensor(index)
+        if (index.dim() != 1 or index.shape[0] != h.shape[0]
+                or index.dtype.is_floating_point or index.dtype == torch.bool):
+            raise DataError(f"{self.name}: index must be an integer tensor of shape ({h.shape[0]},)")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_train):
+            raise DataError(f"{self.name}: index holds rows outside [0, {self.num_train})")
+        return index.to(device=h.device, dtype=torch.long)

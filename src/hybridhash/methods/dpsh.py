@@ -1,0 +1,42 @@
+"""DPSH (Li et al., IJCAI 2016): pairwise likelihood of raw outputs against a bank."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .bank import BankMethod
+from .base import MethodConfig, MethodDefaults
+from .registry import register_method
+
+
+def dpsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, eta: float = 0.1) -> Tensor:
+    """h (B, K) raw outputs, U (n, K) bank, y (B, C), Y (n, C).
+
+    theta = 0.5 h_i . U_j; mean over B x n of softplus(theta) - s theta, + eta mean((h - sign h)^2).
+    """
+    s = (y.to(h.dtype) @ Y.to(h.dtype).t() > 0).to(h.dtype)  # (B, n)
+    theta = 0.5 * (h @ U.to(h.dtype).t())  # (B, n)
+    likelihood = (F.softplus(theta) - s * theta).mean()
+    return likelihood + eta * (h - h.sign()).pow(2).mean()
+
+
+@dataclass
+class DPSHConfig(MethodConfig):
+    """eta: weight of the quantization term (called alpha in DeepHash-pytorch)."""
+
+    eta: float = 0.1
+    nonnegative = ("eta",)
+
+
+@register_method
+class DPSH(BankMethod):
+    name = "dpsh"
+    family = "symmetric"
+    activation = "none"
+    Config = DPSHConfig
+    DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=128, epochs=150)
+
+    def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return dpsh_loss(h, self.U, y, self.Y, self.config.eta)

@@ -1,0 +1,33 @@
+"""Name -> method registry, timm-style: ``create_method("dsh", bits=64, n_class=10, num_train=5000)``."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Dict, Type
+
+from ..errors import ConfigError
+from .base import FAMILIES, Method
+
+__all__ = ["register_method", "list_methods", "create_method"]
+
+_METHODS: Dict[str, Type[Method]] = {}
+
+
+def register_method(cls: Type[Method]) -> Type[Method]:
+    """Class decorator: make ``cls`` available to ``create_method(cls.name, ...)``."""
+    if cls.family not in FAMILIES:
+        raise ConfigError(f"method {cls.name!r} has family {cls.family!r}; expected one of {FAMILIES}")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Registered method names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+
+
+def create_method(name: str, bits: int, n_class: int, num_train: int, **hparams: Any) -> Method:
+    """The method ``name`` with its published hyper-parameters, overridden by ``hparams``."""
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
+    cls = _METHODS[name]
+    return cls(bits, n_class, num_train, cls.Config.from_dict(hparams, name))
