@@ -241,7 +241,7 @@ def _ddp_worker(rank, world, port, out, dumps):
 
     def dump(event, trainer, **info):
         if event == "epoch_end":
-            torch.save({"U": trainer.method.U.clone(), "Y": trainer.method.Y.clone(),
+            torch.save({"U": trainer.method.criterion.U.clone(), "Y": trainer.method.criterion.Y.clone(),
                         "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()}},
                        os.path.join(dumps, f"rank{rank}_epoch{info['epoch']}.pt"))
 

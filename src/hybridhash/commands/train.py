@@ -14,7 +14,8 @@ DESCRIPTION = (
     "$(which hybridhash) train ...")
 
 
-GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation (unset: the recipe's value)", "run": "run"}
+GROUPS = {"data": "data", "model": "model", "method": "method",
+          "optimisation": "optimisation (unset: the recipe's value, or the method's published one)", "run": "run"}
 
 
 def configure(p: argparse.ArgumentParser) -> None:

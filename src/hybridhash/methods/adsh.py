@@ -85,6 +85,10 @@ class ADSH(Method):
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
 
     @property
+    def rows_per_epoch(self) -> int:
+        return int(self.sample.shape[0])
+
+    @property
     def defaults(self) -> MethodDefaults:
         return MethodDefaults("adam", 1e-4, 1e-5, batch_size=64,
                               epochs=self.config.iterations * self.config.epochs_per_iteration)

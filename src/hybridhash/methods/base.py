@@ -149,6 +149,11 @@ class Method(nn.Module):
         return self.DEFAULTS
 
     @property
+    def rows_per_epoch(self) -> int:
+        """Training rows one trainer epoch goes over (ADSH: its sample)."""
+        return self.num_train
+
+    @property
     def total_epochs(self) -> int:
         """Trainer epochs of a run with the published settings."""
         return self.defaults.epochs

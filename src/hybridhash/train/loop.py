@@ -144,7 +144,7 @@ class Trainer:
         if c.data_mode == "cache" and self.cache is None:
             self.cache = CachedImages(protocol.train, self.eval_transform)
         self.augment = BatchAugment(shift=c.shift, hflip=protocol.pipeline != "digits")
-        rows = int(getattr(self.method, "rows_per_epoch", None) or n_train)
+        rows = int(getattr(self.method, "rows_per_epoch", n_train))
         self.local_n = math.ceil(rows / self.dist.world_size)
         self.steps_per_epoch = math.ceil(self.local_n / c.batch_size)
         self.total_steps = self.steps_per_epoch * c.epochs
@@ -231,6 +231,7 @@ class Trainer:
             with autocast_context(self.device, self.amp):
                 h = self.net(x, activate=False)  # (B, bits) raw hash-layer outputs
             h = h.float()
+            _hook(self.method, "on_step")(self.step)
             gathered = None
             if self.dist.enabled:
                 # every rank writes every rank's batch, so the methods' states stay identical
@@ -242,7 +243,6 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
             self.step += 1
-            _hook(self.method, "on_step")(self.step)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise ConfigError(f"the loss became {value} at epoch {epoch + 1}, step {self.step}; "
@@ -417,24 +417,21 @@ def build_model(config: TrainConfig, bits: int) -> nn.Module:
     return model
 
 
+def method_params(config: TrainConfig) -> Dict[str, Any]:
+    """The hyper-parameters ``config`` gives its method (``--alpha`` and the bank options are
+    HybridHash's; ``--method-params`` any method's)."""
+    params = dict(config.method_params)
+    if config.method == "csq":
+        params.setdefault("seed", config.seed)  # its random centers (when no Hadamard matrix fits)
+    if config.method == "hybridhash":
+        params.setdefault("alpha", config.alpha)
+        params.setdefault("bank_rows", config.bank_rows)
+        params.setdefault("bank_fp16", config.bank_fp16)
+    return params
+
+
 def build_method(config: TrainConfig, bits: int, n_class: int, num_train: int) -> nn.Module:
-    """The hashing method ``config`` names, with its bank sized as the options say."""
-    rows = config.bank_rows or num_train
-    if rows < num_train:
-        raise ConfigError(f"--bank-rows {rows} is smaller than the {num_train} training images")
-    return _HybridHashMethod(rows, bits, n_class, alpha=config.alpha,
-                             bank_dtype=torch.float16 if config.bank_fp16 else torch.float32)
+    """The hashing method ``config`` names (see :mod:`hybridhash.methods`)."""
+    from ..methods import create_method
 
-
-from ..losses import PairwiseLikelihoodLoss  # noqa: E402  (temporary home, see build_method)
-
-
-class _HybridHashMethod(PairwiseLikelihoodLoss):
-    """The HybridHash loss on tanh(h), as a method the loop can drive."""
-
-    def loss(self, h: torch.Tensor, y: torch.Tensor, index: torch.Tensor, *, gathered=None) -> torch.Tensor:
-        u = torch.tanh(h)
-        if gathered is None:
-            return self(u, y, index)
-        h_all, y_all, index_all = gathered
-        return self(u, y, index, torch.tanh(h_all), y_all, index_all)
+    return create_method(config.method, bits, n_class, num_train, **method_params(config))

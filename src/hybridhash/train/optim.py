@@ -43,4 +43,7 @@ def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum or 0.0)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "adam":
+        # weight decay as an L2 term of the gradient, as the methods that publish Adam use it
+        return torch.optim.Adam(groups, lr=config.lr)
     raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")

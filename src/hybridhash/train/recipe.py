@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from ..configs import from_json_dict, to_json_dict
 from ..errors import ConfigError
 
-OPTIMIZERS = ("rmsprop", "adamw")
+OPTIMIZERS = ("rmsprop", "adamw", "adam")
 SCHEDULES = ("constant", "cosine")
 DATA_MODES = ("stream", "cache")
 SELECT_ON = ("val", "query")
@@ -56,6 +56,10 @@ class TrainConfig:
     pretrained: Optional[str] = _opt(None, "'imagenet' (timm NesT weights of the preset) or a NesT weights file",
                                      "model")
     bits: Tuple[int, ...] = _opt((16, 32, 48, 64), "code lengths, one model each", "model", nargs="+")
+    method: str = _opt("hybridhash", "hashing method (see `hybridhash methods`)", "method")
+    method_params: Dict[str, Any] = _opt({}, "the method's hyper-parameters to change, e.g. '{\"gamma\": 10}' "
+                                         "(see `hybridhash methods NAME`)", "method", metavar="JSON",
+                                         parse="json_object")
     out: str = _opt("runs/train", "run directory", "run")
     seed: int = _opt(0, "seed of the split, the init and every random draw", "run")
     val_fraction: float = _opt(0.1, "share of the training images held out for selection", "data")
@@ -81,11 +85,11 @@ class TrainConfig:
     amp: Optional[bool] = _opt(None, "mixed precision (bf16 autocast on CUDA; CPU runs stay float32)",
                                "optimisation", parse="tristate")
     grad_clip: Optional[float] = _opt(None, "clip the gradient norm at this value", "optimisation")
-    # loss
-    alpha: float = _opt(0.5, "the loss's inner-product scale", "optimisation")
-    bank_rows: Optional[int] = _opt(None, "rows of the loss's memory bank (default: the training set size; the "
-                                    "original used 10000 on CIFAR-10)", "optimisation")
-    bank_fp16: bool = _opt(False, "keep the bank in float16 as the original", "optimisation")
+    # the hybridhash method's loss (other methods take --method-params)
+    alpha: float = _opt(0.5, "hybridhash: the loss's inner-product scale", "method")
+    bank_rows: Optional[int] = _opt(None, "hybridhash: rows of the loss's memory bank (default: the training set "
+                                    "size; the original used 10000 on CIFAR-10)", "method")
+    bank_fp16: bool = _opt(False, "hybridhash: keep the bank in float16 as the original", "method")
     # machinery
     device: str = _opt("auto", "cpu, cuda, cuda:1, or auto", "run")
     workers: int = _opt(0, "data-loading processes", "data")
@@ -133,12 +137,24 @@ def choose_recipe(img_size: int, pretrained: Optional[str]) -> str:
     return "scratch" if not pretrained and img_size <= SCRATCH_MAX_IMG else "original"
 
 
-def resolve(config: TrainConfig, img_size: int) -> TrainConfig:
-    """A copy of ``config`` with every recipe-filled option set, checked."""
+# the settings a method publishes, which replace the original recipe's for that method
+METHOD_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs")
+
+
+def resolve(config: TrainConfig, img_size: int, method_defaults: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """A copy of ``config`` with every recipe-filled option set, checked.
+
+    ``method_defaults``: the method's published optimiser, lr, weight decay, batch size and epochs
+    (``Method.defaults.to_dict()``); under the ``original`` recipe (fine-tuning pretrained or
+    full-size models) they replace HybridHash's, so each method keeps its own published settings.
+    The ``scratch`` recipe is shared by every method.
+    """
     name = config.recipe or choose_recipe(img_size, config.pretrained)
     if name not in ("original", "scratch"):
         raise ConfigError(f"unknown recipe {name!r}; use original or scratch")
     defaults = original_recipe() if name == "original" else scratch_recipe(img_size)
+    if name == "original" and method_defaults:
+        defaults.update({k: method_defaults[k] for k in METHOD_SETTINGS if k in method_defaults})
     filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in defaults.items()}
     out = dataclasses.replace(config, recipe=name, **filled)
     check(out)
@@ -195,7 +211,7 @@ def check(c: TrainConfig) -> None:
 
 # options whose change makes a saved run another run: --resume refuses them
 RESUME_KEYS: Sequence[str] = (
-    "dataset", "model", "model_overrides", "pretrained", "seed", "val_fraction", "select_on", "epochs",
+    "dataset", "model", "model_overrides", "pretrained", "method", "method_params", "seed", "val_fraction", "select_on", "epochs",
     "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "warmup_epochs", "head_init_std",
     "data_mode", "shift", "alpha", "bank_rows", "bank_fp16", "grad_clip", "recipe",
 )

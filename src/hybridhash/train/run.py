@@ -5,6 +5,7 @@ code length.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -18,7 +19,7 @@ from ..errors import ConfigError
 from ..fileio import read_json, write_json
 from ..runtime import device_option, pick_device, usable_cores
 from . import distributed as D
-from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
+from .loop import BitsResult, CachedImages, Callback, Trainer, method_params, tensorboard_writer
 from .recipe import RESUME_KEYS, TrainConfig, resolve
 from .state import STATE_NAME, read_training_state
 
@@ -28,16 +29,50 @@ _log = logging.getLogger(__name__)
 CACHE_LIMIT_BYTES = 2 << 30
 
 
-def _check_resume(run_dir: Path, config: TrainConfig) -> None:
+def _check_resume(run_dir: Path, config: TrainConfig, keys: Sequence[str] = RESUME_KEYS) -> None:
     saved_path = run_dir / R.RUN_NAME
     if not saved_path.exists():  # run.json is written before the first epoch, so no run was started here
         raise ConfigError(f"--resume: no run in {run_dir}; drop --resume to start a new run")
     saved = read_json(saved_path).get("config", {})
     now = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, like the saved side
-    for k in RESUME_KEYS:
+    for k in keys:
         if k in saved and saved[k] != now.get(k):
             raise ConfigError(f"--resume: {run_dir} was trained with {k}={saved[k]!r}, this run asks for "
                               f"{now.get(k)!r}; use the same options or another --out")
+
+
+# options that fit_method sets from the size of the training set
+FITTED_KEYS = ("epochs", "method_params")
+
+
+def _published(config: TrainConfig) -> Dict[str, Any]:
+    """The published optimiser settings of ``config``'s method (and a one-line error for an unknown
+    method or hyper-parameter now, before any data is read)."""
+    from ..methods import create_method
+
+    return create_method(config.method, 8, 1, 1, **method_params(config)).defaults.to_dict()
+
+
+def fit_method(config: TrainConfig, n_train: int) -> TrainConfig:
+    """``config`` with the method's schedule fitted to ``n_train`` training images.
+
+    ADSH trains in outer iterations of ``epochs_per_iteration`` passes over a sample; under the
+    shared scratch recipe its iterations are chosen to see as many images as the other methods'
+    ``epochs`` passes over the whole set (unless ``--method-params`` names them), and the run's
+    epochs become iterations * epochs_per_iteration, so that it ends on a V update.
+    """
+    if config.method != "adsh":
+        return config
+    from ..methods import create_method
+    from ..methods.adsh import iterations_for
+
+    params = dict(config.method_params)
+    probe = create_method("adsh", 8, 1, n_train, **params).config
+    if "iterations" not in params and config.recipe == "scratch":
+        params["iterations"] = iterations_for(config.epochs * n_train, n_train, probe.num_samples,
+                                              probe.epochs_per_iteration)
+    iterations = params.get("iterations", probe.iterations)
+    return dataclasses.replace(config, method_params=params, epochs=iterations * probe.epochs_per_iteration)
 
 
 def _no_val_message(protocol) -> str:
@@ -86,7 +121,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     if config.threads:
         torch.set_num_threads(config.threads)
     img_size = build_config(config.model, 16, **config.model_overrides).img_size
-    config = resolve(config, img_size)
+    config = resolve(config, img_size, _published(config))
     run_dir = Path(config.out)
     if config.tensorboard and dist_info.is_main:
         tensorboard_writer(None)  # fails now, not after the data is loaded, when tensorboard is missing
@@ -95,10 +130,13 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     if existing and not config.resume:
         raise ConfigError(f"{run_dir} already holds a run ({R.bits_dir(run_dir, existing[0]).name}); "
                           f"pass --resume to continue it or choose another --out")
-    if config.resume:
-        _check_resume(run_dir, config)
+    if config.resume:  # the options a method's fitting to the data changes are compared below
+        _check_resume(run_dir, config, [k for k in RESUME_KEYS if k not in FITTED_KEYS])
     if protocol is None:
         protocol = load_run_protocol(config, run_dir)
+    config = fit_method(config, len(protocol.train))
+    if config.resume:
+        _check_resume(run_dir, config, FITTED_KEYS)
     if config.select_on == "val" and len(protocol.val) == 0:
         raise ConfigError(_no_val_message(protocol))
     if config.select_on == "query" and dist_info.is_main:

@@ -113,9 +113,16 @@ def restore_rng(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 # the state file
 
+def _method_state(method: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    if hasattr(method, "state_tensors"):
+        return method.state_tensors()
+    return dict(method.state_dict())
+
+
 def save_training_state(path: PathLike, *, optimizer: torch.optim.Optimizer, loss: torch.nn.Module,
                         counters: Dict[str, Any]) -> Path:
-    """Write optimizer state, the loss's buffers (the memory bank), RNG states and ``counters``.
+    """Write optimizer state, the method's state (memory banks, learned codes, centers: its
+    ``state_tensors()``), RNG states and ``counters``.
 
     Args:
         path: the ``.safetensors`` file to write (atomically).
@@ -123,7 +130,7 @@ def save_training_state(path: PathLike, *, optimizer: torch.optim.Optimizer, los
     """
     path = Path(path)
     tensors, optim_meta = flatten_optimizer_state(optimizer.state_dict())
-    for name, buf in loss.state_dict().items():
+    for name, buf in _method_state(loss).items():
         tensors[f"loss.{name}"] = buf.detach().cpu().contiguous()
     rng_tensors, rng_meta = capture_rng()
     tensors.update(rng_tensors)
@@ -160,12 +167,17 @@ def load_training_state(path: PathLike, *, optimizer: torch.optim.Optimizer, los
     tensors, meta = read_training_state(path)
     optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta["optimizer"]))
     bufs = {k[len("loss."):]: v for k, v in tensors.items() if k.startswith("loss.")}
-    own = loss.state_dict()
+    own = _method_state(loss)
+    if set(bufs) != set(own) and {f"criterion.{k}" for k in bufs} == set(own):
+        bufs = {f"criterion.{k}": v for k, v in bufs.items()}  # a bank saved before methods had names
     if set(bufs) != set(own) or any(bufs[k].shape != own[k].shape for k in own):
         shapes = {k: tuple(v.shape) for k, v in bufs.items()}
-        raise CheckpointError(f"{path}: its loss bank {shapes} does not fit this run "
+        raise CheckpointError(f"{path}: its method state {shapes} does not fit this run "
                               f"({ {k: tuple(v.shape) for k, v in own.items()} })")
-    loss.load_state_dict(bufs, strict=True)
+    if hasattr(loss, "load_state_tensors"):
+        loss.load_state_tensors(bufs)
+    else:
+        loss.load_state_dict(bufs, strict=True)
     if restore_rng_states:
         restore_rng(tensors, meta.get("rng", {}))
     return meta.get("counters", {})
