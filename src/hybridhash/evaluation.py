@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import metrics as M
+from .codes import binarize
 from .errors import DataError
 
 _log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def encode_images(model: torch.nn.Module, images: Union[torch.Tensor, Dataset], 
         for x in batches:
             with autocast_context(device, amp):
                 u = model(x.to(device, non_blocking=True))
-            out.append(torch.where(u >= 0, 1, -1).to(torch.int8).cpu())
+            out.append(binarize(u).cpu())  # the sign rule of hybridhash.codes
     finally:
         model.train(was_training)
     if not out:
