@@ -21,6 +21,7 @@ from timm.layers import LayerNorm, LayerNorm2d, PatchEmbed, calculate_drop_path_
 from timm.models.nest import Attention, NestLevel
 from torch import nn
 
+from ..codes import binarize, check_bits
 from ..errors import CheckpointError, ConfigError
 from .registry import preset_kwargs, register_preset
 
@@ -105,8 +106,7 @@ class HybridHashConfig:
             raise ConfigError(
                 f"embed_dims, num_heads and depths need one entry per level (at least 2), got "
                 f"{list(self.embed_dims)}, {list(self.num_heads)}, {list(self.depths)}")
-        if self.bits <= 0:
-            raise ConfigError(f"bits must be positive, got {self.bits}")
+        self.bits = check_bits(self.bits)  # the project's one code-length rule (indexes need whole bytes)
         if self.img_size % self.patch_size:
             raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.grid_size % self.blocks_per_edge or self.block_size < 1:
@@ -306,7 +306,7 @@ class HybridHash(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Binary codes (B, bits) as int8 +-1. An output of exactly 0 maps to +1
         (the original's sign() would give 0, which is no binary code)."""
-        return torch.where(self(x) >= 0, 1, -1).to(torch.int8)
+        return binarize(self(x))
 
     def save_pretrained(self, directory: str, **extra: Any) -> None:
         """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically)."""
@@ -370,7 +370,7 @@ def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Opti
 
     Args:
         name: a name from :func:`list_models`.
-        bits: code length.
+        bits: code length, a multiple of 8 from 8 to 256 (:func:`hybridhash.codes.check_bits`).
         pretrained: None; ``"imagenet"`` for timm's ImageNet NesT weights of the preset; or a path to
             a NesT state dict (.safetensors, or .pth read with ``weights_only=True``).
         overrides: any :class:`HybridHashConfig` field (embed_dims, num_heads, depths, img_size,

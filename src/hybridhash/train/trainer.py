@@ -35,7 +35,7 @@ from ..losses import PairwiseLikelihoodLoss
 from .. import metrics as M
 from . import distributed as D
 from .augment import BatchAugment
-from .recipe import RESUME_KEYS, TrainConfig, resolve
+from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, resolve
 from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
 
 _log = logging.getLogger(__name__)
@@ -530,6 +530,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     import hybridhash
     from ..models import build_config
 
+    check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     dist_info = D.init_distributed(config.device if config.device != "auto" else str(pick_device("auto")))
     if config.threads:
         torch.set_num_threads(config.threads)
