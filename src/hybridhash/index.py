@@ -38,10 +38,12 @@ from .codes import as_packed as pack_codes  # the lenient reader: packed, or val
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json, write_json
 
-__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "pack_codes", "hamming_distances"]
+__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "MAX_K", "check_k", "pack_codes", "hamming_distances"]
 
 EMPTY_ID = -1
 EMPTY_DISTANCE = int(np.iinfo(np.int32).max)  # faiss fills empty heap slots with this
+# most results one search may ask for: the (n, k) result is allocated up front, at 12 bytes a slot
+MAX_K = 1_000_000
 MANIFEST_FORMAT = "hybridhash-index"
 MANIFEST_VERSION = 1
 
@@ -53,6 +55,15 @@ KINDS: Dict[str, Dict[str, Any]] = {
 _FAISS_TYPES = {"flat": "IndexBinaryFlat", "ivf": "IndexBinaryIVF"}
 _TRAIN_POINTS_PER_LIST = 256  # k-means sample per cell, as faiss's own default cap
 _CHUNK_MIN, _CHUNK_MAX = 16, 256  # queries per worker task
+
+
+def check_k(k: Any, name: str = "k", allow_zero: bool = False) -> int:
+    """``k`` as an int in ``0 or 1 .. MAX_K``, or ConfigError naming ``name``."""
+    low = 0 if allow_zero else 1
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not low <= k <= MAX_K:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{name} must be a {kind} integer of at most {MAX_K}, got {k!r}")
+    return int(k)
 
 
 def _default_threads() -> int:
@@ -224,15 +235,18 @@ class HashIndex:
 
         Args:
             codes: queries, packed ``(n, bits/8)`` or +-1 ``(n, bits)``.
-            k: results per query (>= 0; may exceed ntotal, the rest are empty slots).
+            k: results per query, 0..``MAX_K`` (it may exceed ntotal: the rest are empty slots;
+                callers that want no padding pass ``min(k, ntotal)``).
 
         Returns:
             ``(distances int32 (n, k), ids int64 (n, k))``, each row sorted by ``(distance, id)``;
             empty slots hold ``EMPTY_ID`` and ``EMPTY_DISTANCE``. Exact with ties by id for ``flat``.
+
+        Raises:
+            ConfigError: k negative, not an integer, or over ``MAX_K`` (the result is allocated
+                before searching: an unbounded k would be an unbounded allocation).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ConfigError(f"k must be a non-negative integer, got {k!r}")
-        k = int(k)
+        k = check_k(k, allow_zero=True)
         q = pack_codes(codes, self.bits)
         n = q.shape[0]
         dist = np.full((n, k), EMPTY_DISTANCE, dtype=np.int32)
