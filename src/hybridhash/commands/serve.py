@@ -10,7 +10,9 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.serve.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    from hybridhash.serve.app import (DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_DECODES, DEFAULT_MAX_K,
+                                      DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES)
+    from hybridhash.serve.server import DEFAULT_KEEP_ALIVE_TIMEOUT
 
     p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory; none: the one the manifest names")
@@ -27,6 +29,12 @@ def configure(p):
     p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help="most results one search may ask for")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help="most concurrent queries encoded in one model forward")
+    p.add_argument("--max-decodes", type=int, default=DEFAULT_MAX_DECODES,
+                   help="most images decoded at once (each may take hundreds of MB while decoded)")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                   help="seconds an upload may stall before the request gets 408 and is closed")
+    p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+                   help="seconds an idle connection is kept open after a response")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -40,13 +48,16 @@ def run(args) -> int:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
-    for name in ("max_pixels", "max_k", "max_batch"):
+    for name in ("max_pixels", "max_k", "max_batch", "max_decodes", "keep_alive_timeout"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.body_timeout > 0:
+        raise ConfigError(f"--body-timeout must be positive, got {args.body_timeout:g}")
     retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
                                max_pixels=args.max_pixels, root=args.root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                     max_k=args.max_k, max_batch=args.max_batch)
+                     max_k=args.max_k, max_batch=args.max_batch, max_decodes=args.max_decodes,
+                     body_timeout=args.body_timeout)
     sock = bind_socket(args.host, args.port)  # bound before printing, so the URL is the real one
     port = sock.getsockname()[1]
     if args.host in ("0.0.0.0", "::", ""):
@@ -60,5 +71,5 @@ def run(args) -> int:
     if not is_loopback(args.host):
         print("warning: not bound to loopback: anyone who can reach this address can search the collection "
               "and download its images", flush=True)
-    run_server(app, sock, log_level=args.log_level)
+    run_server(app, sock, log_level=args.log_level, keep_alive_timeout=args.keep_alive_timeout)
     return 0
