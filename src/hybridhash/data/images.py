@@ -119,8 +119,8 @@ def decode_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
         raise NotAnImageError(f"{name}: not an image (no known image format)") from None
     except Image.DecompressionBombError:  # PIL's own, higher limit, hit while reading the header
         limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise TooManyPixelsError(f"{name}: the image header claims more pixels than the limit of {limit} "
-                                 f"(a decompression bomb?)") from None
+        raise TooManyPixelsError(f"{name}: over the pixel limit: the image header claims more pixels than the "
+                                 f"limit of {limit} (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise CorruptImageError(f"{name}: truncated or corrupt image (header: {_one_line(err)})") from None
     width, height = img.size

@@ -160,11 +160,15 @@ class BodyLimitMiddleware:
             await self._drain(receive, 0)
             return await self._reject(scope, receive, send)
         received = 0
+        body_done = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect, which has no deadline
+                return await receive()
             message = await self._receive(receive)
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     if message.get("more_body", False):
