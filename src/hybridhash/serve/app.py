@@ -383,6 +383,30 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# the Swagger UI files /docs needs, served from an installed package instead of a CDN
+_SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+_OFFLINE_DOCS = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>hybridhash - API docs</title></head>
+<body><h1>hybridhash API</h1>
+<p>The interactive Swagger UI needs its script files, which are not installed here
+(<code>pip install fastapi-offline</code> provides them).</p>
+<p>The API description is at <a href="{openapi}">{openapi}</a> (OpenAPI JSON).</p>
+</body></html>
+"""
+
+
+def _swagger_assets() -> Optional[Path]:
+    """The folder of locally installed Swagger UI files (from the fastapi-offline package), or None."""
+    try:
+        from importlib import resources
+
+        folder = Path(str(resources.files("fastapi_offline") / "static"))
+    except (ImportError, TypeError):
+        return None
+    return folder if all((folder / name).is_file() for name in _SWAGGER_FILES) else None
+
+
 def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_k: int = DEFAULT_MAX_K, max_batch: int = DEFAULT_MAX_BATCH, thumb_size: int = THUMB_SIZE,
                thumb_cache_items: int = 4096, max_decodes: int = DEFAULT_MAX_DECODES,
@@ -557,30 +581,6 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-# the Swagger UI files /docs needs, served from an installed package instead of a CDN
-_SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
-
-_OFFLINE_DOCS = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>hybridhash - API docs</title></head>
-<body><h1>hybridhash API</h1>
-<p>The interactive Swagger UI needs its script files, which are not installed here
-(<code>pip install fastapi-offline</code> provides them).</p>
-<p>The API description is at <a href="{openapi}">{openapi}</a> (OpenAPI JSON).</p>
-</body></html>
-"""
-
-
-def _swagger_assets() -> Optional[Path]:
-    """The folder of locally installed Swagger UI files (from the fastapi-offline package), or None."""
-    try:
-        from importlib import resources
-
-        folder = Path(str(resources.files("fastapi_offline") / "static"))
-    except (ImportError, TypeError):
-        return None
-    return folder if all((folder / name).is_file() for name in _SWAGGER_FILES) else None
 
 
 def _item_path(collection, item_id: int) -> Path:
