@@ -278,13 +278,13 @@ def test_cli_train_in_process(tmp_path, capsys, caplog):
     # per-image transforms in a DataLoader (the pretrained recipe's path) and the original's selection
     out = tmp_path / "cli"
     args = ["train", "--dataset", "digits", "--model", "hybridhash_cpu", "--model-overrides", '{"depths": [1, 1, 1]}',
-            "--bits", "8", "12", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--quiet",
+            "--bits", "8", "16", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--quiet",
             "--threads", "1", "--parallel", "1", "--data-mode", "stream", "--select-on", "query"]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
-    assert "8 bits" in printed and "12 bits" in printed
+    assert "8 bits" in printed and "16 bits" in printed
     assert "not a fair evaluation" in caplog.text
-    for bits in (8, 12):
+    for bits in (8, 16):
         assert hybridhash.from_pretrained(out / f"bits{bits}" / "best").bits == bits
         assert "query_map" in json.loads((out / f"bits{bits}" / "log.jsonl").read_text())
     assert cli.main(args) == 1

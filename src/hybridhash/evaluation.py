@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import metrics as M
 from . import rundir as R
+from .codes import binarize
 from .errors import DataError
 from .runtime import autocast_context, pick_device
 
@@ -64,7 +65,7 @@ def encode_images(model: torch.nn.Module, images: Union[torch.Tensor, Dataset], 
         for x in batches:
             with autocast_context(device, amp):
                 u = model(x.to(device, non_blocking=True))
-            out.append(torch.where(u >= 0, 1, -1).to(torch.int8).cpu())
+            out.append(binarize(u).cpu())  # the sign rule of hybridhash.codes
     finally:
         model.train(was_training)
     if not out:

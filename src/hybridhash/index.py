@@ -36,15 +36,18 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import faiss
 import numpy as np
 
+from .codes import MAX_BITS, check_bits, hamming_distances  # noqa: F401  (re-exported)
+from .codes import as_packed as pack_codes  # the lenient reader: packed, or values of any sign
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json
 from .runtime import usable_cores
 
-__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "pack_codes", "hamming_distances"]
+__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "MAX_K", "check_k", "pack_codes", "hamming_distances"]
 
 EMPTY_ID = -1
 EMPTY_DISTANCE = int(np.iinfo(np.int32).max)  # faiss fills empty heap slots with this
-MAX_BITS = 256
+# most results one search may ask for: the (n, k) result is allocated up front, at 12 bytes a slot
+MAX_K = 1_000_000
 MANIFEST_FORMAT = "hybridhash-index"
 MANIFEST_VERSION = 1
 
@@ -62,59 +65,13 @@ class StaleIndexError(IndexMismatchError):
     """A saved index built from other codes than the ones it is loaded for (its ``codes_sha256`` differs)."""
 
 
-def _check_bits(bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise ConfigError(f"bits must be an integer, got {bits!r}")
-    bits = int(bits)
-    if bits <= 0 or bits % 8 or bits > MAX_BITS:
-        raise ConfigError(f"bits must be a positive multiple of 8 up to {MAX_BITS}, got {bits}")
-    return bits
-
-
-def pack_codes(codes: Any, bits: int) -> np.ndarray:
-    """Codes as a C-contiguous packed ``uint8 (n, bits/8)`` array.
-
-    Args:
-        codes: packed ``uint8 (n, bits/8)``, or +-1 values ``(n, bits)`` of a signed integer or
-            float dtype (value >= 0 -> bit 1, first value -> most significant bit of byte 0, as
-            ``np.packbits``). numpy arrays, torch tensors and nested lists are accepted.
-        bits: the code length the caller expects.
-
-    Raises:
-        IndexMismatchError: codes of another bit length.
-        DataError: not a 2-D array, an unsupported dtype, or NaN values.
-    """
-    bits = _check_bits(bits)
-    if hasattr(codes, "detach"):  # a torch tensor
-        codes = codes.detach().cpu().numpy()
-    arr = np.asarray(codes)
-    if arr.ndim != 2:
-        raise DataError(f"codes must be a 2-D array (n, {bits // 8}) packed uint8 or (n, {bits}) +-1, "
-                        f"got shape {arr.shape}")
-    width = arr.shape[1]
-    if arr.dtype == np.uint8:
-        if width != bits // 8:
-            raise IndexMismatchError(f"packed codes have {width * 8} bits (width {width} bytes), "
-                                     f"expected {bits} bits (width {bits // 8})")
-        return np.ascontiguousarray(arr)
-    if arr.dtype.kind not in "if":
-        raise DataError(f"codes of dtype {arr.dtype} are not accepted: pass packed uint8 (n, {bits // 8}) "
-                        f"or +-1 values (n, {bits}) of a signed integer or float dtype")
-    if width != bits:
-        raise IndexMismatchError(f"+-1 codes have {width} bits, expected {bits} bits")
-    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-        raise DataError("+-1 codes contain NaN or infinite values")
-    return np.packbits(arr >= 0, axis=1)  # (n, bits/8) uint8
-
-
-def hamming_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """Exact Hamming distances ``int32 (nq, nb)`` between packed codes ``(nq, B)`` and ``(nb, B)``.
-
-    Plain numpy popcount, no index: meant for small sets, checks and baselines.
-    """
-    q = np.ascontiguousarray(queries, dtype=np.uint8)
-    b = np.ascontiguousarray(database, dtype=np.uint8)
-    return np.bitwise_count(q[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)  # (nq, nb)
+def check_k(k: Any, name: str = "k", allow_zero: bool = False) -> int:
+    """``k`` as an int in ``0 or 1 .. MAX_K``, or ConfigError naming ``name``."""
+    low = 0 if allow_zero else 1
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not low <= k <= MAX_K:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{name} must be a {kind} integer of at most {MAX_K}, got {k!r}")
+    return int(k)
 
 
 @lru_cache(maxsize=None)
@@ -156,7 +113,7 @@ class HashIndex:
 
     def __init__(self, bits: int, kind: str = "flat", *, fingerprint: Optional[str] = None,
                  threads: Optional[int] = None, **params: Any) -> None:
-        self.bits = _check_bits(bits)
+        self.bits = check_bits(bits)
         if kind not in KINDS:
             raise ConfigError(f"unknown index kind {kind!r}; known: {', '.join(KINDS)}")
         unknown = sorted(set(params) - set(KINDS[kind]))
@@ -281,15 +238,18 @@ class HashIndex:
 
         Args:
             codes: queries, packed ``(n, bits/8)`` or +-1 ``(n, bits)``.
-            k: results per query (>= 0; may exceed ntotal, the rest are empty slots).
+            k: results per query, 0..``MAX_K`` (it may exceed ntotal: the rest are empty slots;
+                callers that want no padding pass ``min(k, ntotal)``).
 
         Returns:
             ``(distances int32 (n, k), ids int64 (n, k))``, each row sorted by ``(distance, id)``;
             empty slots hold ``EMPTY_ID`` and ``EMPTY_DISTANCE``. Exact with ties by id for ``flat``.
+
+        Raises:
+            ConfigError: k negative, not an integer, or over ``MAX_K`` (the result is allocated
+                before searching: an unbounded k would be an unbounded allocation).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ConfigError(f"k must be a non-negative integer, got {k!r}")
-        k = int(k)
+        k = check_k(k, allow_zero=True)
         q = pack_codes(codes, self.bits)
         n = q.shape[0]
         dist = np.full((n, k), EMPTY_DISTANCE, dtype=np.int32)

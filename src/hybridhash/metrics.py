@@ -22,6 +22,11 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
+from .codes import to_numpy, distance_dtype, pack_bits, pack_pm1, unpack_codes, xor_popcount
+from .codes import pack_pm1 as pack_codes  # the strict +-1 reader, under the name this module exports
+from .codes import popcount as _popcount  # noqa: F401  (kept for callers of the old private names)
+from .codes import popcount_swar as _popcount_swar  # noqa: F401
+from .codes import words as _words
 from .errors import ConfigError, DataError, IndexMismatchError
 from .runtime import usable_cores
 
@@ -40,8 +45,6 @@ __all__ = [
 
 # query-by-database cells per chunk: ~4 M keeps a chunk's buffers in tens of MB
 _CHUNK_CELLS = 1 << 22
-# uint64 cells per xor tile: 1 MiB, so the xor buffer stays in cache between xor and popcount
-_TILE_CELLS = 1 << 17
 # database columns sampled to guess the top-K distance threshold
 _SAMPLE_COLS = 8192
 
@@ -49,96 +52,17 @@ T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------------
-# codes
-
-
-def _to_numpy(name: str, x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy()
-    try:
-        return np.asarray(x)
-    except Exception as err:  # ragged lists and the like
-        raise DataError(f"{name} is not an array: {err}") from None
-
-
-def _bits_from_pm1(name: str, codes: np.ndarray) -> np.ndarray:
-    """(n, bits) +-1 or bool -> (n, bits) bool, True for +1."""
-    if codes.dtype == np.bool_:
-        return codes
-    if not (np.issubdtype(codes.dtype, np.integer) or np.issubdtype(codes.dtype, np.floating)):
-        raise DataError(f"{name} must be numeric +-1 codes or packed uint8, got dtype {codes.dtype}")
-    positive = codes == 1
-    if not np.all(positive | (codes == -1)):
-        bad = codes[~(positive | (codes == -1))].ravel()[0].item()
-        raise DataError(
-            f"{name} holds {bad!r}: +-1 codes must be exactly -1 or +1 "
-            "(binarise with `where(u >= 0, 1, -1)`; 0/1 bits must be packed with pack_codes)"
-        )
-    return positive
+# codes (the format itself lives in hybridhash.codes)
 
 
 def _as_packed(name: str, codes) -> tuple[np.ndarray, int | None]:
     """Codes -> (packed uint8 (n, nbytes), bits known from a +-1 width or None)."""
-    arr = _to_numpy(name, codes)
+    arr = to_numpy(name, codes)
     if arr.ndim != 2:
         raise DataError(f"{name} must be 2-D (n, bits) or packed (n, bytes), got shape {arr.shape}")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr), None
-    return np.packbits(_bits_from_pm1(name, arr), axis=1), arr.shape[1]
-
-
-def pack_codes(codes) -> np.ndarray:
-    """+-1 codes (n, bits) (or bool, True for +1) -> packed uint8 (n, ceil(bits / 8)).
-
-    Bits are packed in ``np.packbits`` order (big-endian inside each byte); the last byte is padded
-    with zeros, which leaves Hamming distances between equally long codes unchanged.
-    """
-    arr = _to_numpy("codes", codes)
-    if arr.ndim != 2:
-        raise DataError(f"codes must be 2-D (n, bits), got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        raise DataError("codes is uint8, which reads as already packed; pass +-1 codes (int8 or float)")
-    return np.packbits(_bits_from_pm1("codes", arr), axis=1)
-
-
-def unpack_codes(packed, bits: int | None = None) -> np.ndarray:
-    """Packed uint8 (n, nbytes) -> +-1 int8 codes (n, bits); ``bits`` defaults to 8 * nbytes."""
-    arr = _to_numpy("packed", packed)
-    if arr.ndim != 2 or arr.dtype != np.uint8:
-        raise DataError(f"packed must be a 2-D uint8 array, got {arr.dtype} of shape {arr.shape}")
-    width = 8 * arr.shape[1]
-    if bits is None:
-        bits = width
-    if not 0 < bits <= width or bits <= width - 8:
-        raise ConfigError(f"bits={bits} does not fit packed codes of {arr.shape[1]} bytes")
-    unpacked = np.unpackbits(arr, axis=1, count=bits)  # (n, bits) 0/1
-    return (unpacked.astype(np.int8) * 2 - 1).astype(np.int8)
-
-
-def _words(packed: np.ndarray) -> np.ndarray:
-    """Packed uint8 (n, nbytes) -> uint64 (n, ceil(nbytes / 8)), zero padded."""
-    n, nbytes = packed.shape
-    width = -(-nbytes // 8) * 8
-    padded = np.zeros((n, width), np.uint8)
-    padded[:, :nbytes] = packed
-    # the byte order inside a word does not matter: only popcount(xor) is taken
-    return padded.view(np.uint64)
-
-
-def _popcount_swar(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Bit count of uint64 words, for numpy < 2 which lacks np.bitwise_count."""
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    out[...] = (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
-    return out
-
-
-def _popcount(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x, out=out)
-    return _popcount_swar(x, out)
+    return pack_pm1(arr, name), arr.shape[1]
 
 
 class _Codes:
@@ -156,7 +80,7 @@ class _Codes:
         self.query = _words(qp)  # (nq, W)
         self.database_t = np.ascontiguousarray(_words(dp).T)  # (W, ndb), one row per word
         # Hamming distances range over 0..8 * nbytes; keep them in the smallest unsigned type
-        self.dtype = np.uint8 if 8 * qp.shape[1] <= 255 else np.uint16
+        self.dtype = distance_dtype(qp.shape[1])
         self.levels = 8 * qp.shape[1] + 1  # distance values 0..8 * nbytes
         self._samples: dict[int, np.ndarray] = {}
 
@@ -180,20 +104,7 @@ class _Codes:
         out = np.empty((qc, n), self.dtype)
         mask = None if threshold is None else np.empty((qc, n), np.bool_)
         limit = None if threshold is None else threshold.astype(self.dtype)[:, None]  # (qc, 1)
-        tile = max(64, _TILE_CELLS // max(qc, 1))
-        buf = np.empty((qc, min(tile, n)), np.uint64)
-        count = np.empty((qc, min(tile, n)), np.uint8)
-        for b in range(0, n, tile):
-            e = min(b + tile, n)
-            x, o = buf[:, : e - b], out[:, b:e]
-            for w in range(q.shape[1]):
-                np.bitwise_xor(q[:, w, None], database[w, None, b:e], out=x)
-                if w == 0:
-                    _popcount(x, out=o)
-                else:
-                    np.add(o, _popcount(x, out=count[:, : e - b]), out=o)
-            if mask is not None:
-                np.less_equal(o, limit, out=mask[:, b:e])
+        xor_popcount(q, database, out, limit, mask)
         return out if mask is None else (out, mask)
 
     def _sampled(self, step: int) -> np.ndarray:
@@ -216,8 +127,8 @@ class _Labels:
     """Query and database labels, as int64 class ids or as multi-hot bit sets in uint64 words."""
 
     def __init__(self, query_labels, database_labels, nq: int, ndb: int) -> None:
-        q = _to_numpy("query_labels", query_labels)
-        d = _to_numpy("database_labels", database_labels)
+        q = to_numpy("query_labels", query_labels)
+        d = to_numpy("database_labels", database_labels)
         checks = (("query_labels", q, nq, "query_codes"), ("database_labels", d, ndb, "database_codes"))
         for name, arr, n, codes in checks:
             if arr.ndim not in (1, 2):
@@ -248,7 +159,7 @@ class _Labels:
             if not np.all(ones | (arr == 0)):
                 raise DataError(f"{name} multi-hot entries must be 0 or 1")
             arr = ones
-        return _words(np.packbits(arr, axis=1))
+        return _words(pack_bits(arr))
 
     def pairs(self, query_rows: np.ndarray, database_rows: np.ndarray) -> np.ndarray:
         """Relevance of (query_rows[i], database_rows[i]) pairs: bool (n,)."""

@@ -21,7 +21,7 @@ from PIL import Image
 from .collection import Collection, open_collection
 from .data.images import DEFAULT_MAX_PIXELS, open_image
 from .encode import eval_transform, model_preprocess
-from .errors import CheckpointError, ConfigError, DataError, IndexMismatchError
+from .errors import CheckpointError, DataError, IndexMismatchError
 
 if TYPE_CHECKING:
     from .index import HashIndex
@@ -152,10 +152,24 @@ class Retriever:
             return x.float()
         if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
             images = [images]
-        tensors = [self.transform(self._open(img)) for img in images]  # each (3, H, W)
+        tensors = [self._one(img) for img in images]  # each (3, H, W)
         if not tensors:
             raise DataError("no query images")
         return torch.stack(tensors)  # (B, 3, H, W)
+
+    def prepare(self, image: ImageInput) -> torch.Tensor:
+        """One query image -> its preprocessed float32 (3, H, W) tensor, which :meth:`search` also
+        takes in a list. The service prepares each upload as soon as it is decoded, so the
+        full-size image is released before the query waits for a model forward."""
+        return self.transform(self._open(image))
+
+    def _one(self, img: Any) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):  # already prepared
+            size = self.preprocess["img_size"]
+            if tuple(img.shape) != (3, size, size):
+                raise DataError(f"a prepared query must be (3, {size}, {size}), got {tuple(img.shape)}")
+            return img.float()
+        return self.prepare(img)
 
     def _open(self, img: ImageInput) -> Image.Image:
         if isinstance(img, Image.Image):
@@ -170,7 +184,8 @@ class Retriever:
         raise DataError(f"a query image must be a path, bytes or a PIL image, got {type(img).__name__}")
 
     def encode_images(self, images: Union[Sequence[ImageInput], ImageInput, torch.Tensor]) -> np.ndarray:
-        """Paths, bytes or PIL images (or a preprocessed batch (B, 3, H, W)) -> int8 +-1 codes (B, bits)."""
+        """Paths, bytes, PIL images or prepared (3, H, W) tensors (or a preprocessed batch (B, 3, H, W))
+        -> int8 +-1 codes (B, bits)."""
         x = self._to_tensor(images).to(self.device)  # (B, 3, H, W)
         with self._model_lock:
             codes = self.model.encode(x)  # (B, bits) int8
@@ -178,13 +193,16 @@ class Retriever:
 
     def search_codes(self, codes: np.ndarray, k: int = 10) -> List[List[Hit]]:
         """Codes (+-1 (B, bits) or packed uint8 (B, bits/8)) -> B lists of at most ``k`` hits, nearest first
-        (ties by id); fewer than ``k`` when the collection is smaller."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        (ties by id); fewer than ``k`` when the collection is smaller. ``k`` is at most
+        :data:`hybridhash.index.MAX_K`."""
+        from .index import check_k
+
+        k = check_k(k)
         if isinstance(codes, torch.Tensor):
             codes = codes.cpu().numpy()
         with self._index_lock:
-            dist, ids = self.index.search(codes, int(k))  # (B, k) int32, (B, k) int64
+            # no empty slots asked for: a k far beyond the collection allocates nothing extra
+            dist, ids = self.index.search(codes, min(k, int(self.index.ntotal)))  # (B, k') int32, int64
         out = []
         for drow, irow in zip(dist, ids):
             hits = []
@@ -198,8 +216,9 @@ class Retriever:
 
     def search(self, images: Union[Sequence[ImageInput], ImageInput, torch.Tensor], k: int = 10) -> List[List[Hit]]:
         """Images (see :meth:`encode_images`) -> one list of hits per image, nearest first."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        from .index import check_k
+
+        check_k(k)  # before any image is decoded
         return self.search_codes(self.encode_images(images), k)
 
     def __repr__(self) -> str:

@@ -9,7 +9,7 @@ HELP = "search an indexed collection with query images"
 def configure(p):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files")
     p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
-    p.add_argument("--k", type=int, default=10, help="results per query")
+    p.add_argument("--k", type=int, default=10, help="results per query (at most 1000000)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the one the manifest names)")
     p.add_argument("--kind", default=None, help="index kind (default: the saved index, else flat)")
     p.add_argument("--device", default="cpu")
@@ -28,11 +28,10 @@ def format_table(rows: list) -> str:
 
 
 def run(args) -> int:
-    from hybridhash.errors import ConfigError
+    from hybridhash.index import check_k
     from hybridhash.retrieval import Retriever
 
-    if args.k < 1:
-        raise ConfigError(f"--k must be at least 1, got {args.k}")
+    check_k(args.k, "--k")  # before the model and index are loaded
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device

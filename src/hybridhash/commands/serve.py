@@ -10,8 +10,10 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.limits import MAX_BATCH as DEFAULT_MAX_BATCH, MAX_K as DEFAULT_MAX_K
-    from hybridhash.limits import MAX_PIXELS as DEFAULT_MAX_PIXELS, MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES
+    from hybridhash.limits import BODY_TIMEOUT as DEFAULT_BODY_TIMEOUT, KEEP_ALIVE_TIMEOUT as DEFAULT_KEEP_ALIVE_TIMEOUT
+    from hybridhash.limits import MAX_BATCH as DEFAULT_MAX_BATCH, MAX_DECODES as DEFAULT_MAX_DECODES
+    from hybridhash.limits import MAX_K as DEFAULT_MAX_K, MAX_PIXELS as DEFAULT_MAX_PIXELS
+    from hybridhash.limits import MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES
 
     p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory; none: the one the manifest names")
@@ -28,6 +30,12 @@ def configure(p):
     p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help="most results one search may ask for")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help="most concurrent queries encoded in one model forward")
+    p.add_argument("--max-decodes", type=int, default=DEFAULT_MAX_DECODES,
+                   help="most images decoded at once (each may take hundreds of MB while decoded)")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                   help="seconds an upload may stall before the request gets 408 and is closed")
+    p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+                   help="seconds an idle connection is kept open after a response")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -41,16 +49,19 @@ def run(args) -> int:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
-    for name in ("max_pixels", "max_k", "max_batch"):
+    for name in ("max_pixels", "max_k", "max_batch", "max_decodes", "keep_alive_timeout"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.body_timeout > 0:
+        raise ConfigError(f"--body-timeout must be positive, got {args.body_timeout:g}")
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
                                max_pixels=args.max_pixels, root=args.root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                     max_k=args.max_k, max_batch=args.max_batch)
+                     max_k=args.max_k, max_batch=args.max_batch, max_decodes=args.max_decodes,
+                     body_timeout=args.body_timeout)
     sock = bind_socket(args.host, args.port)  # bound before printing, so the URL is the real one
     port = sock.getsockname()[1]
     if args.host in ("0.0.0.0", "::", ""):
@@ -64,5 +75,5 @@ def run(args) -> int:
     if not is_loopback(args.host):
         print("warning: not bound to loopback: anyone who can reach this address can search the collection "
               "and download its images", flush=True)
-    run_server(app, sock, log_level=args.log_level)
+    run_server(app, sock, log_level=args.log_level, keep_alive_timeout=args.keep_alive_timeout)
     return 0

@@ -1,22 +1,38 @@
-"""Safe image loading: one function that turns a file (or uploaded bytes) into an RGB PIL image.
+"""Safe image loading, for the whole project: one decoder that turns a file (or uploaded bytes)
+into a PIL image, used by training, encoding, search and the service (queries and thumbnails).
 
 Every failure becomes a :class:`~hybridhash.errors.DataError` whose one-line message names the
-file and the reason (missing, empty, not an image, truncated or corrupt, over the pixel limit),
-so a long encoding run or a web request fails with something a person can act on.
+file and the reason, so a long encoding run or a web request fails with something a person can
+act on. The image-specific failures have their own subclasses, which the service maps to HTTP
+statuses: :class:`NotAnImageError` (empty, or no known format), :class:`TooManyPixelsError` (over
+the pixel limit, refused from the header before any pixel is decoded) and
+:class:`CorruptImageError` (a broken header, truncated or corrupt data).
+
+The EXIF orientation tag is applied (a phone photo stored sideways with "rotate 90" comes out
+upright), so codes and thumbnails see the picture as a viewer shows it.
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from ..limits import MAX_PIXELS
 
-# above the project's pixel limit (hybridhash.limits) an image is refused before it is decoded
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "NotAnImageError", "TooManyPixelsError", "CorruptImageError",
+    "decode_image", "open_image", "is_image_file",
+]
+
+_log = logging.getLogger(__name__)
+
+# The project's one pixel limit (width * height, hybridhash.limits), for training, encoding, search
+# and the service. Above it an image is refused before it is decoded.
 DEFAULT_MAX_PIXELS: int = MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -24,9 +40,27 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 Source = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
 
+class NotAnImageError(DataError):
+    """Empty data, or data in no image format PIL knows."""
+
+
+class TooManyPixelsError(DataError):
+    """An image whose header claims more pixels than the limit (refused before decoding)."""
+
+
+class CorruptImageError(DataError):
+    """An image whose header or data is broken or truncated."""
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text or type(err).__name__
+
+
+def _display_name(source: Source, name: Optional[str]) -> str:
+    if name is not None:
+        return name
+    return "<bytes>" if isinstance(source, (bytes, bytearray)) or hasattr(source, "read") else os.fspath(source)
 
 
 def _read_source(source: Source, name: str) -> bytes:
@@ -59,9 +93,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, *,
-               name: Optional[str] = None) -> Image.Image:
-    """Decode an image and return it as an RGB ``PIL.Image`` (first frame of an animation).
+def decode_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, *,
+                 name: Optional[str] = None, draft: Optional[Tuple[int, int]] = None) -> Image.Image:
+    """Decode an image (first frame of an animation), EXIF orientation applied, in its own mode.
 
     Args:
         source: a path, the file's bytes, or a binary file object.
@@ -69,35 +103,65 @@ def open_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, *
             before any pixel is decoded; ``None`` disables the check (PIL's own limit of twice
             ``Image.MAX_IMAGE_PIXELS`` still applies).
         name: how the messages call the image (default: the path, or ``"<bytes>"``).
+        draft: ``(width, height)``: let the decoder work at a reduced scale no smaller than this
+            (JPEG only; much faster for thumbnails). The pixel limit applies to the full size.
 
     Raises:
-        DataError: one line naming the file and why it cannot be used.
+        NotAnImageError, TooManyPixelsError, CorruptImageError: as their names say;
+        DataError: a file that is missing or cannot be read.
     """
-    if name is None:
-        name = "<bytes>" if isinstance(source, (bytes, bytearray)) or hasattr(source, "read") else os.fspath(source)
+    name = _display_name(source, name)
     data = _read_source(source, name)
     if not data:
-        raise DataError(f"{name}: empty file")
+        raise NotAnImageError(f"{name}: empty file")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
-        raise DataError(f"{name}: not an image (no known image format)") from None
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{name}: over the pixel limit ({_one_line(err)})") from None
+        raise NotAnImageError(f"{name}: not an image (no known image format)") from None
+    except Image.DecompressionBombError:  # PIL's own, higher limit, hit while reading the header
+        limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise TooManyPixelsError(f"{name}: over the pixel limit: the image header claims more pixels than the "
+                                 f"limit of {limit} (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise DataError(f"{name}: truncated or corrupt image (header: {_one_line(err)})") from None
+        raise CorruptImageError(f"{name}: truncated or corrupt image (header: {_one_line(err)})") from None
     width, height = img.size
     if width <= 0 or height <= 0:
-        raise DataError(f"{name}: image has no pixels ({width}x{height})")
+        raise CorruptImageError(f"{name}: image has no pixels ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise DataError(f"{name}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
+        raise TooManyPixelsError(f"{name}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
     try:
+        if draft is not None:
+            img.draft(img.mode, draft)
         img.load()  # the decode happens here; truncated and corrupt data fail here
-        return _to_rgb(img)
     except Image.DecompressionBombError as err:
-        raise DataError(f"{name}: over the pixel limit ({_one_line(err)})") from None
+        raise TooManyPixelsError(f"{name}: over the pixel limit ({_one_line(err)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
-        raise DataError(f"{name}: truncated or corrupt image ({_one_line(err)})") from None
+        raise CorruptImageError(f"{name}: truncated or corrupt image ({_one_line(err)})") from None
+    return _upright(img, name)
+
+
+def _upright(img: Image.Image, name: str) -> Image.Image:
+    """The image as a viewer shows it: its EXIF orientation applied (and the tag dropped)."""
+    try:
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an image already upright
+    except Exception as err:  # a broken EXIF block is common and harmless: keep the stored pixels
+        _log.debug("%s: EXIF orientation not applied (%s)", name, _one_line(err))
+    return img
+
+
+def open_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, *,
+               name: Optional[str] = None) -> Image.Image:
+    """Decode an image and return it as an RGB ``PIL.Image``: :func:`decode_image`, then RGB.
+
+    Raises:
+        DataError (or one of its subclasses above): one line naming the file and why it cannot be used.
+    """
+    name = _display_name(source, name)
+    img = decode_image(source, max_pixels, name=name)
+    try:
+        return _to_rgb(img)
+    except (OSError, ValueError, TypeError) as err:
+        raise CorruptImageError(f"{name}: cannot be converted to RGB ({_one_line(err)})") from None
 
 
 def is_image_file(filename: str) -> bool:

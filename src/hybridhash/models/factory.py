@@ -36,7 +36,7 @@ def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Opti
 
     Args:
         name: a name from :func:`list_models`.
-        bits: code length.
+        bits: code length, a multiple of 8 from 8 to 256 (:func:`hybridhash.codes.check_bits`).
         pretrained: None; ``"imagenet"`` for timm's ImageNet NesT weights of the preset; or a path to
             a NesT state dict (.safetensors, or .pth read with ``weights_only=True``).
         overrides: any :class:`HybridHashConfig` field (embed_dims, num_heads, depths, img_size,

@@ -22,6 +22,7 @@ from timm.models.nest import Attention, NestLevel
 from torch import nn
 
 from ..configs import from_json_dict, to_json_dict
+from ..codes import binarize, check_bits
 from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
 from .weights import LoadReport, save_pretrained
@@ -134,8 +135,7 @@ class HybridHashConfig:
             raise ConfigError(
                 f"embed_dims, num_heads and depths need one entry per level (at least 2), got "
                 f"{list(self.embed_dims)}, {list(self.num_heads)}, {list(self.depths)}")
-        if self.bits <= 0:
-            raise ConfigError(f"bits must be positive, got {self.bits}")
+        self.bits = check_bits(self.bits)  # the project's one code-length rule (indexes need whole bytes)
         if self.img_size % self.patch_size:
             raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.grid_size % self.blocks_per_edge or self.block_size < 1:
@@ -336,7 +336,7 @@ class HybridHash(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Binary codes (B, bits) as int8 +-1. An output of exactly 0 maps to +1
         (the original's sign() would give 0, which is no binary code)."""
-        return torch.where(self(x) >= 0, 1, -1).to(torch.int8)
+        return binarize(self(x))
 
     def save_pretrained(self, directory: str, **extra: Any) -> None:
         """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically); see

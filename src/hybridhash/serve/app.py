@@ -11,11 +11,16 @@ Routes::
 Items are addressed by id only; a file is served only when the collection's own path check
 (:meth:`~hybridhash.collection.Collection.served_path`) allows it (the listed file, inside the image root
 or the very file encoded through a link) and it is an image.
-Uploads are bounded in bytes (before they are buffered) and in pixels (before they are decoded).
+Uploads are bounded in bytes (before they are buffered) and in pixels (before they are decoded);
+at most ``max_decodes`` images are decoded at once (a small PNG can decode to hundreds of MB), and
+a client that stops sending its request body for ``body_timeout`` seconds gets 408 and a closed
+connection. Images are decoded by :mod:`hybridhash.data.images`, the decoder the encoder uses,
+under the project's one pixel limit; thumbnails too, so every encoded image has one.
 """
 # no ``from __future__ import annotations``: FastAPI must evaluate the endpoint annotations, whose
 # bounds (``le=max_k``) are closure variables of create_app
 
+import asyncio
 import io
 import logging
 import queue
@@ -27,25 +32,28 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, List, Optional, Tuple
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel
 
-from ..data.images import open_image
+from ..data.images import (DEFAULT_MAX_PIXELS, CorruptImageError, NotAnImageError, TooManyPixelsError, decode_image,
+                           open_image)
 from ..errors import DataError
-from ..limits import MAX_BATCH, MAX_K, MAX_PIXELS, MAX_UPLOAD_BYTES
+from ..limits import BODY_TIMEOUT, MAX_BATCH, MAX_DECODES, MAX_K, MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = MAX_UPLOAD_BYTES
-# a 50-megapixel phone photo fits; a decompression bomb (say 30000 x 30000 in a few kB) does not
-DEFAULT_MAX_PIXELS = MAX_PIXELS
+# DEFAULT_MAX_PIXELS is the project's one pixel limit (hybridhash.limits), re-exported here
 DEFAULT_MAX_K = MAX_K
 DEFAULT_MAX_BATCH = MAX_BATCH
+DEFAULT_MAX_DECODES = MAX_DECODES
+DEFAULT_BODY_TIMEOUT = BODY_TIMEOUT
 THUMB_SIZE = 256
 # room for the multipart envelope and the ``k`` field around an upload of the maximum size
 _ENVELOPE_BYTES = 64 * 2**10
@@ -112,17 +120,37 @@ def _mb(n: int) -> str:
     return f"{n} bytes"
 
 
+class _Stalled(HTTPException):
+    def __init__(self, timeout: float):
+        # Connection: close makes uvicorn drop the connection once the 408 is sent
+        super().__init__(408, f"request body stalled: nothing arrived for {timeout:g} s",
+                         headers={"Connection": "close"})
+
+
 class BodyLimitMiddleware:
-    """ASGI middleware: a POST body over ``limit`` bytes gets 413 before the app buffers it.
+    """ASGI middleware: a POST body over ``limit`` bytes gets 413 before the app buffers it, and a
+    body that stalls gets 408.
 
     A declared Content-Length over the limit is refused at once; a chunked body is counted as it
     arrives. Either way the rest of the body is read and dropped (up to ``drain`` bytes) so the
-    client, still sending, receives the 413 instead of a connection reset.
+    client, still sending, receives the 413 instead of a connection reset. When no part of the body
+    arrives for ``timeout`` seconds (None: wait forever) the request is answered 408 and its
+    connection closed, so a stalled client does not hold a worker and its buffers.
     """
 
-    def __init__(self, app, limit: int, reported_limit: Optional[int] = None, drain: int = _DRAIN_BYTES):
-        self.app, self.limit, self.drain = app, limit, drain
+    def __init__(self, app, limit: int, reported_limit: Optional[int] = None, drain: int = _DRAIN_BYTES,
+                 timeout: Optional[float] = DEFAULT_BODY_TIMEOUT):
+        self.app, self.limit, self.drain, self.timeout = app, limit, drain, timeout
         self.reported_limit = reported_limit or limit  # the upload limit the message names
+
+    async def _receive(self, receive):
+        """The next message, or _Stalled when none comes within the timeout."""
+        if self.timeout is None:
+            return await receive()
+        try:
+            return await asyncio.wait_for(receive(), self.timeout)
+        except asyncio.TimeoutError:
+            raise _Stalled(self.timeout) from None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -132,11 +160,15 @@ class BodyLimitMiddleware:
             await self._drain(receive, 0)
             return await self._reject(scope, receive, send)
         received = 0
+        body_done = False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect, which has no deadline
+                return await receive()
+            message = await self._receive(receive)
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     if message.get("more_body", False):
@@ -149,7 +181,10 @@ class BodyLimitMiddleware:
 
     async def _drain(self, receive, seen: int) -> None:
         while seen <= self.drain:
-            message = await receive()
+            try:
+                message = await self._receive(receive)
+            except _Stalled:  # the refusal is sent all the same, and the connection closed
+                return
             if message["type"] != "http.request":
                 return
             seen += len(message.get("body", b""))
@@ -167,28 +202,22 @@ class BodyLimitMiddleware:
 def decode_upload(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
     """Uploaded bytes -> RGB PIL image, or an HTTPException whose status says why not.
 
-    400 empty, 415 not an image, 413 over ``max_pixels`` (checked from the header, before decoding),
-    422 truncated or corrupt. The decode itself is :func:`hybridhash.data.images.open_image`, the
-    one the encoder uses, so a stored image uploaded again gives the same code.
+    The decode is :func:`hybridhash.data.images.open_image`, the one the encoder uses (so a stored
+    image uploaded again gives the same code); its error types map to statuses: 400 empty upload,
+    415 :class:`~hybridhash.data.images.NotAnImageError`, 413
+    :class:`~hybridhash.data.images.TooManyPixelsError` (over ``max_pixels``, refused from the
+    header before decoding), 422 :class:`~hybridhash.data.images.CorruptImageError` and any other
+    DataError. The detail is the decoder's one-line message, which names the upload.
     """
     if not data:
         raise HTTPException(400, f"{name}: empty upload (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
-            width, height = probe.size
-    except UnidentifiedImageError:
-        raise HTTPException(415, f"{name}: not an image (no known image format)") from None
-    except Image.DecompressionBombError:  # PIL's own, far higher limit, hit while reading the header
-        raise HTTPException(413, f"{name}: the image header claims more pixels than the limit of "
-                                 f"{max_pixels} (a decompression bomb?)") from None
-    except Exception as err:  # PIL raises many kinds on a broken header
-        raise HTTPException(422, f"{name}: corrupt image header ({_one_line(err)})") from None
-    if width * height > max_pixels:
-        raise HTTPException(413, f"{name}: {width}x{height} = {width * height} pixels is over the "
-                                 f"limit of {max_pixels}")
-    try:
         return open_image(data, max_pixels=max_pixels, name=name)
-    except DataError as err:
+    except TooManyPixelsError as err:
+        raise HTTPException(413, str(err)) from None
+    except NotAnImageError as err:
+        raise HTTPException(415, str(err)) from None
+    except (CorruptImageError, DataError) as err:
         raise HTTPException(422, str(err)) from None
 
 
@@ -283,9 +312,10 @@ class ThumbnailCache:
     """
 
     def __init__(self, size: int = THUMB_SIZE, max_items: int = 4096, max_bytes: int = 64 * 2**20,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, decode_slots: Optional[threading.Semaphore] = None):
         self.size, self.max_items, self.max_bytes = size, max_items, max_bytes
-        self.max_pixels = max_pixels
+        self.max_pixels = max_pixels  # the limit the collection was encoded under: each item gets a thumbnail
+        self._slots = decode_slots  # shared with the uploads: bounds the images decoded at once
         self._items: "OrderedDict[int, Tuple[bytes, str]]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -317,17 +347,22 @@ class ThumbnailCache:
         return entry
 
     def _make(self, path: Path) -> Tuple[bytes, str]:
-        with Image.open(path) as img:
-            if img.size[0] * img.size[1] > self.max_pixels:
-                raise DataError(f"{path.name}: {img.size[0]}x{img.size[1]} is over the pixel limit for thumbnails")
-            img.draft("RGB", (self.size, self.size))  # JPEG: decode at a reduced scale, much faster
-            img = img.convert("RGBA") if img.mode in ("P", "LA", "PA") or "transparency" in img.info else img
-            if img.mode == "RGBA":  # transparency onto white, as a browser shows it on the page
-                canvas = Image.new("RGB", img.size, "white")
-                canvas.paste(img, mask=img.getchannel("A"))
-                img = canvas
-            img = img.convert("RGB")
-            img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        if self._slots is None:
+            return self._render(path)
+        with self._slots:
+            return self._render(path)
+
+    def _render(self, path: Path) -> Tuple[bytes, str]:
+        # the project's decoder: the same pixel limit and EXIF orientation as the codes; JPEGs are
+        # decoded at a reduced scale (draft), much faster
+        img = decode_image(path, self.max_pixels, name=path.name, draft=(self.size, self.size))
+        img = img.convert("RGBA") if img.mode in ("P", "LA", "PA") or "transparency" in img.info else img
+        if img.mode == "RGBA":  # transparency onto white, as a browser shows it on the page
+            canvas = Image.new("RGB", img.size, "white")
+            canvas.paste(img, mask=img.getchannel("A"))
+            img = canvas
+        img = img.convert("RGB")
+        img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         if img.size[0] * img.size[1] <= 96 * 96:
             img.save(out, format="PNG", optimize=True)
@@ -348,9 +383,34 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# the Swagger UI files /docs needs, served from an installed package instead of a CDN
+_SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+_OFFLINE_DOCS = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>hybridhash - API docs</title></head>
+<body><h1>hybridhash API</h1>
+<p>The interactive Swagger UI needs its script files, which are not installed here
+(<code>pip install fastapi-offline</code> provides them).</p>
+<p>The API description is at <a href="{openapi}">{openapi}</a> (OpenAPI JSON).</p>
+</body></html>
+"""
+
+
+def _swagger_assets() -> Optional[Path]:
+    """The folder of locally installed Swagger UI files (from the fastapi-offline package), or None."""
+    try:
+        from importlib import resources
+
+        folder = Path(str(resources.files("fastapi_offline") / "static"))
+    except (ImportError, TypeError):
+        return None
+    return folder if all((folder / name).is_file() for name in _SWAGGER_FILES) else None
+
+
 def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_k: int = DEFAULT_MAX_K, max_batch: int = DEFAULT_MAX_BATCH, thumb_size: int = THUMB_SIZE,
-               thumb_cache_items: int = 4096) -> FastAPI:
+               thumb_cache_items: int = 4096, max_decodes: int = DEFAULT_MAX_DECODES,
+               body_timeout: Optional[float] = DEFAULT_BODY_TIMEOUT) -> FastAPI:
     """The service for ``retriever`` (a :class:`~hybridhash.retrieval.Retriever` or the same shape).
 
     Args:
@@ -363,15 +423,29 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         max_batch: the most queued queries run in one model forward.
         thumb_size: the longest side of a thumbnail, in pixels.
         thumb_cache_items: thumbnails kept in memory (also bounded to 64 MB).
+        max_decodes: the most images (uploads and thumbnails) decoded at once; the others wait.
+        body_timeout: seconds a request body may stall before the request gets 408 and its
+            connection is closed (None: no limit).
+
+    Thumbnails are made under the pixel limit the collection was encoded with (not the upload
+    limit), so every item that has a code has a thumbnail.
     """
-    if max_upload_bytes < 1 or max_pixels < 1 or max_k < 1:
-        raise ValueError("max_upload_bytes, max_pixels and max_k must be positive")
+    if max_upload_bytes < 1 or max_pixels < 1 or max_k < 1 or max_decodes < 1:
+        raise ValueError("max_upload_bytes, max_pixels, max_k and max_decodes must be positive")
+    if body_timeout is not None and not body_timeout > 0:
+        raise ValueError(f"body_timeout must be positive or None, got {body_timeout!r}")
     retriever_limit = getattr(retriever, "max_pixels", None)
     if retriever_limit is not None:  # the retriever refuses larger images anyway: say so up front
         max_pixels = min(max_pixels, int(retriever_limit))
     collection = retriever.collection
     batcher = SearchBatcher(retriever, max_batch=max_batch)
-    thumbs = ThumbnailCache(size=thumb_size, max_items=thumb_cache_items, max_pixels=max_pixels)
+    decode_slots = threading.BoundedSemaphore(max_decodes)
+    encoded_limit = getattr(collection, "manifest", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
+    thumbs = ThumbnailCache(size=thumb_size, max_items=thumb_cache_items, max_pixels=encoded_limit,
+                            decode_slots=decode_slots)
+    # the query's own preprocessing (to the model's small input) runs under the decode slot too,
+    # so no full-size decoded image waits in the batcher's queue
+    prepare = getattr(retriever, "prepare", None)
     model = getattr(retriever, "model", None)
     model_config = getattr(model, "config", None)
     health = {
@@ -383,6 +457,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         "index": getattr(getattr(retriever, "index", None), "kind", None),
         "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_k": max_k},
     }
+    swagger_assets = _swagger_assets()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -395,12 +470,15 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         summary="Find the images of an indexed collection nearest to an uploaded one, by Hamming distance "
                 "between HybridHash codes.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: FastAPI's own /docs and /redoc load a CDN
+        redoc_url=None,
     )
     app.state.retriever = retriever
     app.state.batcher = batcher
     app.state.thumbnails = thumbs
+    app.state.decode_slots = decode_slots
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + _ENVELOPE_BYTES,
-                       reported_limit=max_upload_bytes)
+                       reported_limit=max_upload_bytes, timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -408,6 +486,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
     upload_errors = {
         400: {"model": Problem, "description": "empty upload"},
+        408: {"model": Problem, "description": "the request body stalled"},
         413: {"model": Problem, "description": "upload or image too large"},
         415: {"model": Problem, "description": "not an image"},
         422: {"model": Problem, "description": "corrupt image, or k out of range"},
@@ -426,9 +505,16 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         if len(data) > max_upload_bytes:
             raise _TooLarge(max_upload_bytes)
         name = _display_name(image.filename)
-        img = decode_upload(data, max_pixels, name=name)
+        with decode_slots:  # bounds the full-size decoded images alive at once
+            img = decode_upload(data, max_pixels, name=name)
+            width, height = img.size
+            try:
+                query = prepare(img) if prepare is not None else img
+            except DataError as err:
+                raise HTTPException(422, str(err)) from None
+            del img, data
         try:
-            hits = batcher.search(img, k)
+            hits = batcher.search(query, k)
         except DataError as err:
             raise HTTPException(422, str(err)) from None
         results = []
@@ -438,8 +524,8 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
             d["thumbnail"] = f"/items/{hit.id}?thumb=1"
             results.append(d)
         took_ms = (time.perf_counter() - start) * 1e3
-        log.debug("search %s %dx%d k=%d: %.1f ms", name, img.width, img.height, k, took_ms)
-        return {"query": {"width": img.width, "height": img.height}, "k": k, "results": results,
+        log.debug("search %s %dx%d k=%d: %.1f ms", name, width, height, k, took_ms)
+        return {"query": {"width": width, "height": height}, "k": k, "results": results,
                 "took_ms": round(took_ms, 3)}
 
     @app.get("/items/{item_id}", responses={200: {"content": {"image/*": {}}, "description": "the image"},
@@ -467,6 +553,26 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         (searches answered, model forwards run: their ratio is the batching achieved)."""
         return {**health, "stats": {"searches": batcher.queries, "forwards": batcher.batches,
                                     "thumbnails_cached": len(thumbs)}}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request):
+        root = request.scope.get("root_path", "")
+        if swagger_assets is None:
+            return HTMLResponse(_OFFLINE_DOCS.format(openapi=f"{root}/openapi.json"))
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title="hybridhash - API docs",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon.png",
+            # no spec validator badge: it would send the spec to an outside service
+            swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str):
+        if swagger_assets is None or name not in _SWAGGER_FILES:
+            raise HTTPException(404, f"no docs asset {name!r}")
+        return FileResponse(swagger_assets / name, media_type=_SWAGGER_FILES[name],
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -13,6 +13,10 @@ from typing import Optional
 import uvicorn
 
 from ..errors import ConfigError
+from ..limits import KEEP_ALIVE_TIMEOUT
+
+# seconds an idle keep-alive connection stays open after its last response (uvicorn's own default)
+DEFAULT_KEEP_ALIVE_TIMEOUT = KEEP_ALIVE_TIMEOUT
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -46,10 +50,15 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def run_server(app, sock: socket.socket, log_level: str = "info") -> None:
-    """Serve ``app`` on the bound ``sock`` until Ctrl-C (or SIGTERM); returns after a clean shutdown."""
+def run_server(app, sock: socket.socket, log_level: str = "info",
+               keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT) -> None:
+    """Serve ``app`` on the bound ``sock`` until Ctrl-C (or SIGTERM); returns after a clean shutdown.
+
+    ``keep_alive_timeout``: seconds an idle connection is kept after a response (a stalled request
+    body is the app's to time out, see :class:`~hybridhash.serve.app.BodyLimitMiddleware`).
+    """
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "info"),
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=keep_alive_timeout)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after shutting down cleanly
@@ -62,8 +71,10 @@ class BackgroundServer:
     Runs uvicorn on a thread on a free loopback port; leaving the block stops it and waits for it.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT):
         self.app, self.host, self.port, self.log_level = app, host, port, log_level
+        self.keep_alive_timeout = keep_alive_timeout
         self.url: Optional[str] = None
         self._server: Optional[uvicorn.Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -73,7 +84,7 @@ class BackgroundServer:
         self._sock = bind_socket(self.host, self.port)
         self.url = socket_url(self._sock)
         config = uvicorn.Config(self.app, log_level=self.log_level, access_log=False,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=self.keep_alive_timeout)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="uvicorn", daemon=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..codes import binarize
 from ..losses import PairwiseLikelihoodLoss
 
 
@@ -32,7 +33,7 @@ def lsh_codes(train: np.ndarray, *sets: np.ndarray, bits: int, seed: int = 0) ->
     rng = np.random.default_rng([seed, bits])
     W = rng.standard_normal((train.shape[1], bits)).astype(np.float32)  # (D, bits)
     mean = train.mean(0, keepdims=True)
-    return tuple(np.where((x - mean) @ W >= 0, 1, -1).astype(np.int8) for x in sets)
+    return tuple(binarize((x - mean) @ W) for x in sets)
 
 
 class MLPHash(nn.Module):
@@ -77,4 +78,4 @@ def train_mlp_hash(x: np.ndarray, labels: np.ndarray, bits: int, *, epochs: int 
 def mlp_codes(model: MLPHash, x: np.ndarray) -> np.ndarray:
     """+-1 int8 codes (N, bits) of pixels ``x`` (N, D)."""
     u = model(torch.as_tensor(x, dtype=torch.float32))
-    return torch.where(u >= 0, 1, -1).to(torch.int8).numpy()
+    return binarize(u).numpy()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..configs import from_json_dict, to_json_dict
+from ..codes import check_bits
 from ..errors import ConfigError
 
 OPTIMIZERS = ("rmsprop", "adamw", "adam")
@@ -161,15 +162,19 @@ def resolve(config: TrainConfig, img_size: int, method_defaults: Optional[Dict[s
     return out
 
 
+def check_bits_list(bits: Sequence[int]) -> None:
+    """Raise ConfigError unless ``bits`` lists distinct code lengths that pass :func:`~hybridhash.codes.check_bits`."""
+    if not bits:
+        raise ConfigError("--bits needs at least one code length")
+    for b in bits:
+        check_bits(b, "--bits")
+    if len(set(bits)) != len(bits):
+        raise ConfigError(f"--bits lists a code length twice: {list(bits)}")
+
+
 def check(c: TrainConfig) -> None:
     """Raise ConfigError naming the first option that cannot work."""
-    if not c.bits:
-        raise ConfigError("--bits needs at least one code length")
-    for b in c.bits:
-        if b <= 0:
-            raise ConfigError(f"--bits: code lengths must be positive, got {b}")
-    if len(set(c.bits)) != len(c.bits):
-        raise ConfigError(f"--bits lists a code length twice: {list(c.bits)}")
+    check_bits_list(c.bits)
     positive = dict(epochs=c.epochs, batch_size=c.batch_size, eval_every=c.eval_every, save_every=c.save_every,
                     eval_batch_size=c.eval_batch_size)
     for name, v in positive.items():

@@ -20,7 +20,7 @@ from ..fileio import read_json, write_json
 from ..runtime import device_option, pick_device, usable_cores
 from . import distributed as D
 from .loop import BitsResult, CachedImages, Callback, Trainer, method_params, tensorboard_writer
-from .recipe import RESUME_KEYS, TrainConfig, resolve
+from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, resolve
 from .state import STATE_NAME, read_training_state
 
 _log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     import hybridhash
     from ..models import build_config
 
+    check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
     if config.threads:
         torch.set_num_threads(config.threads)
