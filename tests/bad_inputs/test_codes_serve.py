@@ -43,7 +43,7 @@ BITS_MESSAGE = "must be a multiple of 8 between 8 and 256, got {}"
 
 @pytest.mark.parametrize("bits", ["12", "7", "300", "0"])
 def test_train_refuses_a_code_length_no_index_holds_before_any_work(bits, tmp_path, capsys, monkeypatch):
-    import hybridhash.train.trainer as trainer
+    import hybridhash.train.run as trainer
 
     def no_work(*a, **k):
         raise AssertionError("training started")
