@@ -47,6 +47,9 @@ def _imports(name: str, path: Path, known: Set[str]) -> Set[str]:
                 mod = node.module or ""
             # `from pkg import sub` imports the submodule when there is one
             targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
+            if node.level and mod not in known:
+                found.add(f"<missing {mod}>")  # a relative import of a module that does not exist
+                continue
         else:
             continue
         for t in targets:
@@ -96,6 +99,11 @@ def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
         if v not in index:
             visit(v)
     return out
+
+
+def test_every_relative_import_names_a_module_of_the_package():
+    missing = {m: sorted(d for d in deps if d.startswith("<missing")) for m, deps in _graph().items()}
+    assert {m: d for m, d in missing.items() if d} == {}
 
 
 def test_the_checker_finds_a_circle():

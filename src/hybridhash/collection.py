@@ -39,6 +39,7 @@ OFFSETS = "paths.offsets.npy"
 LABELS = "labels.npy"
 CLASSES = "classes.json"
 SKIPPED = "skipped.json"
+INDEX_FILE = "index.faiss"  # saved beside the manifest by `hybridhash index`
 STATS = "files.stat.npy"
 SHARDS = "shards"
 # label kinds a manifest may name
@@ -332,6 +333,11 @@ class Collection:
     def __repr__(self) -> str:
         return (f"Collection({str(self.directory)!r}, count={self.count}, bits={self.bits}, "
                 f"labels={self.manifest.get('labels')})")
+
+
+def index_path(directory: Union[str, os.PathLike]) -> Path:
+    """Where ``hybridhash index`` saves the index of the collection in ``directory``."""
+    return Path(directory) / INDEX_FILE
 
 
 def open_collection(directory: PathLike, root: Optional[PathLike] = None) -> Collection:

@@ -129,12 +129,12 @@ def evaluate_model(model: torch.nn.Module, protocol, *, batch_size: int = 256, d
                    transform=None) -> Dict[str, Any]:
     """Encode ``protocol.query`` and ``protocol.database`` with ``model``, then score them.
 
-    ``transform`` is the eval pipeline (default: the model's, see ``hybridhash.encode.eval_transform``).
+    ``transform`` is the eval pipeline (default: the model's, see ``hybridhash.data.transforms.eval_transform``).
     Returns :func:`retrieval_metrics`'s dict plus ``codes`` {"query", "database"} (int8 arrays)
     and ``encode_seconds``.
     """
     if transform is None:
-        from .encode import eval_transform
+        from .data.transforms import eval_transform
 
         transform = eval_transform(model)
     t0 = time.perf_counter()
@@ -238,7 +238,7 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
     from pathlib import Path
 
     from . import report
-    from .encode import eval_transform
+    from .data.transforms import eval_transform
     from .fileio import write_json
     from .models import from_pretrained
 

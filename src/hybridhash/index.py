@@ -31,7 +31,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+import logging
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import faiss
 import numpy as np
@@ -41,6 +42,8 @@ from .codes import as_packed as pack_codes  # the lenient reader: packed, or val
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json
 from .runtime import usable_cores
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "MAX_K", "check_k", "pack_codes", "hamming_distances"]
 
@@ -379,3 +382,23 @@ class HashIndex:
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.params.items())
         return f"HashIndex(bits={self.bits}, kind={self.kind!r}, ntotal={self.ntotal}{extra})"
+
+
+def remove_saved_index(path: Union[str, os.PathLike], keep_sha256: Optional[str] = None) -> bool:
+    """Remove the index saved at ``path`` (file and sidecar), unless it was built from the codes of
+    digest ``keep_sha256``. Only an index whose sidecar is this project's is touched (never a file
+    the project did not write). Returns whether one was removed."""
+    path = Path(path)
+    side = HashIndex.manifest_path(path)
+    try:
+        m = read_json(side)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        return False
+    if keep_sha256 is not None and m.get("codes_sha256") == keep_sha256:
+        return False
+    path.unlink(missing_ok=True)
+    side.unlink(missing_ok=True)
+    _log.info("removed %s: it was built from other codes", path)
+    return True

@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .collection import Collection, open_collection
+from .collection import INDEX_FILE, Collection, index_path, open_collection  # noqa: F401  (re-exported)
 from .data.images import DEFAULT_MAX_PIXELS, open_image
-from .encode import eval_transform, model_preprocess
+from .data.transforms import eval_transform, model_preprocess
 from .errors import CheckpointError, DataError, IndexMismatchError
+from .models.weights import fingerprint_of
 
 if TYPE_CHECKING:
     from .index import HashIndex
 
 _log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"  # saved beside the manifest by `hybridhash index`
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -47,11 +47,6 @@ class Hit:
         return asdict(self)
 
 
-def index_path(directory: Union[str, os.PathLike]) -> Path:
-    """Where ``hybridhash index`` saves the index of the collection in ``directory``."""
-    return Path(directory) / INDEX_FILE
-
-
 class Retriever:
     """Search a code collection with images.
 
@@ -67,13 +62,11 @@ class Retriever:
     def __init__(self, model: torch.nn.Module, collection: Collection, index: "HashIndex", *,
                  device: Union[str, torch.device] = "cpu", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                  checkpoint: Optional[str] = None):
-        from .encode import _fingerprint
-
         source = checkpoint or "the model"
         if int(model.bits) != collection.bits:
             raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, {source} makes "
                                      f"{model.bits}-bit codes")
-        fp = _fingerprint(model)
+        fp = fingerprint_of(model)
         if collection.fingerprint != fp:
             raise IndexMismatchError(f"{collection.directory} was encoded by model {collection.fingerprint}, "
                                      f"{source} is model {fp}; encode the images again with it")
@@ -264,26 +257,3 @@ def load_or_build_index(collection: Collection, kind: Optional[str] = None) -> "
             return index
         _log.info("the saved index is %s; building a %s index in memory", index.kind, kind)
     return build_index(collection, kind or "flat")
-
-
-def remove_own_index(directory: Union[str, os.PathLike], keep_sha256: Optional[str] = None) -> bool:
-    """Remove the index ``hybridhash index`` saved in ``directory`` (file and sidecar), unless it was
-    built from the codes of digest ``keep_sha256``. Only an index whose sidecar is this project's
-    is touched. Returns whether one was removed."""
-    from .fileio import read_json
-    from .index import MANIFEST_FORMAT, HashIndex
-
-    path = index_path(directory)
-    side = HashIndex.manifest_path(path)
-    try:
-        m = read_json(side)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        return False
-    if keep_sha256 is not None and m.get("codes_sha256") == keep_sha256:
-        return False
-    path.unlink(missing_ok=True)
-    side.unlink(missing_ok=True)
-    _log.info("removed %s: it was built from other codes", path)
-    return True

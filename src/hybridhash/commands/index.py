@@ -24,7 +24,8 @@ def run(args) -> int:
 
     from hybridhash.collection import open_collection
     from hybridhash.errors import ConfigError, DataError
-    from hybridhash.retrieval import INDEX_FILE, build_index
+    from hybridhash.collection import INDEX_FILE
+    from hybridhash.retrieval import build_index
 
     params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
     if params and args.kind == "flat":

@@ -18,6 +18,7 @@ digit files from any folder the way it was evaluated), else from the dataset nam
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Dict
 
 import torch
@@ -112,3 +113,21 @@ def build_transform(preprocess: Dict[str, Any], train: bool, dataset: Any = None
 def digits_shift(img_size: int) -> int:
     """Largest random shift of the digits training pipeline: img_size / 16 px, at least 1."""
     return max(1, round(img_size / 16))
+
+
+def model_preprocess(model: torch.nn.Module) -> Dict[str, Any]:
+    """The model's preprocessing dict, with the pipeline family its checkpoint recorded (if any).
+
+    This is what evaluation uses, so encoding and search build their eval transform from it.
+    """
+    pre = dict(model.preprocess)
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    for recorded in (meta.get("preprocess"), (meta.get("extra") or {}).get("preprocess")):
+        if isinstance(recorded, dict) and recorded.get("pipeline"):
+            pre["pipeline"] = recorded["pipeline"]
+    return json.loads(json.dumps(pre))  # JSON types, as a plan or manifest stores it
+
+
+def eval_transform(model: torch.nn.Module) -> Callable:
+    """PIL RGB image -> float32 (3, H, W): the model's deterministic evaluation pipeline."""
+    return build_transform(model_preprocess(model), train=False)

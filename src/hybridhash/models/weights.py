@@ -127,6 +127,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return fingerprint_state_dict(model.state_dict())
 
 
+def fingerprint_of(model: torch.nn.Module) -> str:
+    """The model's fingerprint: the one its checkpoint recorded, else computed once and kept."""
+    fp = getattr(model, "fingerprint", None)
+    if not fp:
+        fp = model.fingerprint = model_fingerprint(model)
+    return fp
+
+
 # --------------------------------------------------------------------------------------------
 # the project format
 
