@@ -31,6 +31,7 @@ from hybridhash.index import EMPTY_ID, MAX_K, HashIndex  # noqa: E402
 from hybridhash.retrieval import Hit  # noqa: E402
 from hybridhash.serve import BackgroundServer, ThumbnailCache, create_app  # noqa: E402
 from hybridhash.serve import app as app_mod  # noqa: E402
+from hybridhash.serve import uploads as uploads_mod  # noqa: E402
 
 from serve_fixtures import png_bytes, png_claiming  # noqa: E402
 
@@ -337,7 +338,7 @@ def test_service_decodes_with_the_project_decoder(tmp_path, monkeypatch):
         calls.append(k.get("name"))
         return real(*a, **k)
 
-    monkeypatch.setattr(app_mod, "open_image", spy)
+    monkeypatch.setattr(uploads_mod, "open_image", spy)
     app = fake_service(tmp_path, max_pixels=1_000_000)
     with _client(app) as c:
         ok = c.post("/search", files={"image": ("q.png", _orientation6(_asymmetric()), "image/png")})
@@ -367,7 +368,7 @@ def _counting_decoder(monkeypatch, delay: float):
             with lock:
                 state["now"] -= 1
 
-    monkeypatch.setattr(app_mod, "open_image", counted)
+    monkeypatch.setattr(uploads_mod, "open_image", counted)
     return state
 
 

@@ -21,7 +21,7 @@ from typing import BinaryIO, Optional, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..limits import MAX_PIXELS
 
 __all__ = [
@@ -52,11 +52,6 @@ class CorruptImageError(DataError):
     """An image whose header or data is broken or truncated."""
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
 def _display_name(source: Source, name: Optional[str]) -> str:
     if name is not None:
         return name
@@ -78,7 +73,7 @@ def _read_source(source: Source, name: str) -> bytes:
     except IsADirectoryError:
         raise DataError(f"{name}: is a directory, not an image") from None
     except OSError as err:
-        raise DataError(f"{name}: cannot read ({_one_line(err)})") from None
+        raise DataError(f"{name}: cannot read ({one_line(err)})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -123,7 +118,7 @@ def decode_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
         raise TooManyPixelsError(f"{name}: over the pixel limit: the image header claims more pixels than the "
                                  f"limit of {limit} (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise CorruptImageError(f"{name}: truncated or corrupt image (header: {_one_line(err)})") from None
+        raise CorruptImageError(f"{name}: truncated or corrupt image (header: {one_line(err)})") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise CorruptImageError(f"{name}: image has no pixels ({width}x{height})")
@@ -134,9 +129,9 @@ def decode_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
             img.draft(img.mode, draft)
         img.load()  # the decode happens here; truncated and corrupt data fail here
     except Image.DecompressionBombError as err:
-        raise TooManyPixelsError(f"{name}: over the pixel limit ({_one_line(err)})") from None
+        raise TooManyPixelsError(f"{name}: over the pixel limit ({one_line(err)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
-        raise CorruptImageError(f"{name}: truncated or corrupt image ({_one_line(err)})") from None
+        raise CorruptImageError(f"{name}: truncated or corrupt image ({one_line(err)})") from None
     return _upright(img, name)
 
 
@@ -145,7 +140,7 @@ def _upright(img: Image.Image, name: str) -> Image.Image:
     try:
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an image already upright
     except Exception as err:  # a broken EXIF block is common and harmless: keep the stored pixels
-        _log.debug("%s: EXIF orientation not applied (%s)", name, _one_line(err))
+        _log.debug("%s: EXIF orientation not applied (%s)", name, one_line(err))
     return img
 
 
@@ -161,7 +156,7 @@ def open_image(source: Source, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, *
     try:
         return _to_rgb(img)
     except (OSError, ValueError, TypeError) as err:
-        raise CorruptImageError(f"{name}: cannot be converted to RGB ({_one_line(err)})") from None
+        raise CorruptImageError(f"{name}: cannot be converted to RGB ({one_line(err)})") from None
 
 
 def is_image_file(filename: str) -> bool:

@@ -1,13 +1,10 @@
-"""The HTTP service and its web page: ``create_app(retriever)`` and ways to run it."""
-from .app import (
-    DEFAULT_MAX_K,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_UPLOAD_BYTES,
-    SearchBatcher,
-    ThumbnailCache,
-    create_app,
-    decode_upload,
-)
+"""The HTTP service and its web page: ``create_app(retriever)`` (:mod:`.app`, the routes), its upload
+limits (:mod:`.uploads`), query batching (:mod:`.batching`), thumbnails (:mod:`.thumbnails`) and
+ways to run it (:mod:`.server`)."""
+from .app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
+from .batching import SearchBatcher
+from .thumbnails import ThumbnailCache
+from .uploads import decode_upload
 from .server import BackgroundServer, bind_socket, run_server, socket_url
 
 __all__ = [

@@ -20,17 +20,12 @@ under the project's one pixel limit; thumbnails too, so every encoded image has 
 # no ``from __future__ import annotations``: FastAPI must evaluate the endpoint annotations, whose
 # bounds (``le=max_k``) are closure variables of create_app
 
-import asyncio
-import io
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, List, Optional, Tuple
+from typing import Annotated, List, Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -40,10 +35,12 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel
 
-from ..data.images import (DEFAULT_MAX_PIXELS, CorruptImageError, NotAnImageError, TooManyPixelsError, decode_image,
-                           open_image)
-from ..errors import DataError
-from ..limits import BODY_TIMEOUT, MAX_BATCH, MAX_DECODES, MAX_K, MAX_UPLOAD_BYTES
+from ..data.images import DEFAULT_MAX_PIXELS
+from ..errors import DataError, one_line
+from ..limits import MAX_DECODES, MAX_K, MAX_UPLOAD_BYTES
+from .batching import DEFAULT_MAX_BATCH, SearchBatcher
+from .thumbnails import THUMB_SIZE, ThumbnailCache
+from .uploads import DEFAULT_BODY_TIMEOUT, ENVELOPE_BYTES, BodyLimitMiddleware, TooLarge, decode_upload
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +48,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = MAX_UPLOAD_BYTES
 # DEFAULT_MAX_PIXELS is the project's one pixel limit (hybridhash.limits), re-exported here
 DEFAULT_MAX_K = MAX_K
-DEFAULT_MAX_BATCH = MAX_BATCH
 DEFAULT_MAX_DECODES = MAX_DECODES
-DEFAULT_BODY_TIMEOUT = BODY_TIMEOUT
-THUMB_SIZE = 256
-# room for the multipart envelope and the ``k`` field around an upload of the maximum size
-_ENVELOPE_BYTES = 64 * 2**10
-# a rejected body is read to its end (up to this much) so the client sees the 413, not a reset
-_DRAIN_BYTES = 64 * 2**20
 
 # the page and its files load nothing from outside this server
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
@@ -103,272 +93,6 @@ class Health(BaseModel):
     index: Optional[str]
     limits: dict
     stats: dict
-
-
-# ------------------------------------------------------------------------------------------------
-# upload size limit
-
-class _TooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"upload too large: the limit is {_mb(limit)}")
-
-
-def _mb(n: int) -> str:
-    for unit, size in (("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} bytes"
-
-
-class _Stalled(HTTPException):
-    def __init__(self, timeout: float):
-        # Connection: close makes uvicorn drop the connection once the 408 is sent
-        super().__init__(408, f"request body stalled: nothing arrived for {timeout:g} s",
-                         headers={"Connection": "close"})
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware: a POST body over ``limit`` bytes gets 413 before the app buffers it, and a
-    body that stalls gets 408.
-
-    A declared Content-Length over the limit is refused at once; a chunked body is counted as it
-    arrives. Either way the rest of the body is read and dropped (up to ``drain`` bytes) so the
-    client, still sending, receives the 413 instead of a connection reset. When no part of the body
-    arrives for ``timeout`` seconds (None: wait forever) the request is answered 408 and its
-    connection closed, so a stalled client does not hold a worker and its buffers.
-    """
-
-    def __init__(self, app, limit: int, reported_limit: Optional[int] = None, drain: int = _DRAIN_BYTES,
-                 timeout: Optional[float] = DEFAULT_BODY_TIMEOUT):
-        self.app, self.limit, self.drain, self.timeout = app, limit, drain, timeout
-        self.reported_limit = reported_limit or limit  # the upload limit the message names
-
-    async def _receive(self, receive):
-        """The next message, or _Stalled when none comes within the timeout."""
-        if self.timeout is None:
-            return await receive()
-        try:
-            return await asyncio.wait_for(receive(), self.timeout)
-        except asyncio.TimeoutError:
-            raise _Stalled(self.timeout) from None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._drain(receive, 0)
-            return await self._reject(scope, receive, send)
-        received = 0
-        body_done = False
-
-        async def limited_receive():
-            nonlocal received, body_done
-            if body_done:  # later receives wait for a disconnect, which has no deadline
-                return await receive()
-            message = await self._receive(receive)
-            if message["type"] == "http.request":
-                body_done = not message.get("more_body", False)
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    if message.get("more_body", False):
-                        await self._drain(receive, received)
-                    # an HTTPException passes through the form parser and FastAPI's handlers unchanged
-                    raise _TooLarge(self.reported_limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    async def _drain(self, receive, seen: int) -> None:
-        while seen <= self.drain:
-            try:
-                message = await self._receive(receive)
-            except _Stalled:  # the refusal is sent all the same, and the connection closed
-                return
-            if message["type"] != "http.request":
-                return
-            seen += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-    async def _reject(self, scope, receive, send) -> None:
-        response = JSONResponse({"detail": _TooLarge(self.reported_limit).detail}, status_code=413)
-        await response(scope, receive, send)
-
-
-# ------------------------------------------------------------------------------------------------
-# decoding an upload
-
-def decode_upload(data: bytes, max_pixels: int, name: str = "upload") -> Image.Image:
-    """Uploaded bytes -> RGB PIL image, or an HTTPException whose status says why not.
-
-    The decode is :func:`hybridhash.data.images.open_image`, the one the encoder uses (so a stored
-    image uploaded again gives the same code); its error types map to statuses: 400 empty upload,
-    415 :class:`~hybridhash.data.images.NotAnImageError`, 413
-    :class:`~hybridhash.data.images.TooManyPixelsError` (over ``max_pixels``, refused from the
-    header before decoding), 422 :class:`~hybridhash.data.images.CorruptImageError` and any other
-    DataError. The detail is the decoder's one-line message, which names the upload.
-    """
-    if not data:
-        raise HTTPException(400, f"{name}: empty upload (0 bytes)")
-    try:
-        return open_image(data, max_pixels=max_pixels, name=name)
-    except TooManyPixelsError as err:
-        raise HTTPException(413, str(err)) from None
-    except NotAnImageError as err:
-        raise HTTPException(415, str(err)) from None
-    except (CorruptImageError, DataError) as err:
-        raise HTTPException(422, str(err)) from None
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-# ------------------------------------------------------------------------------------------------
-# batching concurrent searches
-
-class SearchBatcher:
-    """Runs every search on one thread and coalesces queued queries into one batched forward.
-
-    Under load, the requests waiting while a forward runs go together into the next one (at most
-    ``max_batch``); an idle service answers a lone query at once, with no waiting for company.
-    One thread also means one model forward at a time, whatever the retriever's own locking.
-    The retriever searches with the largest k of the batch and each query keeps its first k hits,
-    which for the exact index are exactly its k nearest (ties by id).
-    """
-
-    def __init__(self, retriever, max_batch: int = DEFAULT_MAX_BATCH):
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.retriever, self.max_batch = retriever, max_batch
-        self._queue: "queue.Queue[Optional[Tuple[Any, int, Future]]]" = queue.Queue()
-        self._thread: Optional[threading.Thread] = None
-        self._lock = threading.Lock()
-        self.batches = 0  # forwards run (a test and the benchmark read these)
-        self.queries = 0
-
-    def search(self, image: Image.Image, k: int) -> list:
-        """One image -> its k hits (a list of :class:`~hybridhash.retrieval.Hit`)."""
-        self._start()
-        future: Future = Future()
-        self._queue.put((image, k, future))
-        return future.result()
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="hybridhash-search", daemon=True)
-                self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-            self._run(batch)
-
-    def _run(self, batch: List[Tuple[Any, int, Future]]) -> None:
-        try:
-            hits = self.retriever.search([image for image, _, _ in batch], k=max(k for _, k, _ in batch))
-        except Exception as err:
-            if len(batch) > 1:  # one bad query must not fail the others: retry them one by one
-                for item in batch:
-                    self._run([item])
-                return
-            batch[0][2].set_exception(err)  # the waiting request gets the error, the thread lives on
-            return
-        self.batches += 1
-        self.queries += len(batch)
-        for (_, k, future), row in zip(batch, hits):
-            future.set_result(row[:k])
-
-    def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout=30)
-
-
-# ------------------------------------------------------------------------------------------------
-# thumbnails
-
-class ThumbnailCache:
-    """Thumbnails of collection items, made on first request and kept in a bounded LRU.
-
-    ``get(id, path) -> (bytes, media type)``. Bounded both in entries and in bytes; the least recently
-    used thumbnails go first. Small images become PNG (lossless, a few kB), larger ones JPEG.
-    """
-
-    def __init__(self, size: int = THUMB_SIZE, max_items: int = 4096, max_bytes: int = 64 * 2**20,
-                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, decode_slots: Optional[threading.Semaphore] = None):
-        self.size, self.max_items, self.max_bytes = size, max_items, max_bytes
-        self.max_pixels = max_pixels  # the limit the collection was encoded under: each item gets a thumbnail
-        self._slots = decode_slots  # shared with the uploads: bounds the images decoded at once
-        self._items: "OrderedDict[int, Tuple[bytes, str]]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def get(self, item_id: int, path: Path) -> Tuple[bytes, str]:
-        with self._lock:
-            entry = self._items.get(item_id)
-            if entry is not None:
-                self._items.move_to_end(item_id)
-                self.hits += 1
-                return entry
-            self.misses += 1
-        entry = self._make(path)  # outside the lock: two threads may both make it, both get the same
-        with self._lock:
-            if item_id not in self._items:
-                self._items[item_id] = entry
-                self._bytes += len(entry[0])
-            while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
-                _, (data, _) = self._items.popitem(last=False)
-                self._bytes -= len(data)
-        return entry
-
-    def _make(self, path: Path) -> Tuple[bytes, str]:
-        if self._slots is None:
-            return self._render(path)
-        with self._slots:
-            return self._render(path)
-
-    def _render(self, path: Path) -> Tuple[bytes, str]:
-        # the project's decoder: the same pixel limit and EXIF orientation as the codes; JPEGs are
-        # decoded at a reduced scale (draft), much faster
-        img = decode_image(path, self.max_pixels, name=path.name, draft=(self.size, self.size))
-        img = img.convert("RGBA") if img.mode in ("P", "LA", "PA") or "transparency" in img.info else img
-        if img.mode == "RGBA":  # transparency onto white, as a browser shows it on the page
-            canvas = Image.new("RGB", img.size, "white")
-            canvas.paste(img, mask=img.getchannel("A"))
-            img = canvas
-        img = img.convert("RGB")
-        img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        if img.size[0] * img.size[1] <= 96 * 96:
-            img.save(out, format="PNG", optimize=True)
-            return out.getvalue(), "image/png"
-        img.save(out, format="JPEG", quality=85)
-        return out.getvalue(), "image/jpeg"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -477,7 +201,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     app.state.batcher = batcher
     app.state.thumbnails = thumbs
     app.state.decode_slots = decode_slots
-    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + _ENVELOPE_BYTES,
+    app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + ENVELOPE_BYTES,
                        reported_limit=max_upload_bytes, timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
@@ -503,7 +227,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         k = k_form if k_form is not None else (k_query if k_query is not None else min(10, max_k))
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise _TooLarge(max_upload_bytes)
+            raise TooLarge(max_upload_bytes)
         name = _display_name(image.filename)
         with decode_slots:  # bounds the full-size decoded images alive at once
             img = decode_upload(data, max_pixels, name=name)
@@ -539,7 +263,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
             try:
                 data, media_type = thumbs.get(item_id, path)
             except (OSError, DataError, ValueError, SyntaxError) as err:
-                log.warning("item %d: no thumbnail (%s)", item_id, _one_line(err))
+                log.warning("item %d: no thumbnail (%s)", item_id, one_line(err))
                 raise HTTPException(404, f"item {item_id}: its image cannot be read") from None
             return Response(data, media_type=media_type, headers=headers)
         media_type = _image_type(path)
