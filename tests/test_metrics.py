@@ -159,7 +159,7 @@ def test_packed_torch_and_pm1_inputs_agree():
 @pytest.mark.parametrize("sample_cols", [8, 8192])
 def test_chunking_threads_and_threshold_guess_do_not_change_results(monkeypatch, sample_cols, bits):
     # few sampled columns make the threshold guess poor, so the rows that fall short are redone
-    monkeypatch.setattr(metrics, "_SAMPLE_COLS", sample_cols)
+    monkeypatch.setattr(metrics.ranking_core, "_SAMPLE_COLS", sample_cols)
     rng = np.random.default_rng(6)
     q, db, ql, dbl = random_case(rng, 41, 2000, bits, False, n_class=10)
     for topk in (1, 37, 500):

@@ -1,0 +1,42 @@
+"""Retrieval metrics on binary codes (SPEC.md section 7): Hamming ranking, mAP@K, tie-aware mAP,
+precision-recall over Hamming radius, precision@N and precision within a radius.
+
+Conventions shared by every function here:
+
+- Codes are either +-1 arrays ``(n, bits)`` (any numeric dtype, or bool with True for +1) or
+  packed ``uint8`` arrays ``(n, ceil(bits / 8))`` in ``np.packbits`` order (a +1 is a set bit,
+  the first code bit is the most significant bit of the first byte). A ``uint8`` array is always
+  read as packed. torch tensors are accepted and read on the CPU.
+- Labels are class ids ``(n,)`` (single-label) or 0/1 multi-hot ``(n, C)``; a database item is
+  relevant to a query when they share at least one label. Queries and database use the same kind.
+- The database is ranked by Hamming distance, ties by database index (a stable ranking), so every
+  figure is deterministic. Work is done on chunks of queries at a time, so memory stays bounded
+  by ``chunk_size * len(database)`` whatever the number of queries; chunks run on
+  ``num_threads`` threads and the results do not depend on either setting.
+
+Modules: :mod:`.ranking_core` (shared machinery), :mod:`.ranking` (mAP, tie-aware mAP),
+:mod:`.curves` (PR by radius, precision@N, precision within a radius); the code format itself is
+:mod:`hybridhash.codes`.
+"""
+from __future__ import annotations
+
+from ..codes import pack_pm1 as pack_codes  # the strict +-1 reader, under the name this module exports
+from ..codes import popcount as _popcount, popcount_swar as _popcount_swar  # noqa: F401  (old private names)
+from ..codes import unpack_codes
+from .curves import precision_at_n, precision_recall_by_radius, precision_within_radius
+from .ranking import (average_precisions, mean_average_precision, tie_aware_average_precisions,
+                      tie_aware_mean_average_precision)
+from .ranking_core import hamming_distances
+
+__all__ = [
+    "pack_codes",
+    "unpack_codes",
+    "hamming_distances",
+    "average_precisions",
+    "mean_average_precision",
+    "tie_aware_average_precisions",
+    "tie_aware_mean_average_precision",
+    "precision_recall_by_radius",
+    "precision_at_n",
+    "precision_within_radius",
+]
