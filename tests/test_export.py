@@ -19,6 +19,7 @@ from hybridhash.errors import CheckpointError, ConfigError, DataError  # noqa: E
 from hybridhash.evaluation import encode_images  # noqa: E402
 from hybridhash.export import OnnxEncoder, export_onnx, is_project_onnx, read_metadata  # noqa: E402
 from hybridhash.models import model_fingerprint  # noqa: E402
+from hybridhash.retrieval import Retriever, load_or_build_index  # noqa: E402
 
 BITS = 24
 
@@ -169,6 +170,13 @@ def test_encoder_stands_in_for_the_model(exported, tmp_path):
     b = encode_collection(folder, tmp_path / "b", model=model, workers=0, progress=False, batch_size=2)
     assert a.fingerprint == b.fingerprint == enc.fingerprint and a.preprocess == b.preprocess
     assert np.array_equal(a.codes, b.codes) and a.count == 5
+    # a Retriever on the torch-encoded collection takes the ONNX encoder as its model
+    torch_r = Retriever(model, b, load_or_build_index(b))
+    onnx_r = Retriever(enc, b, load_or_build_index(b))
+    queries = sorted(str(p) for p in folder.rglob("*.png"))[:3]
+    assert np.array_equal(onnx_r.encode_images(queries), torch_r.encode_images(queries))
+    assert [[h.id for h in hits] for hits in onnx_r.search(queries, k=3)] == \
+        [[h.id for h in hits] for hits in torch_r.search(queries, k=3)]
 
 
 def test_bad_input_and_empty_batch(exported):
