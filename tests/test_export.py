@@ -218,6 +218,28 @@ def test_foreign_and_broken_files_are_refused(tmp_path):
         OnnxEncoder.open(tmp_path / "missing.onnx")
 
 
+def with_metadata(src, dst, **changes):
+    proto = onnx.load(str(src))
+    for entry in proto.metadata_props:
+        if entry.key[len("hybridhash."):] in changes:
+            entry.value = changes[entry.key[len("hybridhash."):]]
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_malformed_or_newer_metadata_is_refused(exported, tmp_path):
+    _, path, enc = exported
+    assert enc.session.get_session_options().intra_op_num_threads == 1
+    cases = {"preprocess": ("{not json", "malformed hybridhash metadata"),
+             "bits": ("12", "inconsistent hybridhash metadata"),
+             "format_version": ("99", "newer than this hybridhash reads")}
+    for key, (value, message) in cases.items():
+        bad = with_metadata(path, tmp_path / f"{key}.onnx", **{key: value})
+        with pytest.raises(CheckpointError, match=message) as err:
+            OnnxEncoder.open(bad)
+        assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
 # --------------------------------------------------------------------------------------------
 # the command
 
@@ -272,6 +294,15 @@ def test_cli_does_not_overwrite_user_files(checkpoint, tmp_path, capsys):
     assert is_project_onnx(notes)
     assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_old_opset(checkpoint, tmp_path, capsys):
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--opset", "13"]) == 1
+    assert "opset 17 or later" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--opset", "99"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not 99" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.iterdir())  # no temporary file left
 
 
 def test_cli_missing_or_foreign_checkpoint(tmp_path, capsys):

@@ -34,7 +34,7 @@ PathLike = Union[str, os.PathLike]
 FORMAT = "hybridhash-onnx"
 FORMAT_VERSION = 1
 # 17 is the first opset with LayerNormalization as one node; onnxruntime >= 1.14 runs it
-DEFAULT_OPSET = 17
+MIN_OPSET = DEFAULT_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "outputs"
 CODES_NAME = "codes"
@@ -72,6 +72,13 @@ def _torchscript_exporter() -> Dict[str, Any]:
     import inspect
 
     return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def _max_opset() -> int:
+    """The newest opset the TorchScript exporter of this torch writes (it keeps the figure privately)."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 17)))
 
 
 def export_metadata(model: torch.nn.Module) -> Dict[str, str]:
@@ -123,8 +130,10 @@ def export_onnx(model: torch.nn.Module, path: PathLike, *, opset: int = DEFAULT_
         import onnx
     except ImportError:
         raise _missing("onnx") from None
-    if opset < 17:
-        raise ConfigError(f"--opset {opset} is too old; the export needs opset 17 or later")
+    if opset < MIN_OPSET:
+        raise ConfigError(f"opset {opset} is too old; the export needs opset {MIN_OPSET} or later")
+    if opset > _max_opset():
+        raise ConfigError(f"torch {torch.__version__} exports up to opset {_max_opset()}, not {opset}")
     if not hasattr(model, "config") or not hasattr(model, "bits"):
         raise ConfigError(f"export_onnx needs a HybridHash model, got {type(model).__name__}")
     meta = export_metadata(model)
@@ -138,10 +147,15 @@ def export_onnx(model: torch.nn.Module, path: PathLike, *, opset: int = DEFAULT_
         # the tracer warns about shape arithmetic on the (fixed) spatial sizes, and torch about the
         # exporter being the TorchScript one; neither concerns the user of the file
         warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(_WithCodes(net), (example,), buf, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, CODES_NAME],
-                              dynamic_axes=axes, do_constant_folding=True, **_torchscript_exporter())
+        try:
+            with torch.no_grad():
+                torch.onnx.export(_WithCodes(net), (example,), buf, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, CODES_NAME],
+                                  dynamic_axes=axes, do_constant_folding=True, **_torchscript_exporter())
+        except Exception as err:  # the exporter raises RuntimeError, ValueError, its own types
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ConfigError(f"torch {torch.__version__} could not export the model at opset {opset} ({first}); "
+                              f"opset {DEFAULT_OPSET} is known to work") from None
     proto = onnx.load_from_string(buf.getvalue())
     del proto.metadata_props[:]
     for k, v in meta.items():

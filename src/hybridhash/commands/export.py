@@ -84,10 +84,13 @@ def verify(model, path, n: int = 2, seed: int = 0) -> float:
 def run(args) -> int:
     from pathlib import Path
 
-    from hybridhash.export import export_onnx
+    from hybridhash.errors import ConfigError
+    from hybridhash.export import MIN_OPSET, export_onnx
     from hybridhash.models import from_pretrained
 
     out = Path(args.out)
+    if args.opset < MIN_OPSET:
+        raise ConfigError(f"--opset {args.opset} is too old; the export needs opset {MIN_OPSET} or later")
     _check_out(out, args.force)
     ckpt = _checkpoint(args.checkpoint, args.bits)
     model = from_pretrained(ckpt).eval()
