@@ -229,7 +229,10 @@ def with_metadata(src, dst, **changes):
 
 def test_malformed_or_newer_metadata_is_refused(exported, tmp_path):
     _, path, enc = exported
-    assert enc.session.get_session_options().intra_op_num_threads == 1
+    opts = enc.session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    quiet = OnnxEncoder.open(path, threads=2, spinning=False).session.get_session_options()
+    assert quiet.intra_op_num_threads == 2 and quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     cases = {"preprocess": ("{not json", "malformed hybridhash metadata"),
              "bits": ("12", "inconsistent hybridhash metadata"),
              "format_version": ("99", "newer than this hybridhash reads")}

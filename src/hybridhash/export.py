@@ -246,12 +246,16 @@ class OnnxEncoder:
         self.img_size = int(self.preprocess["img_size"])
 
     @classmethod
-    def open(cls, path: PathLike, *, threads: Optional[int] = None, inter_op_threads: int = 1) -> "OnnxEncoder":
+    def open(cls, path: PathLike, *, threads: Optional[int] = None, inter_op_threads: int = 1,
+             spinning: bool = True) -> "OnnxEncoder":
         """Load an export of :func:`export_onnx`.
 
         Args:
             threads: onnxruntime's intra-op threads (None or 0: its default, one per physical core).
             inter_op_threads: threads running independent graph nodes in parallel (1: sequential).
+            spinning: let idle worker threads busy-wait for the next run (onnxruntime's default, the
+                lowest latency). Turn it off where the process does other work between runs
+                (decoding images, PyTorch's own threads): spinning threads take those cores.
 
         Raises:
             CheckpointError: no such file, not an ONNX model, or an ONNX model without the project's
@@ -269,6 +273,8 @@ class OnnxEncoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
         opts.inter_op_num_threads = max(1, int(inter_op_threads))
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3  # errors only: the warnings about unused initialisers are noise
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
