@@ -19,6 +19,7 @@ COMMANDS = [
     ("train", "train"),
     ("evaluate", "evaluate"),
     ("encode", "encode"),
+    ("export", "export"),
     ("index", "index"),
     ("search", "search"),
     ("serve", "serve"),
