@@ -84,7 +84,7 @@ def _max_opset() -> int:
 def export_metadata(model: torch.nn.Module) -> Dict[str, str]:
     """The ``hybridhash.*`` metadata_props of ``model``'s export (all values strings)."""
     from . import __version__
-    from .encode import model_preprocess
+    from .data.transforms import model_preprocess
     from .models import model_fingerprint
 
     pre = model_preprocess(model)  # with the pipeline family a checkpoint recorded
