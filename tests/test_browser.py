@@ -12,7 +12,6 @@ import pytest
 from hybridhash.retrieval import Retriever
 from hybridhash.serve import BackgroundServer, create_app
 
-from serve_fixtures import shared_collection
 
 CHROMIUM = shutil.which("chromium") or next(
     (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
@@ -29,8 +28,8 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    built = shared_collection(tmp_path_factory)
+def served(serve_collection):
+    built = serve_collection
     with BackgroundServer(create_app(Retriever.open(built["codes"]))) as server:
         yield built, server
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_fakes import (CIFAR_NAMES, encoded, noise_image, png_header_only, tiny_image, write_fake_cifar,
+from tests.helpers.fakes import (CIFAR_NAMES, encoded, noise_image, png_header_only, tiny_image, write_fake_cifar,
                         write_folder, write_list_dir)
 from hybridhash import cli
 from hybridhash.data import DEFAULT_MAX_PIXELS, Protocol, build_transform, check_protocol, load_protocol, open_image

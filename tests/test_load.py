@@ -12,7 +12,6 @@ import pytest
 from hybridhash.retrieval import Retriever
 from hybridhash.serve import BackgroundServer, create_app
 
-from serve_fixtures import shared_collection
 
 CLIENTS = 8
 PER_CLIENT = 50
@@ -20,8 +19,8 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    built = shared_collection(tmp_path_factory)
+def served(serve_collection):
+    built = serve_collection
     app = create_app(Retriever.open(built["codes"]))
     with BackgroundServer(app) as server:
         yield built, app, server

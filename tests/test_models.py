@@ -28,15 +28,17 @@ def _fixture(bits):
 
 @pytest.mark.parametrize("bits", [16, 64])
 @pytest.mark.parametrize("fused", [True, False])
-def test_original_fixture_reproduced(bits, fused):
+def test_original_fixture_reproduced(bits, fused, device):
     meta, tensors, state, model = _fixture(bits)
     model.load_state_dict(hybridhash.convert_original_state_dict(state), strict=True)
-    model.set_fused_attn(fused).eval()
+    model.set_fused_attn(fused).eval().to(device)
+    torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions where the device has TF32
+    x = tensors["input"].to(device)
     with torch.no_grad():
-        out = model(tensors["input"])
+        out = model(x).cpu()
     assert out.shape == tensors["output"].shape == (2, bits)
     assert (out - tensors["output"]).abs().max().item() <= meta["tolerance_abs"]
-    codes = model.encode(tensors["input"])
+    codes = model.encode(x).cpu()
     assert torch.equal(codes, torch.where(tensors["output"] >= 0, 1, -1).to(torch.int8))
 
 
@@ -91,13 +93,13 @@ def test_registry():
 
 
 @pytest.mark.parametrize("name", hybridhash.list_models())
-def test_every_preset_forward_backward_small(name):
+def test_every_preset_forward_backward_small(name, device):
     # each preset's own widths and heads, shrunk to 32 px and one layer per level so it runs fast
     cfg = hybridhash.models.build_config(name)
     model = hybridhash.create_model(name, bits=16, img_size=32, patch_size=2, depths=(1, 1, 1),
-                                    drop_path_rate=0.1)
+                                    drop_path_rate=0.1).to(device)
     assert model.config.embed_dims == cfg.embed_dims
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, device=device)
     out = model(x)
     assert out.shape == (2, 16) and out.abs().max() < 1
     out.sum().backward()

@@ -16,7 +16,9 @@ from hybridhash.encode import encode_collection
 from hybridhash.errors import ConfigError, DataError, IndexMismatchError
 from hybridhash.retrieval import Hit, Retriever, index_path
 
-from test_encode import BITS, MAX_PIXELS, make_images, one_thread, save_model  # noqa: F401 (fixture)
+from tests.helpers.encoding import BITS, MAX_PIXELS, make_images, save_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force(collection_codes: np.ndarray, query_codes: np.ndarray, k: int):

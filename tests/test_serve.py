@@ -27,7 +27,7 @@ from hybridhash.collection import write_paths
 from hybridhash.retrieval import Retriever
 from hybridhash.serve import BackgroundServer, create_app
 
-from serve_fixtures import BITS, hamming_ranking, png_bytes, png_claiming, shared_collection
+from tests.helpers.collections import BITS, hamming_ranking, png_bytes, png_claiming
 
 MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
@@ -35,8 +35,8 @@ MAX_K = 50  # above the collection's 24 items: k may exceed the collection
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return shared_collection(tmp_path_factory)
+def built(serve_collection):
+    return serve_collection
 
 
 @pytest.fixture(scope="module")

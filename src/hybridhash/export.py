@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
+from .codes import binarize
 from .errors import CheckpointError, ConfigError, DataError, HybridHashError
 from .fileio import atomic_path
 
@@ -62,7 +63,7 @@ class _WithCodes(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):
         u = self.model(x)
-        return u, torch.where(u >= 0, 1, -1).to(torch.int8)
+        return u, binarize(u)  # traced into the graph as a where(u >= 0) node
 
 
 def _torchscript_exporter() -> Dict[str, Any]:

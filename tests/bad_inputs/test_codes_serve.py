@@ -6,7 +6,6 @@ import io
 import json
 import re
 import socket
-import sys
 import threading
 import time
 import tracemalloc
@@ -19,21 +18,19 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fixtures
-
-import hybridhash  # noqa: E402
-from hybridhash import cli  # noqa: E402
-from hybridhash.data import images as images_mod  # noqa: E402
-from hybridhash.data.images import (DEFAULT_MAX_PIXELS, CorruptImageError, NotAnImageError,  # noqa: E402
+import hybridhash
+from hybridhash import cli
+from hybridhash.data import images as images_mod
+from hybridhash.data.images import (DEFAULT_MAX_PIXELS, CorruptImageError, NotAnImageError,
                                     TooManyPixelsError, open_image)
-from hybridhash.errors import ConfigError, HybridHashError  # noqa: E402
-from hybridhash.index import EMPTY_ID, MAX_K, HashIndex  # noqa: E402
-from hybridhash.retrieval import Hit  # noqa: E402
-from hybridhash.serve import BackgroundServer, ThumbnailCache, create_app  # noqa: E402
-from hybridhash.serve import app as app_mod  # noqa: E402
-from hybridhash.serve import uploads as uploads_mod  # noqa: E402
+from hybridhash.errors import ConfigError, HybridHashError
+from hybridhash.index import EMPTY_ID, MAX_K, HashIndex
+from hybridhash.retrieval import Hit
+from hybridhash.serve import BackgroundServer, ThumbnailCache, create_app
+from hybridhash.serve import app as app_mod
+from hybridhash.serve import uploads as uploads_mod
 
-from serve_fixtures import png_bytes, png_claiming  # noqa: E402
+from tests.helpers.collections import png_bytes, png_claiming
 
 BITS_MESSAGE = "must be a multiple of 8 between 8 and 256, got {}"
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import hybridhash
-from data_fakes import write_fake_cifar, write_folder
+from tests.helpers.fakes import write_fake_cifar, write_folder
 from hybridhash import cli
 from hybridhash.data import load_protocol
 from hybridhash.data import cifar

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError, ConfigError, DataError
 
-__all__ = ["Method", "MethodConfig", "MethodDefaults", "promote"]
+__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "promote"]
 
 FAMILIES = ("symmetric", "asymmetric", "central")
 
@@ -224,3 +224,19 @@ class Method(nn.Module):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_train):
             raise DataError(f"{self.name}: index holds rows outside [0, {self.num_train})")
         return index.to(device=h.device, dtype=torch.long)
+
+
+class InBatchMethod(Method):
+    """A method whose loss compares the batch with itself and keeps no state between steps.
+
+    Subclasses implement ``batch_loss(h, y)`` on h promoted to float32 and y in h's dtype.
+    """
+
+    def loss(self, h: Tensor, y: Tensor, index: Tensor, *,
+             gathered: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+        self.check_batch(h, y, index)  # gathered rows are not needed: nothing is kept
+        h = promote(h)
+        return self.batch_loss(h, y.to(h.dtype))
+
+    def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.linalg import hadamard
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import InBatchMethod, MethodConfig, MethodDefaults
 from .registry import register_method
 
 
@@ -74,7 +74,7 @@ class CSQConfig(MethodConfig):
 
 
 @register_method
-class CSQ(Method):
+class CSQ(InBatchMethod):
     name = "csq"
     family = "central"
     activation = "tanh"
@@ -95,8 +95,6 @@ class CSQ(Method):
     def mean_center_distance(self) -> float:
         return center_distances(self.centers)[1]
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
-        self.check_batch(h, y, index)
-        h = promote(h)
-        c = batch_centers(y.to(h.dtype), self.centers.to(h.device), self.fill.to(h.device))
+    def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        c = batch_centers(y, self.centers.to(h.device), self.fill.to(h.device))
         return csq_loss(h, c, self.config.lam)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import InBatchMethod, MethodConfig, MethodDefaults
 from .registry import register_method
 
 
@@ -43,14 +43,12 @@ class DCHConfig(MethodConfig):
 
 
 @register_method
-class DCH(Method):
+class DCH(InBatchMethod):
     name = "dch"
     family = "symmetric"
     activation = "none"
     Config = DCHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=128, epochs=150)
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
-        self.check_batch(h, y, index)
-        h = promote(h)
-        return dch_loss(h, y.to(h.dtype), self.config.gamma, self.config.lam)
+    def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return dch_loss(h, y, self.config.gamma, self.config.lam)

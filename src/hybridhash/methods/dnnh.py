@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import InBatchMethod, MethodConfig, MethodDefaults
 from .registry import register_method
 
 
@@ -53,7 +53,7 @@ class DNNHConfig(MethodConfig):
 
 
 @register_method
-class DNNH(Method):
+class DNNH(InBatchMethod):
     name = "dnnh"
     family = "symmetric"
     activation = "sigmoid"
@@ -65,7 +65,5 @@ class DNNH(Method):
             return DivideAndEncode(in_features, self.bits)
         return None
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
-        self.check_batch(h, y, index)
-        h = promote(h)
-        return dnnh_loss(torch.sigmoid(h), y.to(h.dtype), self.config.margin)
+    def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return dnnh_loss(torch.sigmoid(h), y, self.config.margin)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import InBatchMethod, MethodConfig, MethodDefaults
 from .registry import register_method
 
 
@@ -39,14 +39,12 @@ class DTSHConfig(MethodConfig):
 
 
 @register_method
-class DTSH(Method):
+class DTSH(InBatchMethod):
     name = "dtsh"
     family = "symmetric"
     activation = "none"
     Config = DTSHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=128, epochs=150)
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
-        self.check_batch(h, y, index)
-        h = promote(h)
-        return dtsh_loss(h, y.to(h.dtype), self.config.alpha, self.config.lam)
+    def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return dtsh_loss(h, y, self.config.alpha, self.config.lam)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import InBatchMethod, MethodConfig, MethodDefaults
 from .registry import register_method
 
 
@@ -52,7 +52,7 @@ class HashNetConfig(MethodConfig):
 
 
 @register_method
-class HashNet(Method):
+class HashNet(InBatchMethod):
     name = "hashnet"
     family = "symmetric"
     activation = "tanh_beta"
@@ -78,7 +78,5 @@ class HashNet(Method):
     def activate(self, h: Tensor) -> Tensor:
         return torch.tanh(float(self.beta) * h)
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
-        self.check_batch(h, y, index)
-        h = promote(h)
-        return hashnet_loss(self.activate(h), y.to(h.dtype), self.config.alpha)
+    def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return hashnet_loss(self.activate(h), y, self.config.alpha)

@@ -44,23 +44,24 @@ def average_precisions(
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def mean_average_precision(
-    query_codes,
-    database_codes,
-    query_labels,
-    database_labels,
-    topk: int | None = None,
-    *,
-    chunk_size: int | None = None,
-    num_threads: int | None = None,
-) -> float:
-    """mAP@K: the mean of :func:`average_precisions` over all queries (those with AP 0 included)."""
-    ap = average_precisions(
-        query_codes, database_codes, query_labels, database_labels, topk, chunk_size=chunk_size, num_threads=num_threads
-    )
-    if ap.size == 0:
-        raise DataError("query_codes is empty")
-    return float(ap.mean())
+def _mean_of(per_query, doc: str):
+    """The mean over all queries of the per-query metric ``per_query`` (same arguments)."""
+
+    def mean(query_codes, database_codes, query_labels, database_labels, topk: int | None = None, *,
+             chunk_size: int | None = None, num_threads: int | None = None) -> float:
+        ap = per_query(query_codes, database_codes, query_labels, database_labels, topk,
+                       chunk_size=chunk_size, num_threads=num_threads)
+        if ap.size == 0:
+            raise DataError("query_codes is empty")
+        return float(ap.mean())
+
+    mean.__doc__ = doc
+    return mean
+
+
+mean_average_precision = _mean_of(
+    average_precisions, "mAP@K: the mean of :func:`average_precisions` over all queries (those with AP 0 included).")
+mean_average_precision.__name__ = "mean_average_precision"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,21 +156,6 @@ def tie_aware_average_precisions(
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def tie_aware_mean_average_precision(
-    query_codes,
-    database_codes,
-    query_labels,
-    database_labels,
-    topk: int | None = None,
-    *,
-    chunk_size: int | None = None,
-    num_threads: int | None = None,
-) -> float:
-    """Mean of :func:`tie_aware_average_precisions` over all queries."""
-    ap = tie_aware_average_precisions(
-        query_codes, database_codes, query_labels, database_labels, topk, chunk_size=chunk_size, num_threads=num_threads
-    )
-    if ap.size == 0:
-        raise DataError("query_codes is empty")
-    return float(ap.mean())
-
+tie_aware_mean_average_precision = _mean_of(
+    tie_aware_average_precisions, "Mean of :func:`tie_aware_average_precisions` over all queries.")
+tie_aware_mean_average_precision.__name__ = "tie_aware_mean_average_precision"

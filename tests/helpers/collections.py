@@ -105,13 +105,3 @@ def hamming_ranking(query_code: np.ndarray, codes: np.ndarray, k: int) -> list[t
     dist = (bits != q).sum(1)  # (n,)
     order = sorted(range(len(dist)), key=lambda i: (int(dist[i]), i))
     return [(int(dist[i]), i) for i in order[:k]]
-
-
-_BUILT: dict = {}
-
-
-def shared_collection(tmp_path_factory) -> dict:
-    """:func:`build_collection` once per test session, shared by the service, browser and load tests."""
-    if "collection" not in _BUILT:
-        _BUILT["collection"] = build_collection(tmp_path_factory.mktemp("serve"))
-    return _BUILT["collection"]

@@ -1,0 +1,1 @@
+"""The test suite (``make test``); shared helpers in :mod:`tests.helpers`, fixtures in ``conftest.py``."""
