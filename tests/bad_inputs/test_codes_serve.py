@@ -112,10 +112,8 @@ def test_index_pads_up_to_the_cap():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    from serve_fixtures import shared_collection
-
-    return shared_collection(tmp_path_factory)
+def built(serve_collection):
+    return serve_collection
 
 
 def test_retriever_answers_a_huge_k_with_the_whole_collection_in_bounded_memory(built):

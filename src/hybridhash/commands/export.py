@@ -62,6 +62,7 @@ def verify(model, path, n: int = 2, seed: int = 0) -> float:
     """Largest |onnxruntime - torch| output on ``n`` random images; an error if they disagree."""
     import torch
 
+    from hybridhash.codes import binarize
     from hybridhash.errors import HybridHashError
     from hybridhash.export import OnnxEncoder
 
@@ -72,7 +73,7 @@ def verify(model, path, n: int = 2, seed: int = 0) -> float:
         ref = model.eval()(x)
     got = enc(x)
     diff = float((got - ref).abs().max())
-    codes_ref = torch.where(ref >= 0, 1, -1).to(torch.int8)
+    codes_ref = binarize(ref)
     # a code may flip only where the torch output is within float error of 0
     flipped = (enc.encode(x) != codes_ref) & (ref.abs() > 1e-4)
     if diff > 1e-3 or bool(flipped.any()):
