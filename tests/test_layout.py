@@ -130,3 +130,14 @@ def test_modules_are_small_and_say_what_they_hold(name):
     assert len(text.splitlines()) <= MAX_LINES, f"{path} has {len(text.splitlines())} lines"
     doc = ast.get_docstring(ast.parse(text))
     assert doc and doc.strip(), f"{path} has no opening docstring"
+
+
+def test_the_command_line_builds_without_torch():
+    """``hybridhash --help`` must answer at once: building every parser imports no torch, timm or faiss."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hybridhash.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'timm', 'faiss', 'fastapi') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

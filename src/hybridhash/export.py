@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .codes import binarize
+from .runtimes import ONNX_OPSET
 from .errors import CheckpointError, ConfigError, DataError, HybridHashError
 from .fileio import atomic_path
 
@@ -35,7 +36,7 @@ PathLike = Union[str, os.PathLike]
 FORMAT = "hybridhash-onnx"
 FORMAT_VERSION = 1
 # 17 is the first opset with LayerNormalization as one node; onnxruntime >= 1.14 runs it
-MIN_OPSET = DEFAULT_OPSET = 17
+MIN_OPSET = DEFAULT_OPSET = ONNX_OPSET
 INPUT_NAME = "images"
 OUTPUT_NAME = "outputs"
 CODES_NAME = "codes"

@@ -106,7 +106,7 @@ class Retriever:
     def open(cls, index_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str, os.PathLike]] = None,
              device: Union[str, torch.device] = "cpu", kind: Optional[str] = None, *,
              max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, root: Optional[Union[str, os.PathLike]] = None,
-             ) -> "Retriever":
+             runtime: str = "auto", threads: Optional[int] = None) -> "Retriever":
         """Open the collection in ``index_dir`` with its saved index and a model.
 
         Args:
@@ -114,11 +114,13 @@ class Retriever:
             kind: an index kind; None loads the saved index (or builds a flat one in memory when
                 none was saved); a kind other than the saved one is built in memory.
             root: the image root, when the images moved since encoding.
+            runtime: ``torch``, ``onnx`` or ``auto`` (:func:`hybridhash.runtimes.open_encoder`);
+                ``threads``: onnxruntime's threads.
 
         Raises:
             IndexMismatchError: the collection or index has another bit length or model than the checkpoint.
         """
-        from .models import from_pretrained
+        from .runtimes import open_encoder
 
         collection = open_collection(index_dir, root=root)
         ckpt = checkpoint if checkpoint is not None else collection.checkpoint
@@ -127,7 +129,7 @@ class Retriever:
         if checkpoint is None and not Path(ckpt).exists():
             raise CheckpointError(f"{ckpt}: the checkpoint named in {collection.directory}/manifest.json is gone; "
                                   f"pass the checkpoint explicitly")
-        model = from_pretrained(ckpt)
+        model = open_encoder(ckpt, runtime, str(device), threads=threads)
         # refuse a wrong model before loading (and possibly building) the index
         if int(model.bits) != collection.bits:
             raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, checkpoint {ckpt} "

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .options import add_runtime_option
+
 HELP = "encode a folder or list file of images into a code collection"
 DESCRIPTION = (
     "Encode images into packed binary codes with paths, labels and a manifest. Work is written in "
@@ -33,6 +35,7 @@ def configure(p):
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse finished shards of an earlier run of the same checkpoint and images")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    add_runtime_option(p)
 
 
 def run(args) -> int:
@@ -52,7 +55,7 @@ def run(args) -> int:
     col = encode_collection(args.images, args.out, args.checkpoint, root=args.root, batch_size=args.batch_size,
                             workers=args.workers, strict=args.strict, shard_size=args.shard_size,
                             max_pixels=args.max_pixels, device=args.device, resume=args.resume,
-                            progress=args.progress)
+                            progress=args.progress, runtime=args.runtime)
     if col is None:  # a rank other than 0: rank 0 reports
         return 0
     skipped = col.manifest.get("skipped", 0)

@@ -17,13 +17,14 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.export import DEFAULT_OPSET
+    from hybridhash.runtimes import ONNX_OPSET as DEFAULT_OPSET
 
     p.add_argument("--checkpoint", required=True,
                    help="project checkpoint directory (model.safetensors, config.json), or a run directory "
                         "(its bits*/best, else last)")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
-    p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    p.add_argument("--out", default=None, help="the file to write (default: model.onnx in the checkpoint directory, "
+                                                "where --runtime auto finds it)")
     p.add_argument("--bits", type=int, default=None,
                    help="which code length, when --checkpoint is a run directory holding several")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (17 or later)")
@@ -89,11 +90,13 @@ def run(args) -> int:
     from hybridhash.export import MIN_OPSET, export_onnx
     from hybridhash.models import from_pretrained
 
-    out = Path(args.out)
+    from hybridhash.runtimes import ONNX_NAME
+
     if args.opset < MIN_OPSET:
         raise ConfigError(f"--opset {args.opset} is too old; the export needs opset {MIN_OPSET} or later")
-    _check_out(out, args.force)
     ckpt = _checkpoint(args.checkpoint, args.bits)
+    out = Path(args.out) if args.out is not None else Path(ckpt) / ONNX_NAME
+    _check_out(out, args.force)
     model = from_pretrained(ckpt).eval()
     export_onnx(model, out, opset=args.opset)
     note = ""

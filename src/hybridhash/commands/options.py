@@ -105,3 +105,13 @@ def dataclass_from_args(cls, args: argparse.Namespace, **override: Any):
             values[f.name] = tuple(values[f.name])
     values.update(override)
     return cls(**values)
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--runtime auto|torch|onnx`` (see :mod:`hybridhash.runtimes`)."""
+    from hybridhash.runtimes import ONNX_NAME, RUNTIMES
+
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help=f"torch: eager PyTorch; onnx: the checkpoint's ONNX export ({ONNX_NAME} beside it, "
+                             f"written by `hybridhash export`) on onnxruntime, CPU only; auto: onnx on a CPU when "
+                             f"that export is there and onnxruntime is installed, else torch")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from .options import add_runtime_option
+
 HELP = "search an indexed collection with query images"
 
 
@@ -12,7 +14,8 @@ def configure(p):
     p.add_argument("--k", type=int, default=10, help="results per query (at most 1000000)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the one the manifest names)")
     p.add_argument("--kind", default=None, help="index kind (default: the saved index, else flat)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_runtime_option(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -35,7 +38,8 @@ def run(args) -> int:
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
-    retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind)
+    retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
+                               runtime=args.runtime)
     results = retriever.search(list(args.images), k=args.k)
     if args.json:
         print(json.dumps({"index": str(retriever.collection.directory), "k": args.k,

@@ -1,6 +1,8 @@
 """``hybridhash serve``: an indexed collection over HTTP, a JSON API and a web page."""
 from __future__ import annotations
 
+from .options import add_runtime_option
+
 HELP = "serve an indexed collection over HTTP: a search API and a web page"
 DESCRIPTION = (
     "Serve a collection made by `hybridhash encode` (and `hybridhash index`): POST /search with an "
@@ -20,6 +22,7 @@ def configure(p):
     p.add_argument("--kind", default=None, help="index kind; none: the saved index, else flat")
     p.add_argument("--root", default=None, help="the image root, when the images moved since encoding")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_runtime_option(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens the service (and the images) to the network")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
@@ -58,6 +61,7 @@ def run(args) -> int:
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
+                               runtime=args.runtime,
                                max_pixels=args.max_pixels, root=args.root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      max_k=args.max_k, max_batch=args.max_batch, max_decodes=args.max_decodes,

@@ -55,10 +55,12 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
                       batch_size: int = 64, workers: int = 0, strict: bool = False,
                       shard_size: int = DEFAULT_SHARD_SIZE, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                       device: str = "cpu", resume: bool = True, progress: bool = True,
-                      on_shard: Optional[Callable[[int], None]] = None) -> Optional["coll.Collection"]:
+                      on_shard: Optional[Callable[[int], None]] = None, runtime: str = "auto",
+                      threads: Optional[int] = None) -> Optional["coll.Collection"]:
     """Encode a folder or list file of images into the collection ``out``.
 
-    The model is ``model`` or loaded from the project checkpoint ``checkpoint``. Under torchrun
+    The model is ``model`` or loaded from the project checkpoint ``checkpoint`` on ``runtime``
+    (``torch``, ``onnx`` or ``auto``: :func:`hybridhash.runtimes.open_encoder`). Under torchrun
     (``WORLD_SIZE`` > 1) every rank runs this function: rank 0 plans, each rank encodes its
     shards, rank 0 merges; a CUDA ``device`` becomes ``cuda:<LOCAL_RANK>``.
 
@@ -70,9 +72,9 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     if model is None:
         if checkpoint is None:
             raise HybridHashError("encode needs a checkpoint or a model")
-        from ..models import from_pretrained
+        from ..runtimes import open_encoder
 
-        model = from_pretrained(checkpoint)
+        model = open_encoder(checkpoint, runtime, str(device), threads=threads)
     if world_size > 1 and str(device).startswith("cuda") and ":" not in str(device):
         device = f"cuda:{local_rank}"
     created_group = False
