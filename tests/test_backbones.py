@@ -254,13 +254,14 @@ def _images(root, per_class=2):
             Image.fromarray(a).resize((32, 32), Image.BILINEAR).convert("RGB").save(root / str(c) / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_cnn_trains_from_scratch_then_evaluates_and_encodes(tmp_path, small_digits):
     from hybridhash.encode import encode_collection
     from hybridhash.evaluation import evaluate_checkpoints
 
     results = train(_config(tmp_path / "run", epochs=3), protocol=small_digits)
     losses = [h["loss"] for h in results[16].history]
-    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.05  # (1.55 -> 1.40 here; epoch 1 warms up)
     ckpt = tmp_path / "run" / "bits16" / "best"
     meta = read_config(ckpt)
     assert meta["arch"] == "cnn" and meta["extra"]["train_config"]["recipe"] == "scratch"
@@ -302,3 +303,14 @@ def test_fingerprint_covers_zero_dim_tensors():
     b = {"w": torch.ones(2, 3), "n": torch.tensor(4)}
     assert fingerprint_state_dict(a) != fingerprint_state_dict(b)
     assert fingerprint_state_dict(a) == fingerprint_state_dict({k: v.clone() for k, v in a.items()})
+
+
+def test_models_command_lists_the_cnn_and_describes_timm_models(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "cnn_cpu" in out and "hybridhash_base" in out and "any timm model name" in out
+    assert cli.main(["models", "test_resnet", "--bits", "16", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["arch"] == "timm" and info["config"]["backbone"] == "test_resnet"
+    assert info["params"] == hybridhash.create_model("test_resnet", bits=16).num_params()
+    assert info["preprocess"] == build_config("test_resnet", bits=16).preprocess
