@@ -101,6 +101,8 @@ def test_unknown_names_and_options_are_one_line_errors(capsys):
         build_config("cnn_cpu", depths=(1,))
     with pytest.raises(ConfigError, match="interpolation"):
         build_config("test_resnet", interpolation="lanczos")
+    with pytest.raises(ConfigError, match="img_size 30 is not a multiple of test_vit's patch size 16"):
+        hybridhash.create_model("test_vit", img_size=30)
     assert cli.main(["models", "resnet_no_such_net"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown model 'resnet_no_such_net'") and "\n" not in err

@@ -244,6 +244,11 @@ class BackboneHash(HashNetMixin, nn.Module):
             self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.timm_kwargs())
         except TypeError as err:  # an option this architecture's constructor does not take
             raise ConfigError(f"timm model {config.backbone!r} does not take these options: {err}") from None
+        patch = getattr(getattr(self.backbone, "patch_embed", None), "patch_size", None)
+        if config.fixed_input_size and patch and (config.img_size % patch[0] or config.img_size % patch[-1]):
+            # timm would only say so at the first forward, as an AssertionError
+            raise ConfigError(f"img_size {config.img_size} is not a multiple of {config.backbone}'s patch size "
+                              f"{patch[0]}")
         features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.hash_head = LinearHashHead(features, config.bits)
         # set by whoever loads weights into the model (hybridhash.models.factory)
