@@ -316,3 +316,18 @@ def test_models_command_lists_the_cnn_and_describes_timm_models(capsys):
     assert info["arch"] == "timm" and info["config"]["backbone"] == "test_resnet"
     assert info["params"] == hybridhash.create_model("test_resnet", bits=16).num_params()
     assert info["preprocess"] == build_config("test_resnet", bits=16).preprocess
+
+
+def test_a_timm_backbone_trains_through_the_trainer(tmp_path, small_digits):
+    from hybridhash.train.optim import param_groups
+
+    results = train(_config(tmp_path / "run", model="test_vit", model_overrides={"img_size": 32}, epochs=1,
+                            method="dpsh"), protocol=small_digits)
+    assert np.isfinite(results[16].history[0]["loss"])
+    model = hybridhash.from_pretrained(tmp_path / "run" / "bits16" / "last")
+    assert isinstance(model, BackboneHash) and model.preprocess["img_size"] == 32
+    assert read_config(tmp_path / "run" / "bits16" / "last")["extra"]["train_config"]["recipe"] == "scratch"
+    # the position embedding and class token are not decayed, as timm marks them
+    decay, no_decay = param_groups(model, 0.1)
+    assert any(p is model.backbone.pos_embed for p in no_decay["params"])
+    assert not any(p is model.backbone.pos_embed for p in decay["params"])

@@ -137,7 +137,8 @@ class BackboneConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"arch", "backbone", "bits", "fixed_input_size"}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise ConfigError(f"unknown model options {unknown} for timm model {name!r}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown model options {unknown} for timm model {name!r}; "
+                              f"valid: {', '.join(sorted(names))}")
         return cls(backbone=name, bits=bits, **{**timm_defaults(name), **overrides})
 
     @property

@@ -83,7 +83,8 @@ class CnnHash(HashNetMixin, nn.Module):
         self.config = cfg = config
         stages, c_in = [], cfg.in_chans
         for i, width in enumerate(cfg.widths):
-            layers = [_conv_bn_relu(c_in, width)] + ([_conv_bn_relu(width, width)] if 0 < i < len(cfg.widths) - 1 else [])
+            middle = 0 < i < len(cfg.widths) - 1
+            layers = [_conv_bn_relu(c_in, width)] + ([_conv_bn_relu(width, width)] if middle else [])
             if i < len(cfg.widths) - 1:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: a 1 px map stays 1 px
             stages.append(nn.Sequential(*layers))

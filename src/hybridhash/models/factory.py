@@ -27,7 +27,8 @@ __all__ = ["build_config", "create_model", "from_pretrained"]
 
 ModelConfig = Union[HybridHashConfig, BackboneConfig, CnnConfig]
 # config.json "arch" -> (config class, network); checkpoints without one are HybridHash's
-ARCHS = {"hybridhash": (HybridHashConfig, HybridHash), "timm": (BackboneConfig, BackboneHash), "cnn": (CnnConfig, CnnHash)}
+ARCHS = {"hybridhash": (HybridHashConfig, HybridHash), "timm": (BackboneConfig, BackboneHash),
+         "cnn": (CnnConfig, CnnHash)}
 
 
 def build_config(name: str, bits: int = 64, **overrides: Any) -> ModelConfig:
