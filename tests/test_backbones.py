@@ -331,3 +331,22 @@ def test_a_timm_backbone_trains_through_the_trainer(tmp_path, small_digits):
     decay, no_decay = param_groups(model, 0.1)
     assert any(p is model.backbone.pos_embed for p in no_decay["params"])
     assert not any(p is model.backbone.pos_embed for p in decay["params"])
+
+
+def test_config_naming_another_timm_model_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    hybridhash.create_model("test_resnet", bits=16).save_pretrained(str(tmp_path / "ck"))
+    path = tmp_path / "ck" / "config.json"
+    meta = json.loads(path.read_text())
+    big = build_config("resnet50", bits=16).to_dict()  # 24 M parameters against test_resnet's 0.37 M
+    path.write_text(json.dumps({**meta, "config": big, "preset": "resnet50"}))
+    built = []
+    real_init = BackboneHash.__init__
+
+    def spy(self, config=None, **kw):
+        built.append(torch.empty(0).device.type)  # the default device while the network is made
+        real_init(self, config, **kw)
+
+    monkeypatch.setattr(BackboneHash, "__init__", spy)
+    with pytest.raises(CheckpointMismatchError, match="describes resnet50 with 23,5"):
+        hybridhash.from_pretrained(tmp_path / "ck")
+    assert built == ["meta"]  # only the size check made it, on the meta device

@@ -276,6 +276,21 @@ class BackboneHash(HashNetMixin, nn.Module):
         return self.hash_head(self.forward_features(x), activate)
 
 
+def check_timm_size(config: BackboneConfig, state: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointMismatchError unless the network of ``config`` holds as many values as ``state``.
+
+    The network is built on the meta device (no memory), so a config.json naming a far larger timm
+    model than its weights file holds is refused before anything is allocated.
+    """
+    with torch.device("meta"):
+        shapes = BackboneHash(config).state_dict()
+    need, have = sum(t.numel() for t in shapes.values()), sum(t.numel() for t in state.values())
+    if need != have:
+        raise CheckpointMismatchError(
+            f"{source}: config.json describes {config.backbone} with {need:,} weight values, but its weights file "
+            f"holds {have:,}; the config and the weights are not of the same model")
+
+
 # --------------------------------------------------------------------------------------------
 # foreign weights
 

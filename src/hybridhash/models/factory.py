@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_line
 from .backbone import (
-    UNKNOWN_MODEL, BackboneConfig, BackboneHash, is_timm_model, load_matching_weights, load_timm_weights, no_imagenet,
+    UNKNOWN_MODEL, BackboneConfig, BackboneHash, check_timm_size, is_timm_model, load_matching_weights, load_timm_weights,
+    no_imagenet,
 )
 from .cnn import CnnConfig, CnnHash
 from .hybridhash import HybridHash, HybridHashConfig
@@ -122,8 +123,10 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
         raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
     if preset is not None and cfg.preset != preset:
         raise CheckpointMismatchError(f"{path} is a {cfg.preset} checkpoint, {preset} was asked for")
-    model = net(cfg)
     state = read_state_dict(weights)
+    if arch == "timm":  # any timm name may be written there: its size is checked before it is allocated
+        check_timm_size(cfg, state, str(path))
+    model = net(cfg)
     load_checked(model, state, str(path))
     model.fingerprint = meta.get("fingerprint") or fingerprint_state_dict(state)
     model.checkpoint_meta = meta
