@@ -87,7 +87,7 @@ def test_registry():
         assert n in names
     assert hybridhash.list_models("*tiny") == ["hybridhash_tiny"]
     with pytest.raises(ConfigError, match="unknown model"):
-        hybridhash.create_model("resnet50")
+        hybridhash.create_model("resnet_no_such_net")  # neither a preset nor a timm model (resnet50 is one)
     with pytest.raises(ConfigError, match="unknown model options"):
         hybridhash.create_model("hybridhash_cpu", embed_dim=3)
 

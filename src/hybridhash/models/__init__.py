@@ -1,6 +1,8 @@
-"""HybridHash models: the architecture and its presets (:mod:`.hybridhash`), the name registry
-(:mod:`.registry`), building by name and loading checkpoints (:mod:`.factory`), weights in and out
-(:mod:`.weights`)."""
+"""HybridHash models: the architecture and its presets (:mod:`.hybridhash`), any timm backbone with a
+linear hash layer (:mod:`.backbone`), a small CNN (:mod:`.cnn`), the name registry (:mod:`.registry`),
+building by name and loading checkpoints (:mod:`.factory`), weights in and out (:mod:`.weights`)."""
+from .backbone import BackboneConfig, BackboneHash, LinearHashHead, load_timm_weights
+from .cnn import CnnConfig, CnnHash
 from .factory import build_config, create_model, from_pretrained
 from .hybridhash import (
     GlobalAttention,
@@ -10,7 +12,7 @@ from .hybridhash import (
     InteractionModule,
     convert_original_state_dict,
 )
-from .registry import list_models
+from .registry import list_models, list_presets
 from .weights import (
     LoadReport,
     check_state_dict,
@@ -24,6 +26,7 @@ from .weights import (
 )
 
 __all__ = [
+    "BackboneConfig", "BackboneHash", "CnnConfig", "CnnHash", "LinearHashHead", "list_presets", "load_timm_weights",
     "GlobalAttention", "HashHead", "HybridHash", "HybridHashConfig", "InteractionModule", "LoadReport",
     "build_config", "check_state_dict", "convert_original_state_dict", "create_model", "fingerprint_state_dict",
     "from_pretrained", "list_models", "load_checked", "load_nest_weights", "model_fingerprint", "read_config",

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from torch import nn
 
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_line
+from .backbone import (
+    UNKNOWN_MODEL, BackboneConfig, BackboneHash, check_timm_size, is_timm_model, load_matching_weights, load_timm_weights,
+    no_imagenet,
+)
+from .cnn import CnnConfig, CnnHash
 from .hybridhash import HybridHash, HybridHashConfig
-from .registry import preset_kwargs
+from .registry import arch_preset_kwargs, preset_arch, preset_kwargs
 from .weights import (
     CONFIG_NAME, WEIGHTS_NAME, PathLike, fingerprint_state_dict, load_checked, load_nest_weights, read_config, read_state_dict,
 )
@@ -19,8 +26,22 @@ from .weights import (
 __all__ = ["build_config", "create_model", "from_pretrained"]
 
 
-def build_config(name: str, bits: int = 64, **overrides: Any) -> HybridHashConfig:
-    """The config of preset ``name`` with ``bits`` and keyword ``overrides`` applied."""
+ModelConfig = Union[HybridHashConfig, BackboneConfig, CnnConfig]
+# config.json "arch" -> (config class, network); checkpoints without one are HybridHash's
+ARCHS = {"hybridhash": (HybridHashConfig, HybridHash), "timm": (BackboneConfig, BackboneHash),
+         "cnn": (CnnConfig, CnnHash)}
+
+
+def build_config(name: str, bits: int = 64, **overrides: Any) -> ModelConfig:
+    """The config of ``name`` with ``bits`` and keyword ``overrides`` applied: a HybridHash preset,
+    another registered preset (``cnn_cpu``), or any timm model name (a :class:`BackboneConfig`)."""
+    arch = preset_arch(name)
+    if arch is None:
+        if not is_timm_model(name):
+            raise ConfigError(UNKNOWN_MODEL.format(name=name))
+        return BackboneConfig.for_timm(name, bits, **overrides)
+    if arch == "cnn":
+        return _checked_options(CnnConfig, name, bits, {**arch_preset_kwargs(name), **overrides})
     kwargs = preset_kwargs(name)
     kwargs.update(overrides)
     names = {f.name for f in dataclasses.fields(HybridHashConfig)}
@@ -30,30 +51,57 @@ def build_config(name: str, bits: int = 64, **overrides: Any) -> HybridHashConfi
     return HybridHashConfig(preset=name, bits=bits, **kwargs)
 
 
+def _checked_options(cls, name: str, bits: int, kwargs: dict):
+    names = {f.name for f in dataclasses.fields(cls)} - {"arch", "preset", "bits"}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ConfigError(f"unknown model options {unknown}; valid: {', '.join(sorted(names))}")
+    return cls(preset=name, bits=bits, **kwargs)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network of a config (randomly initialised)."""
+    for cfg_cls, net in ARCHS.values():
+        if isinstance(config, cfg_cls):
+            return net(config)
+    raise ConfigError(f"not a model config: {type(config).__name__}")
+
+
 def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Optional[str] = None,
-                 **overrides: Any) -> HybridHash:
-    """Build a registered preset.
+                 **overrides: Any) -> nn.Module:
+    """Build a registered preset or a timm backbone with a linear hash layer.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a HybridHash preset from :func:`list_models`, another preset from :func:`list_presets`
+            (``cnn_cpu``), or any timm model name (``resnet50``, ``vit_base_patch16_224``, ...).
         bits: code length, a multiple of 8 from 8 to 256 (:func:`hybridhash.codes.check_bits`).
-        pretrained: None; ``"imagenet"`` for timm's ImageNet NesT weights of the preset; or a path to
-            a NesT state dict (.safetensors, or .pth read with ``weights_only=True``).
-        overrides: any :class:`HybridHashConfig` field (embed_dims, num_heads, depths, img_size,
-            patch_size, drop_path_rate, global_tokens, ...).
+        pretrained: None; ``"imagenet"`` for timm's ImageNet weights (NesT for the HybridHash
+            presets, the backbone's own for timm names); or a path to such a state dict
+            (.safetensors, or .pth read with ``weights_only=True``). ``model.load_report`` then says
+            what was loaded, dropped (the classifier) and left at init (the hash layer).
+        overrides: any field of the model's config (:class:`HybridHashConfig`: embed_dims, depths,
+            img_size, ...; :class:`BackboneConfig`: img_size, drop_path_rate, mean, std, crop_pct, ...).
     """
-    model = HybridHash(build_config(name, bits, **overrides))
+    model = build_model(build_config(name, bits, **overrides))
     if pretrained:
-        model.load_report = load_nest_weights(model, pretrained)
+        if isinstance(model, HybridHash):
+            model.load_report = load_nest_weights(model, pretrained)
+        elif isinstance(model, BackboneHash):
+            model.load_report = load_timm_weights(model, pretrained)
+        elif str(pretrained) == "imagenet":
+            raise no_imagenet(name)
+        else:
+            model.load_report = load_matching_weights(model, read_state_dict(pretrained), str(pretrained))
     return model
 
 
 def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optional[str] = None,
-                    map_location: str = "cpu") -> HybridHash:
+                    map_location: str = "cpu") -> nn.Module:
     """Load a model saved with :func:`~.weights.save_pretrained` (``HybridHash.save_pretrained``).
 
     ``path`` is the directory (or its ``model.safetensors``). ``bits``/``preset``, when given, must
-    match the checkpoint, else CheckpointMismatchError names both.
+    match the checkpoint, else CheckpointMismatchError names both. The network is the one config.json's
+    ``"arch"`` names (HybridHash when absent, as in checkpoints written before there were others).
     """
     path = Path(path)
     if not path.exists():
@@ -62,17 +110,23 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
     weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
     cfg_path = weights.with_name(CONFIG_NAME)
     try:  # checked before the model is built, so an absurd size never allocates anything
+        arch = meta.get("arch", "hybridhash")
+        if not isinstance(arch, str) or arch not in ARCHS:
+            raise ConfigError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
+        cfg_cls, net = ARCHS[arch]
         if not isinstance(meta["config"], dict):
             raise ConfigError(f"config is a {type(meta['config']).__name__}, not an object")
-        cfg = HybridHashConfig.from_dict(meta["config"])
+        cfg = cfg_cls.from_dict(meta["config"])
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: not a usable model config: {one_line(err)}") from None
     if bits is not None and cfg.bits != bits:
         raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
     if preset is not None and cfg.preset != preset:
         raise CheckpointMismatchError(f"{path} is a {cfg.preset} checkpoint, {preset} was asked for")
-    model = HybridHash(cfg)
     state = read_state_dict(weights)
+    if arch == "timm":  # any timm name may be written there: its size is checked before it is allocated
+        check_timm_size(cfg, state, str(path))
+    model = net(cfg)
     load_checked(model, state, str(path))
     model.fingerprint = meta.get("fingerprint") or fingerprint_state_dict(state)
     model.checkpoint_meta = meta

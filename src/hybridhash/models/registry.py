@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -25,3 +25,34 @@ def preset_kwargs(name: str) -> dict:
     if name not in _PRESETS:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     return dict(_PRESETS[name]())
+
+
+# presets of the other architectures the project ships (the small CNN): name -> (arch, kwargs)
+_ARCH_PRESETS: Dict[str, Tuple[str, Callable[..., dict]]] = {}
+
+
+def register_arch_preset(arch: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
+    """Register a preset of architecture ``arch`` (``"cnn"``) under the function's name."""
+    def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
+        _ARCH_PRESETS[fn.__name__] = (arch, fn)
+        return fn
+    return wrap
+
+
+def preset_arch(name: str) -> Optional[str]:
+    """``"hybridhash"`` for a HybridHash preset, the architecture of another registered preset,
+    None for a name the project does not register (perhaps a timm model)."""
+    if name in _PRESETS:
+        return "hybridhash"
+    return _ARCH_PRESETS[name][0] if name in _ARCH_PRESETS else None
+
+
+def arch_preset_kwargs(name: str) -> dict:
+    """The keyword arguments of a non-HybridHash preset (a fresh dict)."""
+    return dict(_ARCH_PRESETS[name][1]())
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """Every preset the project registers (HybridHash's and the others), sorted."""
+    names = set(_PRESETS) | set(_ARCH_PRESETS)
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))

@@ -119,7 +119,8 @@ def fingerprint_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     for k in sorted(state_dict):
         t = state_dict[k].detach().cpu().contiguous()
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # flattened first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -139,7 +140,9 @@ def fingerprint_of(model: torch.nn.Module) -> str:
 # the project format
 
 def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (preset, overrides, bits, preprocessing).
+    """Write ``model.safetensors`` and ``config.json`` (arch, preset, overrides, bits, preprocessing).
+
+    ``arch`` ("hybridhash", "timm", "cnn") tells :func:`~.factory.from_pretrained` which network to build.
 
     ``extra`` is stored under ``"extra"`` in the JSON (e.g. training metadata). Both writes are atomic;
     the weights are written first, so a config always describes complete weights.
@@ -152,6 +155,7 @@ def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> P
     write_json(directory / CONFIG_NAME, {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "arch": getattr(model.config, "arch", "hybridhash"),
         "preset": model.config.preset,
         "bits": model.config.bits,
         "config": model.config.to_dict(),
@@ -228,11 +232,12 @@ class LoadReport:
                 f"[{fmt(self.left_at_init_groups)}]")
 
 
-def _imagenet_state_dict(source_name: str) -> Dict[str, torch.Tensor]:
+def _imagenet_state_dict(source_name: str, **kwargs: Any) -> Dict[str, torch.Tensor]:
+    """timm's pretrained weights of ``source_name`` (a model built with ``kwargs``), as a state dict."""
     import timm
 
     try:  # timm downloads the weights from the Hugging Face hub on a user's machine
-        nest = timm.create_model(source_name, pretrained=True)
+        nest = timm.create_model(source_name, pretrained=True, **kwargs)
     except Exception as err:
         raise CheckpointError(
             f"could not fetch ImageNet weights {source_name!r} through timm ({_first_line(err)}); "
