@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .codes import binarize
-from .runtimes import ONNX_OPSET
+from .limits import ONNX_OPSET
 from .errors import CheckpointError, ConfigError, DataError, HybridHashError
 from .fileio import atomic_path
 

@@ -16,3 +16,6 @@ MAX_BATCH: int = 16  # most concurrent queries encoded in one forward
 MAX_DECODES: int = 2  # images decoded at once (a 49 MP PNG costs ~190 MB while it decodes)
 BODY_TIMEOUT: float = 30.0  # seconds an upload may stall between two chunks before a 408
 KEEP_ALIVE_TIMEOUT: int = 5  # seconds an idle keep-alive connection stays open
+
+# the oldest ONNX opset the export writes (and its default)
+ONNX_OPSET: int = 17

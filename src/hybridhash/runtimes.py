@@ -21,7 +21,6 @@ _log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnx")
 ONNX_NAME = "model.onnx"  # the export beside a checkpoint's config.json
-ONNX_OPSET = 17  # the oldest opset the export writes, and its default
 
 PathLike = Union[str, os.PathLike]
 

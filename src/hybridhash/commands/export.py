@@ -17,7 +17,7 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.runtimes import ONNX_OPSET as DEFAULT_OPSET
+    from hybridhash.limits import ONNX_OPSET as DEFAULT_OPSET
 
     p.add_argument("--checkpoint", required=True,
                    help="project checkpoint directory (model.safetensors, config.json), or a run directory "
