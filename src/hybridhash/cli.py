@@ -15,6 +15,7 @@ from .errors import HybridHashError
 # (sub-command, module under hybridhash.commands)
 COMMANDS = [
     ("models", "models"),
+    ("methods", "methods"),
     ("data", "data"),
     ("train", "train"),
     ("evaluate", "evaluate"),

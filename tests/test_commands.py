@@ -1,0 +1,27 @@
+"""Small commands: ``hybridhash methods`` lists every registered method with its family and
+published settings, describes one, and refuses an unknown name in one line."""
+from __future__ import annotations
+
+import json
+
+from hybridhash import cli
+from hybridhash.methods import create_method, list_methods
+
+
+def test_methods_lists_every_method_with_its_family(capsys):
+    assert cli.main(["methods", "--json"]) == 0
+    infos = json.loads(capsys.readouterr().out)
+    assert [i["name"] for i in infos] == list_methods()
+    for i in infos:
+        m = create_method(i["name"], bits=64, n_class=10, num_train=100)
+        assert i["family"] == m.family and i["defaults"] == m.defaults.to_dict()
+    assert {i["name"]: i["family"] for i in infos}["adsh"] == "asymmetric"
+
+
+def test_methods_describes_one_and_refuses_an_unknown_name(capsys):
+    assert cli.main(["methods", "csq"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("csq (central, activation tanh)") and "lam=0.0001" in out
+    assert cli.main(["methods", "nope"]) == 1
+    assert capsys.readouterr().err == (
+        "error: unknown method 'nope'; known: " + ", ".join(list_methods()) + "\n")
