@@ -114,13 +114,13 @@ class Retriever:
             kind: an index kind; None loads the saved index (or builds a flat one in memory when
                 none was saved); a kind other than the saved one is built in memory.
             root: the image root, when the images moved since encoding.
-            runtime: ``torch``, ``onnx`` or ``auto`` (:func:`hybridhash.runtimes.open_encoder`);
+            runtime: ``torch``, ``onnx`` or ``auto`` (:func:`hybridhash.inference.open_encoder`);
                 ``threads``: onnxruntime's threads.
 
         Raises:
             IndexMismatchError: the collection or index has another bit length or model than the checkpoint.
         """
-        from .runtimes import open_encoder
+        from .inference import open_encoder
 
         collection = open_collection(index_dir, root=root)
         ckpt = checkpoint if checkpoint is not None else collection.checkpoint

@@ -90,7 +90,7 @@ def run(args) -> int:
     from hybridhash.export import MIN_OPSET, export_onnx
     from hybridhash.models import from_pretrained
 
-    from hybridhash.runtimes import ONNX_NAME
+    from hybridhash.inference import ONNX_NAME
 
     if args.opset < MIN_OPSET:
         raise ConfigError(f"--opset {args.opset} is too old; the export needs opset {MIN_OPSET} or later")

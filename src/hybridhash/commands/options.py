@@ -108,8 +108,8 @@ def dataclass_from_args(cls, args: argparse.Namespace, **override: Any):
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
-    """``--runtime auto|torch|onnx`` (see :mod:`hybridhash.runtimes`)."""
-    from hybridhash.runtimes import ONNX_NAME, RUNTIMES
+    """``--runtime auto|torch|onnx`` (see :mod:`hybridhash.inference`)."""
+    from hybridhash.inference import ONNX_NAME, RUNTIMES
 
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help=f"torch: eager PyTorch; onnx: the checkpoint's ONNX export ({ONNX_NAME} beside it, "

@@ -60,7 +60,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     """Encode a folder or list file of images into the collection ``out``.
 
     The model is ``model`` or loaded from the project checkpoint ``checkpoint`` on ``runtime``
-    (``torch``, ``onnx`` or ``auto``: :func:`hybridhash.runtimes.open_encoder`). Under torchrun
+    (``torch``, ``onnx`` or ``auto``: :func:`hybridhash.inference.open_encoder`). Under torchrun
     (``WORLD_SIZE`` > 1) every rank runs this function: rank 0 plans, each rank encodes its
     shards, rank 0 merges; a CUDA ``device`` becomes ``cuda:<LOCAL_RANK>``.
 
@@ -72,7 +72,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     if model is None:
         if checkpoint is None:
             raise HybridHashError("encode needs a checkpoint or a model")
-        from ..runtimes import open_encoder
+        from ..inference import open_encoder
 
         model = open_encoder(checkpoint, runtime, str(device), threads=threads)
     if world_size > 1 and str(device).startswith("cuda") and ":" not in str(device):

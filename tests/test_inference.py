@@ -16,7 +16,7 @@ from hybridhash import cli  # noqa: E402
 from hybridhash.collection import open_collection  # noqa: E402
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError  # noqa: E402
 from hybridhash.export import OnnxEncoder  # noqa: E402
-from hybridhash.runtimes import ONNX_NAME, open_encoder  # noqa: E402
+from hybridhash.inference import ONNX_NAME, open_encoder  # noqa: E402
 from tests.helpers.encoding import make_images  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""Which engine runs a checkpoint's model: eager PyTorch, or its ONNX export on onnxruntime.
+"""Inference engines: a checkpoint's model on eager PyTorch, or its ONNX export on onnxruntime.
 
 ``open_encoder(checkpoint, runtime, device)`` returns an object with the model's encoding contract
 (``encode(x) -> int8 (B, bits)``, ``bits``, ``preprocess``, ``fingerprint``), so encoding, search and
