@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import add_runtime_option
+from .options import add_runtime_option, check_options
 
 HELP = "encode a folder or list file of images into a code collection"
 DESCRIPTION = (
@@ -41,14 +41,8 @@ def configure(p):
 def run(args) -> int:
     from hybridhash.encode import encode_collection
     from hybridhash.runtime import dist_env
-    from hybridhash.errors import ConfigError
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
-    if args.max_pixels < 1:
-        raise ConfigError(f"--max-pixels must be positive, got {args.max_pixels}")
+    check_options(args, at_least={"batch_size": 1, "workers": 0, "max_pixels": 1, "shard_size": 1})
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device

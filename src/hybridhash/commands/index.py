@@ -1,6 +1,8 @@
 """``hybridhash index``: build a HashIndex over a code collection and save it beside the manifest."""
 from __future__ import annotations
 
+from .options import check_options
+
 HELP = "build and save the search index of a code collection"
 DESCRIPTION = ("Build a binary index over the codes of a collection written by `hybridhash encode` and save it "
                "(CODES/index.faiss and its JSON sidecar by default), where `hybridhash search` and "
@@ -18,6 +20,7 @@ def configure(p):
 
 
 def run(args) -> int:
+    check_options(args, at_least={"nlist": 1, "nprobe": 1})
     import errno
     import time
     from pathlib import Path

@@ -115,3 +115,19 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
                         help=f"torch: eager PyTorch; onnx: the checkpoint's ONNX export ({ONNX_NAME} beside it, "
                              f"written by `hybridhash export`) on onnxruntime, CPU only; auto: onnx on a CPU when "
                              f"that export is there and onnxruntime is installed, else torch")
+
+
+def check_options(args: argparse.Namespace, at_least: Optional[Dict[str, int]] = None,
+                  positive: Iterable[str] = ()) -> None:
+    """One-line ConfigErrors for option values out of range: ``at_least`` maps option names to their
+    smallest value, ``positive`` names float options that must be > 0 (None values are left alone)."""
+    from hybridhash.errors import ConfigError
+
+    for name, low in (at_least or {}).items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    for name in positive:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value:g}")

@@ -1,7 +1,7 @@
 """``hybridhash serve``: an indexed collection over HTTP, a JSON API and a web page."""
 from __future__ import annotations
 
-from .options import add_runtime_option
+from .options import add_runtime_option, check_options
 
 HELP = "serve an indexed collection over HTTP: a search API and a web page"
 DESCRIPTION = (
@@ -50,13 +50,9 @@ def run(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
-    for name in ("max_pixels", "max_k", "max_batch", "max_decodes", "keep_alive_timeout"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not args.body_timeout > 0:
-        raise ConfigError(f"--body-timeout must be positive, got {args.body_timeout:g}")
+    check_options(args, at_least=dict.fromkeys(("max_pixels", "max_k", "max_batch", "max_decodes",
+                                                "keep_alive_timeout"), 1),
+                  positive=("max_upload_mb", "body_timeout"))
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
