@@ -18,6 +18,7 @@ COMMANDS = [
     ("data", "data"),
     ("train", "train"),
     ("evaluate", "evaluate"),
+    ("compare", "compare"),
     ("encode", "encode"),
     ("index", "index"),
     ("search", "search"),
