@@ -195,13 +195,17 @@ class Grid:
         self.check()
         cells = self.cells(shard)
         protocols = {} if protocols is None else protocols
+        for cell in cells:  # every started cell must be the run this grid asks for: refused now, not hours later
+            if cell.seed not in protocols:
+                protocols[cell.seed] = self.protocol(cell.seed)
+            saved = run_config(cell)
+            if saved is not None:
+                check_same_run(cell, saved, self.resolved(self.config_for(cell), len(protocols[cell.seed].train)))
         Path(self.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(self.out) / GRID_NAME, {k: v for k, v in self.to_dict().items() if k != "out"})
         t_grid = time.perf_counter()
         outcomes = []
         for k, cell in enumerate(cells, 1):
-            if cell.seed not in protocols:
-                protocols[cell.seed] = self.protocol(cell.seed)
             tag = f"[{k}/{len(cells)}] {cell.name}"
             outcome = self.run_cell(cell, protocols[cell.seed], callbacks, lambda text: echo(f"{tag}: {text}"))
             maps = ", ".join(f"{b} bits {outcome['metrics']['results'][str(b)]['map']:.4f}" for b in self.bits)
