@@ -229,3 +229,8 @@ def test_adsh_note_gives_its_scaled_schedule(tmp_path):
     note = schedule_note(Finished(cell, {}, config), grid)
     assert note.startswith("adsh: 10 outer iterations x 3 epochs over samples of 450 of the 450 training images "
                            "= 30 trainer epochs (iterations scaled")
+
+
+def test_report_only_needs_a_grid(tmp_path):
+    rc, _, err = _cli(["compare", "--report-only", "--out", str(tmp_path / "none")])
+    assert rc == 1 and err.startswith("error: --report-only:") and "holds no comparison grid" in err

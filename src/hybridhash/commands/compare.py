@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from .options import json_object, nonnegative_int, positive_float, positive_int
 
@@ -90,10 +91,14 @@ def grid_from_args(args):
 
 
 def run(args) -> int:
-    from hybridhash.train.compare import parse_shard
+    from hybridhash.errors import ConfigError
+    from hybridhash.train.compare import GRID_NAME, parse_shard
     from hybridhash.train.compare_report import markdown, write_report
 
     shard = parse_shard(args.shard)
+    if args.report_only and not (Path(args.out) / GRID_NAME).is_file():
+        raise ConfigError(f"--report-only: {args.out} holds no comparison grid ({GRID_NAME}); run it without "
+                          "--report-only first, or name the --out of one")
     grid = grid_from_args(args)
     protocols = {}
     if not args.report_only:

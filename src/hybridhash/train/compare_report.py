@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -245,10 +246,11 @@ def header(doc: Dict[str, Any]) -> str:
     recipe = ("--same-optimizer: one optimiser setting imposed on every method." if doc["same_optimizer"] else
               "Each method under its recipe: its published settings when fine-tuning, the project's shared scratch "
               "recipe from random weights.")
-    return (f"{doc['dataset']}, model {doc['model']} {doc['model_overrides'] or ''}: mAP@{k} of "
+    overrides = f" {json.dumps(doc['model_overrides'])}" if doc["model_overrides"] else ""
+    return (f"{doc['dataset']}, model {doc['model']}{overrides}: mAP@{k} of "
             f"{doc['n_query']} queries against {doc['n_database']} database images, model of each code length "
             f"selected on {sel}; mean ± sample std over seeds (each seed its own split, shared by every method). "
-            f"{recipe}").replace("  ", " ")
+            f"{recipe}")
 
 
 def table_cells(doc: Dict[str, Any]) -> tuple:
