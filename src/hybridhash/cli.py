@@ -19,6 +19,7 @@ COMMANDS = [
     ("data", "data"),
     ("train", "train"),
     ("evaluate", "evaluate"),
+    ("compare", "compare"),
     ("encode", "encode"),
     ("export", "export"),
     ("index", "index"),

@@ -93,6 +93,48 @@ def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: os.PathLik
     return _save(fig, path)
 
 
+def plot_mean_std_vs_bits(series: Mapping[str, Mapping[int, Sequence[Optional[float]]]], path: os.PathLike,
+                          ylabel: str = "mAP", title: str = "", dashed: Sequence[str] = ()) -> Path:
+    """Mean against code length with +-std error bars, one line per name: ``series`` = {name: {bits:
+    (mean, std or None)}}; names in ``dashed`` (floors) are drawn as dashed grey lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.4))
+    all_bits = sorted({b for s in series.values() for b in s})
+    for name, values in series.items():
+        bits = sorted(values)
+        means = [values[b][0] for b in bits]
+        stds = [values[b][1] or 0.0 for b in bits]
+        style = dict(linestyle="--", color="grey") if name in dashed else {}
+        ax.errorbar(bits, means, yerr=stds, marker="o", markersize=4, capsize=3, label=name, **style)
+    ax.set_xticks(all_bits)
+    ax.set_xlabel("code length (bits)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title or f"{ylabel} against code length")
+    return _save(fig, path)
+
+
+def plot_pr_by_name(curves: Mapping[str, Dict[str, Sequence[float]]], path: os.PathLike, title: str = "",
+                    dashed: Sequence[str] = ()) -> Path:
+    """Precision against recall of Hamming-ball retrieval, one line per name: ``curves`` = {name:
+    ``pr_curve`` {radius, precision, recall}}; names in ``dashed`` drawn dashed grey."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.4))
+    for name, pr in curves.items():
+        style = dict(linestyle="--", color="grey") if name in dashed else {}
+        ax.plot(pr["recall"], pr["precision"], marker=".", markersize=3, label=name, **style)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title or "precision-recall over Hamming radius")
+    return _save(fig, path)
+
+
 def _tile(img: Image.Image, size: int, frame: Optional[tuple], border: int) -> Image.Image:
     # nearest keeps small images (8x8 digits) crisp instead of blurred
     resample = Image.NEAREST if max(img.size) * 2 <= size else Image.BILINEAR
