@@ -207,6 +207,21 @@ def test_bank_methods_match_naive_loops_over_two_steps(K, kind):
 
 @pytest.mark.parametrize("K", [8, 16])
 @pytest.mark.parametrize("kind", ["single", "multi"])
+def test_dsh_in_batch_pairs_match_naive_loop(K, kind):
+    """pairs="batch": the paper's online pairs inside the mini-batch (the diagonal included)."""
+    g = torch.Generator().manual_seed(40 + K)
+    h = (2 * torch.randn(6, K, generator=g, dtype=torch.float64)).requires_grad_()
+    y = labels(kind, 6, 3, g)
+    method = create_method("dsh", bits=K, n_class=3, num_train=10, pairs="batch")
+    got = method.loss(h, y, torch.arange(6))
+    assert got.item() == pytest.approx(naive_dsh(L(h), L(h), L(y), L(y), 0.1), rel=1e-5, abs=1e-6)
+    got.backward()
+    assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+    assert not method.U.any()  # the bank is not used
+
+
+@pytest.mark.parametrize("K", [8, 16])
+@pytest.mark.parametrize("kind", ["single", "multi"])
 def test_hybridhash_matches_naive_loop(K, kind):
     g = torch.Generator().manual_seed(20 + K)
     n, C = 9, 3

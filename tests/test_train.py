@@ -291,3 +291,16 @@ def test_cli_train_in_process(tmp_path, capsys, caplog):
     assert "--resume" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(tmp_path / "x"), "--bits", "16", "--lr", "-1"]) == 1
     assert "--lr" in capsys.readouterr().err
+
+
+def test_fit_method_adapts_dsh_and_adsh_to_a_scratch_run():
+    from hybridhash.train.run import fit_method
+
+    dsh = resolve(TrainConfig(method="dsh"), img_size=32)
+    assert fit_method(dsh, 450).method_params == {"pairs": "batch"}  # its codes collapse against a stale bank
+    kept = resolve(TrainConfig(method="dsh", method_params={"pairs": "bank"}), img_size=32)
+    assert fit_method(kept, 450).method_params == {"pairs": "bank"}
+    adsh = fit_method(resolve(TrainConfig(method="adsh", epochs=30), img_size=32), 450)
+    # 30 passes over 450 images = 13500 image-steps = 10 iterations x 3 passes over a 450-image sample
+    assert adsh.method_params == {"iterations": 10} and adsh.epochs == 30
+    assert fit_method(resolve(TrainConfig(method="hybridhash"), img_size=32), 450).method_params == {}

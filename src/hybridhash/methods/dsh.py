@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .bank import BankMethod
-from .base import MethodConfig, MethodDefaults
+from .base import MethodConfig, MethodDefaults, promote
 from .registry import register_method
 
 
@@ -25,10 +25,14 @@ def dsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, margin: float, alpha: f
 
 @dataclass
 class DSHConfig(MethodConfig):
-    """alpha: weight of the regulariser; margin_factor: m = margin_factor * bits."""
+    """alpha: weight of the regulariser; margin_factor: m = margin_factor * bits; pairs: "bank" (the
+    batch against a bank of all training outputs, as DeepHash-pytorch) or "batch" (the pairs inside
+    the mini-batch, as the paper generates them online; no stale bank for the outputs to drift from)."""
 
     alpha: float = 0.1
     margin_factor: float = 2.0
+    pairs: str = "bank"
+    choices = {"pairs": ("bank", "batch")}
     nonnegative = ("alpha",)
     positive = ("margin_factor",)
 
@@ -40,6 +44,14 @@ class DSH(BankMethod):
     activation = "none"
     Config = DSHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=64, epochs=150)
+
+    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
+        if self.config.pairs == "bank":
+            return super().loss(h, y, index, gathered=gathered)
+        self.check_batch(h, y, index)
+        h = promote(h)
+        y = y.to(h.dtype)
+        return dsh_loss(h, h, y, y, self.config.margin_factor * self.bits, self.config.alpha)
 
     def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
         return dsh_loss(h, self.U, y, self.Y, self.config.margin_factor * self.bits, self.config.alpha)

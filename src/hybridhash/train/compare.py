@@ -155,10 +155,10 @@ class Grid:
         """``config`` with every option filled as ``train`` fills it for ``n_train`` training images."""
         from ..models import build_config
         from .recipe import resolve
-        from .run import _published, fit_method
+        from .run import fit_method, published_settings
 
         img_size = build_config(config.model, 16, **config.model_overrides).img_size
-        return fit_method(resolve(config, img_size, _published(config)), n_train)
+        return fit_method(resolve(config, img_size, published_settings(config)), n_train)
 
     def protocol(self, seed: int):
         """The split of ``seed``, shared by every method (drawn as ``train`` draws it)."""

@@ -99,7 +99,7 @@ def _family(method: str) -> str:
 def recipe_label(f: Finished) -> str:
     """"published", "shared scratch" or "same-optimizer", with the settings the cell's run.json records."""
     from .recipe import SCRATCH_MAX_IMG, TrainConfig, scratch_recipe
-    from .run import _published
+    from .run import published_settings
 
     c = f.config
     settings = {k: c.get(k) for k in ("optimizer", "lr", "weight_decay", "batch_size")}
@@ -111,7 +111,7 @@ def recipe_label(f: Finished) -> str:
         expected = scratch_recipe(SCRATCH_MAX_IMG)
         kind = "shared scratch"
     else:
-        expected = _published(TrainConfig.from_dict(c))
+        expected = published_settings(TrainConfig.from_dict(c))
         kind = "published"
     same = all(expected.get(k) == v for k, v in settings.items())
     return f"{kind if same else 'set by hand'} ({text})"
@@ -122,6 +122,9 @@ def schedule_note(f: Finished, grid: Grid) -> Optional[str]:
     from ..methods import create_method
 
     c, method = f.config, f.cell.method
+    if method == "dsh" and c.get("method_params", {}).get("pairs") == "batch":
+        return ("dsh: pairs inside the mini-batch (its paper's online pairs), not a bank of earlier outputs: from "
+                "random weights the bank version's codes collapse to one")
     if method not in ("adsh", "cnnh"):
         return None
     n = int(read_json(f.cell.directory / R.RUN_NAME).get("protocol", {}).get("sizes", {}).get("train", 0)) or 1
