@@ -304,3 +304,21 @@ def test_fit_method_adapts_dsh_and_adsh_to_a_scratch_run():
     # 30 passes over 450 images = 13500 image-steps = 10 iterations x 3 passes over a 450-image sample
     assert adsh.method_params == {"iterations": 10} and adsh.epochs == 30
     assert fit_method(resolve(TrainConfig(method="hybridhash"), img_size=32), 450).method_params == {}
+
+
+def test_csq_at_48_bits_records_its_centers_and_resumes_with_them(tmp_path, small_digits):
+    """No Hadamard matrix of order 48: random balanced centers, minimum distance above K/4, saved
+    with the run and the same after a resume."""
+    cfg = dict(method="csq", bits=(48,), epochs=2)
+    train(small_config(tmp_path / "r", stop_after_epochs=1, **cfg), protocol=small_digits)
+    doc = json.loads((tmp_path / "r/bits48/method.json").read_text())
+    assert doc["method"] == "csq" and doc["family"] == "central" and doc["facts"]["centers"] == "random"
+    assert doc["facts"]["min_center_distance"] > 48 / 4
+    saved = read_training_state(tmp_path / "r/bits48/last/training_state.safetensors")[0]["loss.centers"]
+    assert saved.shape == (10, 48) and set(saved.unique().tolist()) == {-1.0, 1.0}
+    low = min(int((saved[i] != saved[j]).sum()) for i in range(10) for j in range(i + 1, 10))
+    assert low == doc["facts"]["min_center_distance"]  # the record describes the saved centers
+    seen = []
+    train(small_config(tmp_path / "r", resume=True, **cfg), protocol=small_digits,
+          callbacks=[lambda event, trainer, **info: seen.append(trainer.method.centers.cpu().clone())])
+    assert seen and all(torch.equal(c, saved) for c in seen)

@@ -190,6 +190,10 @@ class Method(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         """After the last step of each epoch."""
 
+    def facts(self) -> Dict[str, Any]:
+        """What a run should record about this method beyond its config (e.g. CSQ's center distances)."""
+        return {}
+
     def make_head(self, in_features: int) -> Optional[nn.Module]:
         """A hash head to use instead of the model's linear hash layer; None: keep the model's."""
         return None

@@ -95,6 +95,11 @@ class CSQ(InBatchMethod):
     def mean_center_distance(self) -> float:
         return center_distances(self.centers)[1]
 
+    def facts(self) -> dict:
+        low, mean = center_distances(self.centers)
+        kind = "hadamard" if self.bits & (self.bits - 1) == 0 and self.n_class <= 2 * self.bits else "random"
+        return {"centers": kind, "min_center_distance": low, "mean_center_distance": mean}
+
     def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
         c = batch_centers(y, self.centers.to(h.device), self.fill.to(h.device))
         return csq_loss(h, c, self.config.lam)

@@ -40,7 +40,7 @@ from .. import metrics as M
 from .. import rundir as R
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import class_ids_or_multihot, encode_images
-from ..fileio import read_json
+from ..fileio import read_json, write_json
 from ..runtime import autocast_context, bf16_autocast_available, pick_device, seed_everything
 from . import distributed as D
 from .augment import BatchAugment
@@ -51,6 +51,7 @@ from .state import STATE_NAME, load_training_state, read_training_state, save_tr
 _log = logging.getLogger(__name__)
 
 Callback = Callable[..., None]
+METHOD_NAME = "method.json"  # in each bits{N}/ directory
 
 
 class CachedImages:
@@ -337,6 +338,8 @@ class Trainer:
                 (self.out / R.LOG_NAME).unlink()
             labels = torch.as_tensor(np.asarray(self.protocol.train.labels), dtype=torch.float32)
             _hook(self.method, "prepare")(labels.to(self.device), self._generator(0, D.STREAM_METHOD))
+        if self.dist.is_main:
+            self._record_method()
         if c.tensorboard and self.dist.is_main:
             self.writer = tensorboard_writer(self.out / "tensorboard")
         try:
@@ -352,6 +355,17 @@ class Trainer:
                 self.writer.close()
         return BitsResult(self.bits, self.out, self.epoch, self.best_epoch, self.best_metric, c.select_on,
                           self.elapsed, history)
+
+    def _record_method(self) -> None:
+        """``bits{N}/method.json``: the method, its family, hyper-parameters and facts (CSQ: its centers'
+        kind and distances), so a table can say what each run was; the state itself is in last/."""
+        m = self.method
+        doc = {"method": getattr(m, "name", type(m).__name__), "family": getattr(m, "family", None),
+               "config": m.config.to_dict() if hasattr(m, "config") else {},
+               "facts": _hook(m, "facts")() or {}}
+        write_json(self.out / METHOD_NAME, doc)
+        for k, v in doc["facts"].items():
+            _log.info("%d bits, %s: %s %s", self.bits, doc["method"], k, v)
 
     def _run_epoch(self) -> Dict[str, Any]:
         """Train one epoch, then (on the main rank) evaluate, save and log it; returns its record."""
