@@ -51,10 +51,12 @@ class TrainConfig:
     root: Optional[str] = _opt(None, "data directory (not needed for digits)", "data")
     image_root: Optional[str] = _opt(None, "where list-file image paths start", "data")
     download: bool = _opt(False, "download CIFAR-10 through torchvision when absent", "data")
-    model: str = _opt("hybridhash_cpu", "preset name (see `hybridhash models`)", "model")
+    model: str = _opt("hybridhash_cpu", "a HybridHash preset, cnn_cpu, or any timm model name (see `hybridhash "
+                      "models`)", "model")
     model_overrides: Dict[str, Any] = _opt({}, "preset options to change, e.g. '{\"depths\": [1, 1, 1]}'", "model",
                                            metavar="JSON", parse="json_object")
-    pretrained: Optional[str] = _opt(None, "'imagenet' (timm NesT weights of the preset) or a NesT weights file",
+    pretrained: Optional[str] = _opt(None, "'imagenet' (timm's ImageNet weights of the model) or a weights file (.safetensors, or .pth read with "
+                                     "weights_only=True)",
                                      "model")
     bits: Tuple[int, ...] = _opt((16, 32, 48, 64), "code lengths, one model each", "model", nargs="+")
     method: str = _opt("hybridhash", "hashing method (see `hybridhash methods`)", "method")
