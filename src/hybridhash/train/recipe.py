@@ -55,9 +55,8 @@ class TrainConfig:
                       "models`)", "model")
     model_overrides: Dict[str, Any] = _opt({}, "preset options to change, e.g. '{\"depths\": [1, 1, 1]}'", "model",
                                            metavar="JSON", parse="json_object")
-    pretrained: Optional[str] = _opt(None, "'imagenet' (timm's ImageNet weights of the model) or a weights file (.safetensors, or .pth read with "
-                                     "weights_only=True)",
-                                     "model")
+    pretrained: Optional[str] = _opt(None, "'imagenet' (timm's ImageNet weights of the model) or a weights "
+                                     "file (.safetensors, or .pth read with weights_only=True)", "model")
     bits: Tuple[int, ...] = _opt((16, 32, 48, 64), "code lengths, one model each", "model", nargs="+")
     method: str = _opt("hybridhash", "hashing method (see `hybridhash methods`)", "method")
     method_params: Dict[str, Any] = _opt({}, "the method's hyper-parameters to change, e.g. '{\"gamma\": 10}' "
