@@ -18,10 +18,11 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from ..codes import binarize, check_bits
+from ..codes import check_bits
 from ..configs import from_json_dict, to_json_dict
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
-from .weights import LoadReport, PathLike, _imagenet_state_dict, read_state_dict, save_pretrained
+from .base import HashNetMixin
+from .weights import LoadReport, PathLike, _imagenet_state_dict, load_matching, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,40 +196,6 @@ class LinearHashHead(nn.Module):
         return torch.tanh(x) if activate else x
 
 
-class HashNetMixin:
-    """What the trainer, evaluation, encoding and serving use of a model beyond ``forward``:
-    ``bits``, ``preprocess``, ``encode``, ``save_pretrained``, ``num_params``."""
-
-    config: Any
-
-    @property
-    def bits(self) -> int:
-        return self.config.bits
-
-    @property
-    def preprocess(self) -> Dict[str, Any]:
-        return self.config.preprocess
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @torch.inference_mode()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Binary codes (B, bits) as int8 +-1 (the project's sign rule: 0 maps to +1)."""
-        return binarize(self(x))
-
-    def save_pretrained(self, directory: str, **extra: Any) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (see :func:`~.weights.save_pretrained`)."""
-        save_pretrained(self, directory, **extra)
-
-    def set_fused_attn(self, enable: bool = True):
-        """Switch timm attention layers between fused and written-out attention (a no-op without any)."""
-        for m in self.modules():
-            if hasattr(m, "fused_attn"):
-                m.fused_attn = bool(enable)
-        return self
-
-
 class BackboneHash(HashNetMixin, nn.Module):
     """A timm backbone and a linear hash layer. ``forward(images (B, C, H, W)) -> (B, bits)`` tanh outputs."""
 
@@ -311,47 +278,6 @@ def _resized_pos_embed(model: nn.Module, key: str, value: torch.Tensor, own: tor
     return out if out.shape == own.shape else None
 
 
-def load_matching_weights(model: nn.Module, state: Dict[str, torch.Tensor], name: str, prefix: str = "") -> LoadReport:
-    """Load the tensors of ``state`` whose names (with ``prefix``) are the model's; a report of the rest.
-
-    Tensors the model lacks (a classifier) are dropped; the model's tensors the state lacks (the
-    hash layer) keep their init; ViT position embeddings are resampled to the model's grid. Any
-    other shape difference raises CheckpointMismatchError naming one culprit.
-    """
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
-    own = model.state_dict()
-    report = LoadReport(source=name)
-    new_state = dict(own)
-    wrong = []
-    for k, v in state.items():
-        mk = prefix + k
-        if mk not in own:
-            report.dropped.append(k)
-            continue
-        if v.shape != own[mk].shape:
-            resized = _resized_pos_embed(model, mk, v, own[mk])
-            if resized is None:
-                wrong.append(k)
-                continue
-            v = resized
-            report.resized.append(mk)
-        new_state[mk] = v.to(own[mk].dtype)
-        report.loaded.append(mk)
-    model_name = model.config.preset
-    if wrong:
-        k = wrong[0]
-        raise CheckpointMismatchError(
-            f"{name} does not fit {model_name}: {len(wrong)} tensors differ in shape, e.g. {k} is "
-            f"{tuple(state[k].shape)} there and {tuple(own[prefix + k].shape)} here (another model size?)")
-    if not report.loaded:
-        raise CheckpointMismatchError(f"{name}: no tensor matches a parameter of {model_name}; "
-                                      f"is it a state dict of that model?")
-    loaded = set(report.loaded)
-    report.left_at_init = [k for k in own if k not in loaded]
-    model.load_state_dict(new_state, strict=True)
-    return report
-
-
 def load_timm_weights(model: BackboneHash, source: Union[PathLike, Dict[str, torch.Tensor]]) -> LoadReport:
     """Load timm weights into ``model.backbone``: ``"imagenet"`` (timm downloads those of
     ``config.pretrained_source`` or the backbone), a ``.safetensors``/``.pth`` file of a timm
@@ -365,7 +291,8 @@ def load_timm_weights(model: BackboneHash, source: Union[PathLike, Dict[str, tor
         state, name = _imagenet_state_dict(src, **kw), f"timm:{src}"
     else:
         state, name = read_state_dict(source), str(source)
-    return load_matching_weights(model, state, name, prefix="backbone.")
+    return load_matching(model, state, name, prefix="backbone.",
+                         resize=lambda key, value, own: _resized_pos_embed(model, key, value, own))
 
 
 def no_imagenet(name: str) -> CheckpointError:

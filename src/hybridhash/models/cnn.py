@@ -15,7 +15,8 @@ from torch import nn
 
 from ..configs import from_json_dict, to_json_dict
 from ..errors import ConfigError
-from .backbone import HashNetMixin, LinearHashHead, _is_int, check_common, make_preprocess
+from .backbone import LinearHashHead, _is_int, check_common, make_preprocess
+from .base import HashNetMixin
 from .registry import register_arch_preset
 from .weights import LoadReport
 

@@ -13,14 +13,15 @@ from torch import nn
 
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_line
 from .backbone import (
-    UNKNOWN_MODEL, BackboneConfig, BackboneHash, check_timm_size, is_timm_model, load_matching_weights, load_timm_weights,
+    UNKNOWN_MODEL, BackboneConfig, BackboneHash, check_timm_size, is_timm_model, load_timm_weights,
     no_imagenet,
 )
 from .cnn import CnnConfig, CnnHash
 from .hybridhash import HybridHash, HybridHashConfig
 from .registry import arch_preset_kwargs, preset_arch, preset_kwargs
 from .weights import (
-    CONFIG_NAME, WEIGHTS_NAME, PathLike, fingerprint_state_dict, load_checked, load_nest_weights, read_config, read_state_dict,
+    CONFIG_NAME, WEIGHTS_NAME, PathLike, fingerprint_state_dict, load_checked, load_matching, load_nest_weights,
+    read_config, read_state_dict,
 )
 
 __all__ = ["build_config", "create_model", "from_pretrained"]
@@ -91,7 +92,7 @@ def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Opti
         elif str(pretrained) == "imagenet":
             raise no_imagenet(name)
         else:
-            model.load_report = load_matching_weights(model, read_state_dict(pretrained), str(pretrained))
+            model.load_report = load_matching(model, read_state_dict(pretrained), str(pretrained))
     return model
 
 

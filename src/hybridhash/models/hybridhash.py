@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -22,10 +22,11 @@ from timm.models.nest import Attention, NestLevel
 from torch import nn
 
 from ..configs import from_json_dict, to_json_dict
-from ..codes import binarize, check_bits
+from ..codes import check_bits
 from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
-from .weights import LoadReport, save_pretrained
+from .base import HashNetMixin
+from .weights import LoadReport
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -239,7 +240,7 @@ class HashHead(nn.Module):
         return torch.tanh(x) if activate else x
 
 
-class HybridHash(nn.Module):
+class HybridHash(HashNetMixin, nn.Module):
     """The HybridHash network. ``forward(images (B, 3, H, W)) -> (B, bits)`` tanh outputs."""
 
     def __init__(self, config: Optional[HybridHashConfig] = None, **kwargs: Any):
@@ -310,17 +311,6 @@ class HybridHash(nn.Module):
         names |= {n for n, _ in self.named_parameters() if n.endswith("pos_embed_glo")}
         return names
 
-    @property
-    def bits(self) -> int:
-        return self.config.bits
-
-    @property
-    def preprocess(self) -> Dict[str, Any]:
-        return self.config.preprocess
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     # ----------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normalised last feature map (B, D, b, b)."""
@@ -332,16 +322,6 @@ class HybridHash(nn.Module):
         """(B, in_chans, H, W) -> tanh outputs (B, bits); raw hash-layer outputs with ``activate=False``."""
         return self.hash_head(self.forward_features(x), activate)  # (B, bits)
 
-    @torch.inference_mode()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Binary codes (B, bits) as int8 +-1. An output of exactly 0 maps to +1
-        (the original's sign() would give 0, which is no binary code)."""
-        return binarize(self(x))
-
-    def save_pretrained(self, directory: str, **extra: Any) -> None:
-        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically); see
-        :func:`hybridhash.models.weights.save_pretrained`."""
-        save_pretrained(self, directory, **extra)
 
 
 # --------------------------------------------------------------------------------------------

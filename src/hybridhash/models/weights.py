@@ -10,14 +10,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models.nest import resize_pos_embed
 
-from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
+from ..errors import CheckpointError, CheckpointMismatchError
 from ..fileio import atomic_path, read_json, write_json
 
 if TYPE_CHECKING:  # the model file imports this one, never the reverse
@@ -245,6 +245,58 @@ def _imagenet_state_dict(source_name: str, **kwargs: Any) -> Dict[str, torch.Ten
     return nest.state_dict()
 
 
+def _resize_nest_pos_embed(key: str, value: torch.Tensor, own: torch.Tensor) -> Optional[torch.Tensor]:
+    """NesT's (1, T, N, C) position embeddings at another image size, resized; None if not one."""
+    if key.endswith(".pos_embed") and value.dim() == 4 and value.shape[1] == own.shape[1] \
+            and value.shape[3] == own.shape[3]:
+        return resize_pos_embed(value.float(), own)
+    return None
+
+
+def load_matching(model: torch.nn.Module, state: Dict[str, torch.Tensor], name: str, *, prefix: str = "",
+                  resize: Optional[Callable[[str, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]] = None,
+                  kind: str = "") -> LoadReport:
+    """Load the tensors of ``state`` whose names (after ``prefix``) are the model's; report the rest.
+
+    Tensors the model lacks (a classifier, deeper layers) are dropped; the model's tensors the
+    state lacks (the hash layer, new branches) keep their init; ``resize(key, value, own)`` may
+    adapt a tensor of another shape (position embeddings) or return None. Any other shape
+    difference, or no tensor in common, raises CheckpointMismatchError naming the culprit.
+    """
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    own = model.state_dict()
+    report = LoadReport(source=name)
+    new_state = dict(own)
+    wrong = []
+    for k, v in state.items():
+        mk = prefix + k
+        if mk not in own:
+            report.dropped.append(k)
+            continue
+        if v.shape != own[mk].shape:
+            resized = resize(mk, v, own[mk]) if resize is not None else None
+            if resized is None or resized.shape != own[mk].shape:
+                wrong.append(k)
+                continue
+            v = resized
+            report.resized.append(mk)
+        new_state[mk] = v.to(own[mk].dtype)
+        report.loaded.append(mk)
+    model_name = model.config.preset
+    if wrong:
+        k = wrong[0]
+        raise CheckpointMismatchError(
+            f"{name} does not fit {model_name}: {len(wrong)} tensors differ in shape, e.g. {k} is "
+            f"{tuple(state[k].shape)} there and {tuple(own[prefix + k].shape)} here (another model size?)")
+    if not report.loaded:
+        raise CheckpointMismatchError(f"{name}: no tensor matches a parameter of {model_name}; "
+                                      f"is it a {kind + ' ' if kind else ''}state dict of that model?")
+    loaded = set(report.loaded)
+    report.left_at_init = [k for k in own if k not in loaded]
+    model.load_state_dict(new_state, strict=True)
+    return report
+
+
 def load_nest_weights(model: "HybridHash", source: Union[str, Path, Dict[str, torch.Tensor]]) -> LoadReport:
     """Load NesT weights (timm names) into the matching parameters of ``model``.
 
@@ -261,33 +313,6 @@ def load_nest_weights(model: "HybridHash", source: Union[str, Path, Dict[str, to
         state, name = _imagenet_state_dict(model.config.pretrained_source), f"timm:{model.config.pretrained_source}"
     else:
         state, name = read_state_dict(source), str(source)
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
-
-    own = model.state_dict()
-    report = LoadReport(source=name)
-    new_state = dict(own)
-    wrong = []
-    for k, v in state.items():
-        if k not in own:
-            report.dropped.append(k)
-            continue
-        if v.shape != own[k].shape:
-            if k.endswith(".pos_embed") and v.dim() == 4 and v.shape[1] == own[k].shape[1] and v.shape[3] == own[k].shape[3]:
-                v = resize_pos_embed(v.float(), own[k])
-                report.resized.append(k)
-            else:
-                wrong.append(k)
-                continue
-        new_state[k] = v.to(own[k].dtype)
-        report.loaded.append(k)
-    if wrong:
-        k = wrong[0]
-        raise CheckpointMismatchError(
-            f"{name} does not fit {model.config.preset}: {len(wrong)} tensors differ in shape, e.g. {k} is "
-            f"{tuple(state[k].shape)} there and {tuple(own[k].shape)} here (another model size?)")
-    if not report.loaded:
-        raise CheckpointMismatchError(f"{name}: no tensor matches a HybridHash parameter; is it a NesT state dict?")
-    report.left_at_init = [k for k in own if k not in set(report.loaded)]
-    model.load_state_dict(new_state, strict=True)
+    report = load_matching(model, state, name, resize=_resize_nest_pos_embed, kind="NesT")
     _log.info("%s", report)
     return report

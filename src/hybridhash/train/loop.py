@@ -44,6 +44,7 @@ from ..fileio import read_json, write_json
 from ..runtime import autocast_context, bf16_autocast_available, pick_device, seed_everything
 from . import distributed as D
 from .augment import BatchAugment
+from .build import build_method, build_model
 from .optim import build_optimizer, lr_factor
 from .recipe import TrainConfig
 from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
@@ -415,37 +416,3 @@ def tensorboard_writer(directory: Optional[Path]):
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install 'hybridhash[tensorboard]'") from None
     return None if directory is None else SummaryWriter(str(directory))
-
-
-# --------------------------------------------------------------------------------------------
-# what a config names
-
-def build_model(config: TrainConfig, bits: int) -> nn.Module:
-    """The network ``config`` names, initialised from the current torch seed."""
-    from ..models import create_model
-
-    model = create_model(config.model, bits=bits, pretrained=config.pretrained, **config.model_overrides)
-    if config.head_init_std is not None:
-        with torch.no_grad():
-            nn.init.normal_(model.hash_head.to_bits.weight, std=config.head_init_std)
-    return model
-
-
-def method_params(config: TrainConfig) -> Dict[str, Any]:
-    """The hyper-parameters ``config`` gives its method (``--alpha`` and the bank options are
-    HybridHash's; ``--method-params`` any method's)."""
-    params = dict(config.method_params)
-    if config.method == "csq":
-        params.setdefault("seed", config.seed)  # its random centers (when no Hadamard matrix fits)
-    if config.method == "hybridhash":
-        params.setdefault("alpha", config.alpha)
-        params.setdefault("bank_rows", config.bank_rows)
-        params.setdefault("bank_fp16", config.bank_fp16)
-    return params
-
-
-def build_method(config: TrainConfig, bits: int, n_class: int, num_train: int) -> nn.Module:
-    """The hashing method ``config`` names (see :mod:`hybridhash.methods`)."""
-    from ..methods import create_method
-
-    return create_method(config.method, bits, n_class, num_train, **method_params(config))

@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from ..fileio import read_json, write_json
 from ..runtime import device_option, pick_device, usable_cores
 from . import distributed as D
-from .loop import BitsResult, CachedImages, Callback, Trainer, method_params, tensorboard_writer
+from .build import method_params
+from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
 from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, resolve
 from .state import STATE_NAME, read_training_state
 
