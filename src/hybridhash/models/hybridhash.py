@@ -37,6 +37,12 @@ MAX_IMG_SIZE = 4096
 # sanity bounds on the widths and depths a config may ask for, for the same reason
 MAX_EMBED_DIM = 8192
 MAX_DEPTH = 128
+# Images per forward pass when a larger batch is evaluated on a CPU. Past about 8 images of
+# 224 px the activations (a 16x196x196 score matrix per head and image at level 0, the 56x56
+# feature maps and their blockify copies) stop fitting in cache and the per-image rate falls
+# (hybridhash_base, 2-core EPYC: batch 32 and 64 ran at 41% and 36% of the matmul rate, batch 8 at
+# 59-67%); chunks of 8 keep the batch-8 rate at any batch size. Outputs are the same per image.
+CPU_MICRO_BATCH = 8
 
 
 def _is_int(value: Any) -> bool:
@@ -163,7 +169,32 @@ class HybridHashConfig:
         return from_json_dict(cls, d, "model options")
 
 
-class GlobalAttention(Attention):
+class BlockAttention(Attention):
+    """NesT's block-local attention with the fused kernel called on 4-D tensors.
+
+    Same parameters, q/k/v channel layout and (C/h, h) merge as timm's ``nest.Attention`` (whose
+    written-out path is used unchanged when ``fused_attn`` is off). timm hands
+    scaled_dot_product_attention 5-D (B, h, T, N, C/h) tensors, which on the CPU fall back to the
+    slow reference implementation (masked softmax, extra copies): 3-4x slower than the flash kernel
+    forward, 4-6x with backward, measured at hybridhash_base's shapes. Here blocks fold into the
+    batch, (B*T, h, N, C/h) -- a view of the qkv output, no copy -- so the flash kernel runs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused_attn:
+            return super().forward(x)
+        B, T, N, C = x.shape
+        h = self.num_heads
+        # (B, T, N, 3, h, C/h) -> (3, B, T, h, N, C/h) -> (3, B*T, h, N, C/h): B, T merge as a view
+        qkv = self.qkv(x).reshape(B, T, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5).reshape(3, B * T, h, N, C // h)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+        # (B*T, h, N, C/h) -> (B, T, N, C/h, h): the merge quirk, merged channel = c * h + head
+        x = x.view(B, T, h, N, C // h).permute(0, 1, 3, 4, 2).reshape(B, T, N, C)
+        return self.proj_drop(self.proj(x))  # (B, T, N, C)
+
+
+class GlobalAttention(BlockAttention):
     """Multi-head attention over a few global tokens, with a learnt position embedding.
 
     Uses NesT's attention (same q/k/v channel layout and (C/h, h) merge) on a single "block",
@@ -265,12 +296,17 @@ class HybridHash(HashNetMixin, nn.Module):
                 prev_edge = b * cfg.blocks_per_edge // 2 ** (i - 1)
                 level.pool = InteractionModule(cfg.embed_dims[i - 1], dim, b, (prev_edge // b) ** 2,
                                                cfg.interaction_heads, cfg.global_tokens, cfg.layer_norm_eps)
+            for layer in level.transformer_encoder:  # same parameters, faster fused path
+                layer.attn.__class__ = BlockAttention
             levels.append(level)
         self.levels = nn.Sequential(*levels)
         self.norm = LayerNorm2d(cfg.embed_dims[-1], eps=cfg.layer_norm_eps)
         self.hash_head = HashHead(cfg.embed_dims[-1], cfg.bits, cfg.interaction_heads)
         self.init_weights()
         self.set_fused_attn(cfg.fused_attn)
+        # images per forward pass in eval mode: None picks per device (CPU_MICRO_BATCH on a CPU,
+        # the whole batch elsewhere), 0 never splits; see micro_batch_size
+        self.micro_batch: Optional[int] = None
         # set by whoever loads weights into the model (hybridhash.models.factory)
         self.fingerprint: Optional[str] = None  # of the checkpoint it was loaded from
         self.checkpoint_meta: Dict[str, Any] = {}  # that checkpoint's config.json
@@ -318,8 +354,26 @@ class HybridHash(HashNetMixin, nn.Module):
         x = self.levels(x)  # (B, D, b, b)
         return self.norm(x)
 
+    def micro_batch_size(self, x: torch.Tensor) -> int:
+        """Images per forward pass for input ``x``; 0 means the whole batch at once.
+
+        Only eval mode splits (training keeps its batch, whose gradient is what it is), and never
+        while the graph is traced or compiled (an exported graph must not bake in a loop).
+        """
+        if self.training or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return 0
+        if self.micro_batch is not None:
+            return max(int(self.micro_batch), 0)
+        return CPU_MICRO_BATCH if x.device.type == "cpu" else 0
+
     def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
-        """(B, in_chans, H, W) -> tanh outputs (B, bits); raw hash-layer outputs with ``activate=False``."""
+        """(B, in_chans, H, W) -> tanh outputs (B, bits); raw hash-layer outputs with ``activate=False``.
+
+        In eval mode a batch larger than :meth:`micro_batch_size` is run in chunks of that size
+        (each image's outputs do not depend on the others in its batch)."""
+        chunk = self.micro_batch_size(x)
+        if chunk and x.shape[0] > chunk:
+            return torch.cat([self.hash_head(self.forward_features(c), activate) for c in x.split(chunk)])
         return self.hash_head(self.forward_features(x), activate)  # (B, bits)
 
 
