@@ -1,6 +1,7 @@
-"""HybridHash models: the architecture and its presets (:mod:`.hybridhash`), any timm backbone with a
-linear hash layer (:mod:`.backbone`), a small CNN (:mod:`.cnn`), the name registry (:mod:`.registry`),
-building by name and loading checkpoints (:mod:`.factory`), weights in and out (:mod:`.weights`)."""
+"""Hashing networks: HybridHash and its presets (:mod:`.hybridhash`, its attention layers in
+:mod:`.attention`), any timm backbone with a linear hash layer (:mod:`.backbone`), a small CNN
+(:mod:`.cnn`), what every one offers (:mod:`.base`), the name registry (:mod:`.registry`), building
+by name and loading checkpoints (:mod:`.factory`), weights in and out (:mod:`.weights`)."""
 from .backbone import BackboneConfig, BackboneHash, LinearHashHead, load_timm_weights
 from .cnn import CnnConfig, CnnHash
 from .factory import build_config, create_model, from_pretrained

@@ -25,6 +25,7 @@ from ..configs import from_json_dict, to_json_dict
 from ..codes import check_bits
 from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
+from .attention import BlockAttention, GlobalAttention
 from .base import HashNetMixin
 from .weights import LoadReport
 
@@ -167,47 +168,6 @@ class HybridHashConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "HybridHashConfig":
         return from_json_dict(cls, d, "model options")
-
-
-class BlockAttention(Attention):
-    """NesT's block-local attention with the fused kernel called on 4-D tensors.
-
-    Same parameters, q/k/v channel layout and (C/h, h) merge as timm's ``nest.Attention`` (whose
-    written-out path is used unchanged when ``fused_attn`` is off). timm hands
-    scaled_dot_product_attention 5-D (B, h, T, N, C/h) tensors, which on the CPU fall back to the
-    slow reference implementation (masked softmax, extra copies): 3-4x slower than the flash kernel
-    forward, 4-6x with backward, measured at hybridhash_base's shapes. Here blocks fold into the
-    batch, (B*T, h, N, C/h) -- a view of the qkv output, no copy -- so the flash kernel runs.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused_attn:
-            return super().forward(x)
-        B, T, N, C = x.shape
-        h = self.num_heads
-        # (B, T, N, 3, h, C/h) -> (3, B, T, h, N, C/h) -> (3, B*T, h, N, C/h): B, T merge as a view
-        qkv = self.qkv(x).reshape(B, T, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5).reshape(3, B * T, h, N, C // h)
-        q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
-        # (B*T, h, N, C/h) -> (B, T, N, C/h, h): the merge quirk, merged channel = c * h + head
-        x = x.view(B, T, h, N, C // h).permute(0, 1, 3, 4, 2).reshape(B, T, N, C)
-        return self.proj_drop(self.proj(x))  # (B, T, N, C)
-
-
-class GlobalAttention(BlockAttention):
-    """Multi-head attention over a few global tokens, with a learnt position embedding.
-
-    Uses NesT's attention (same q/k/v channel layout and (C/h, h) merge) on a single "block",
-    with no qkv bias. ``fused_attn`` selects scaled_dot_product_attention or the explicit form.
-    """
-
-    def __init__(self, dim: int, num_tokens: int, num_heads: int = 8):
-        super().__init__(dim, num_heads=num_heads, qkv_bias=False)
-        self.pos_embed_glo = nn.Parameter(torch.zeros(1, num_tokens, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed_glo  # (B, P, C)
-        return super().forward(x.unsqueeze(1)).squeeze(1)  # (B, P, C)
 
 
 def _tokens(x: torch.Tensor, mode: str) -> torch.Tensor:
