@@ -322,3 +322,12 @@ def test_csq_at_48_bits_records_its_centers_and_resumes_with_them(tmp_path, smal
     train(small_config(tmp_path / "r", resume=True, **cfg), protocol=small_digits,
           callbacks=[lambda event, trainer, **info: seen.append(trainer.method.centers.cpu().clone())])
     assert seen and all(torch.equal(c, saved) for c in seen)
+
+
+def test_scratch_recipe_scales_the_rate_of_methods_that_collapse_at_it():
+    assert resolve(TrainConfig(method="dnnh"), img_size=32).lr == pytest.approx(2e-4)
+    assert resolve(TrainConfig(method="dnnh", lr=1e-3), img_size=32).lr == 1e-3  # an explicit --lr wins
+    assert resolve(TrainConfig(method="hybridhash"), img_size=32).lr == 2e-3
+    # the published settings of a pretrained run are untouched
+    assert resolve(TrainConfig(method="dnnh", pretrained="imagenet"), img_size=224,
+                   method_defaults={"lr": 1e-5}).lr == 1e-5

@@ -12,7 +12,10 @@ from .base import Method, MethodConfig, promote
 class BankMethod(Method):
     """A method whose batch is compared with all n rows of a bank written just before.
 
-    Subclasses implement ``bank_loss(h, y)`` against ``self.U`` and ``self.Y``.
+    Subclasses implement ``pair_loss(h, y, U, Y)``. With ``config.pairs == "batch"`` the batch is
+    compared with itself instead (the pairs inside the mini-batch, as these methods' papers generate
+    them online), and the bank is left alone: from random weights, raw outputs compared with a bank
+    of their own earlier values can drift together away from it until every code is the same.
     """
 
     def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
@@ -30,9 +33,14 @@ class BankMethod(Method):
     def loss(self, h: Tensor, y: Tensor, index: Tensor, *,
              gathered: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
         self.check_batch(h, y, index)
+        if getattr(self.config, "pairs", "bank") == "batch":
+            h = promote(h)
+            y = y.to(h.dtype)
+            return self.pair_loss(h, y, self.activate(h), y)
         # every rank writes every rank's rows, so the banks stay identical under DDP
         self.write_bank(*(gathered if gathered is not None else (h, y, index)))
-        return self.bank_loss(promote(h), y)
+        return self.pair_loss(promote(h), y, self.U, self.Y)
 
-    def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
+    def pair_loss(self, h: Tensor, y: Tensor, U: Tensor, Y: Tensor) -> Tensor:
+        """The loss of the batch h (B, bits), y (B, C) against rows U (m, bits), Y (m, C)."""
         raise NotImplementedError

@@ -24,9 +24,13 @@ def dpsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, eta: float = 0.1) -> T
 
 @dataclass
 class DPSHConfig(MethodConfig):
-    """eta: weight of the quantization term (called alpha in DeepHash-pytorch)."""
+    """eta: weight of the quantization term (called alpha in DeepHash-pytorch); pairs: "bank" (the
+    batch against a bank of all training outputs, as DeepHash-pytorch) or "batch" (the pairs inside
+    the mini-batch)."""
 
     eta: float = 0.1
+    pairs: str = "bank"
+    choices = {"pairs": ("bank", "batch")}
     nonnegative = ("eta",)
 
 
@@ -38,5 +42,5 @@ class DPSH(BankMethod):
     Config = DPSHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=128, epochs=150)
 
-    def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return dpsh_loss(h, self.U, y, self.Y, self.config.eta)
+    def pair_loss(self, h: Tensor, y: Tensor, U: Tensor, Y: Tensor) -> Tensor:
+        return dpsh_loss(h, U, y, Y, self.config.eta)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .bank import BankMethod
-from .base import MethodConfig, MethodDefaults, promote
+from .base import MethodConfig, MethodDefaults
 from .registry import register_method
 
 
@@ -45,13 +45,5 @@ class DSH(BankMethod):
     Config = DSHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=64, epochs=150)
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None) -> Tensor:
-        if self.config.pairs == "bank":
-            return super().loss(h, y, index, gathered=gathered)
-        self.check_batch(h, y, index)
-        h = promote(h)
-        y = y.to(h.dtype)
-        return dsh_loss(h, h, y, y, self.config.margin_factor * self.bits, self.config.alpha)
-
-    def bank_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return dsh_loss(h, self.U, y, self.Y, self.config.margin_factor * self.bits, self.config.alpha)
+    def pair_loss(self, h: Tensor, y: Tensor, U: Tensor, Y: Tensor) -> Tensor:
+        return dsh_loss(h, U, y, Y, self.config.margin_factor * self.bits, self.config.alpha)

@@ -98,7 +98,7 @@ def _family(method: str) -> str:
 
 def recipe_label(f: Finished) -> str:
     """"published", "shared scratch" or "same-optimizer", with the settings the cell's run.json records."""
-    from .recipe import SCRATCH_MAX_IMG, TrainConfig, scratch_recipe
+    from .recipe import SCRATCH_LR_SCALE, SCRATCH_MAX_IMG, TrainConfig, scratch_recipe
     from .run import published_settings
 
     c = f.config
@@ -108,8 +108,8 @@ def recipe_label(f: Finished) -> str:
         return f"same-optimizer ({text})"
     if c.get("recipe") == "scratch":
         # the four settings compared do not depend on the image size
-        expected = scratch_recipe(SCRATCH_MAX_IMG)
-        kind = "shared scratch"
+        expected = scratch_recipe(SCRATCH_MAX_IMG, f.cell.method)
+        kind = "shared scratch" + (" (lr scaled)" if f.cell.method in SCRATCH_LR_SCALE else "")
     else:
         expected = published_settings(TrainConfig.from_dict(c))
         kind = "published"
@@ -122,9 +122,9 @@ def schedule_note(f: Finished, grid: Grid) -> Optional[str]:
     from ..methods import create_method
 
     c, method = f.config, f.cell.method
-    if method == "dsh" and c.get("method_params", {}).get("pairs") == "batch":
-        return ("dsh: pairs inside the mini-batch (its paper's online pairs), not a bank of earlier outputs: from "
-                "random weights the bank version's codes collapse to one")
+    if method in ("dsh", "dpsh") and c.get("method_params", {}).get("pairs") == "batch":
+        return (f"{method}: pairs inside the mini-batch, not a bank of earlier outputs: from random weights the "
+                "bank version's codes collapse")
     if method not in ("adsh", "cnnh"):
         return None
     n = int(read_json(f.cell.directory / R.RUN_NAME).get("protocol", {}).get("sizes", {}).get("train", 0)) or 1

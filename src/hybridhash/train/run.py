@@ -62,13 +62,13 @@ def fit_method(config: TrainConfig, n_train: int) -> TrainConfig:
     ``epochs`` passes over the whole set (unless ``--method-params`` names them), and the run's
     epochs become iterations * epochs_per_iteration, so that it ends on a V update.
 
-    DSH under the scratch recipe compares the pairs inside the mini-batch, as its paper does,
-    instead of a bank of earlier outputs (unless ``--method-params`` names ``pairs``): from random
-    weights its unbounded outputs drift together away from the stale bank and every code
-    collapses to one (measured on digits: val mAP 0.11 at lr 2e-3 and 2e-4, and with alpha 0.01
-    or 0; 0.9997 with in-batch pairs).
+    DSH and DPSH under the scratch recipe compare the pairs inside the mini-batch, as their papers
+    generate them, instead of a bank of earlier outputs (unless ``--method-params`` names
+    ``pairs``): from random weights their unbounded outputs drift together away from the stale
+    bank and the codes collapse (measured on digits, DSH: val mAP 0.11 at lr 2e-3 and 2e-4, and
+    with alpha 0.01 or 0; 0.9997 with in-batch pairs).
     """
-    if config.method == "dsh" and config.recipe == "scratch" and "pairs" not in config.method_params:
+    if config.method in ("dsh", "dpsh") and config.recipe == "scratch" and "pairs" not in config.method_params:
         return dataclasses.replace(config, method_params={**config.method_params, "pairs": "batch"})
     if config.method != "adsh":
         return config
