@@ -235,7 +235,7 @@ def test_encode_strict_stops_at_a_bad_image_and_leaves_nothing(tmp_path, ckpt, c
     before = snapshot(tmp_path)
     assert run_cli(encode_argv(images, tmp_path / "codes", ckpt, "--strict")) == 1
     line = one_error_line(capsys, name, SKIPPED[kind], "strict")
-    assert line.startswith(f"error: {images / name}: ")
+    assert line.startswith(f"error: {images / name}: {SKIPPED[kind]}") and line.endswith(" (strict: stopping)")
     # no collection: only the resume plan of the run (a later run without --strict picks it up)
     after = snapshot(tmp_path)
     assert sorted(set(after) - set(before)) == ["codes/shards/items.txt", "codes/shards/plan.json"]
@@ -297,18 +297,50 @@ URLS = {
     "items-dot-dot": ("/items/1/../../etc/passwd", 404),
     "static-dot-dot": ("/static/../app.py", 404),
     "static-encoded-dot-dot": ("/static/%2e%2e/app.py", 404),
+    "items-encoded-slashes": ("/items/1%2F..%2F..%2Fetc%2Fpasswd", 404),
     "docs-assets-dot-dot": ("/docs/assets/../../app.py", 404),
 }
+
+
+DETAILS = {"items-negative": "no item -1: ids run from 0 to 23", "items-past-end": "no item 999999: ids run from 0 to 23",
+           "items-not-a-number": "item_id: Input should be a valid integer, unable to parse string as an integer"}
+
+
+def raw_get(app, path: str) -> tuple:
+    """(status, body) of GET ``path`` sent to the ASGI app as is: an HTTP client would remove the
+    dot segments before sending, a hostile one does not."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    sent, received = [], []
+
+    async def receive():  # the (empty) request body, then the client leaves
+        received.append(1)
+        return {"type": "http.request", "body": b"", "more_body": False} if len(received) == 1 \
+            else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 @pytest.mark.parametrize("case", list(URLS), ids=list(URLS))
 def test_urls_outside_the_collection(service, case):
     url, status = URLS[case]
     r = service.get(url)
-    assert r.status_code == status, (url, r.status_code, r.text[:200])
-    assert b"create_app" not in r.content and b"root:" not in r.content
-    detail = r.json()["detail"]
-    assert isinstance(detail, str) and "\n" not in detail
+    raw_status, raw_body = raw_get(service.app, url.replace("%2e%2e", "..").replace("%2F", "/"))
+    for got, body in ((r.status_code, r.content), (raw_status, raw_body)):
+        assert got == status, (url, got, body[:200])
+        assert b"create_app" not in body and b"root:" not in body  # neither app.py nor /etc/passwd
+        detail = json.loads(body)["detail"]
+        assert isinstance(detail, str) and "\n" not in detail
+        if case in DETAILS:
+            assert detail == DETAILS[case]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,22 +366,24 @@ def _edit(list_file: Path, lines: list, line_no: int, text: str) -> None:
 
 
 LIST_ERRORS = {
-    # case: (edit of line 2, or the whole file's bytes; the words of the one-line error)
-    "wrong-label-width": ("line", "img/good_1.png 0 1", ["list.txt:2", "2 label entries, expected 3"]),
-    "non-utf8": ("bytes", b"img/good_0.png 1 0 0\nimg/\xff\xfe.png 0 1 0\n", ["list.txt", "UTF-8"]),
-    "empty-list": ("bytes", b"", ["list.txt", "lists no images"]),
-    "blank-list": ("bytes", b"\n  \n", ["list.txt", "lists no images"]),
+    # case: (edit of line 2, or the whole file's bytes; the start of the one-line error, {f} the list file)
+    "wrong-label-width": ("line", "img/good_1.png 0 1",
+                          "error: {f}:2: 2 label entries, expected 3 (as on list.txt line 1)\n"),
+    "non-utf8": ("bytes", b"img/good_0.png 1 0 0\nimg/\xff\xfe.png 0 1 0\n",
+                 "error: {f}: cannot read as UTF-8 text ('utf-8' codec can't decode byte 0xff in position 25"),
+    "empty-list": ("bytes", b"", "error: {f}: lists no images\n"),
+    "blank-list": ("bytes", b"\n  \n", "error: {f}: lists no images\n"),
 }
 
 
 @pytest.mark.parametrize("case", list(LIST_ERRORS), ids=list(LIST_ERRORS))
 def test_encode_refuses_a_malformed_list_file(listed, ckpt, capsys, case):
     root, list_file, lines = listed
-    how, what, words = LIST_ERRORS[case]
+    how, what, want = LIST_ERRORS[case]
     _edit(list_file, lines, 2, what) if how == "line" else list_file.write_bytes(what)
     before = snapshot(root.parent)
     assert run_cli(encode_argv(list_file, root.parent / "codes", ckpt)) == 1
-    one_error_line(capsys, *words)
+    assert (one_error_line(capsys, list_file.name) + "\n").startswith(want.format(f=list_file))
     assert not (root.parent / "codes").exists() and snapshot(root.parent) == before
 
 
@@ -471,21 +505,22 @@ def _foreign(tmp, ckpt):
     d = tmp / "foreign"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 768}))
-    return d, "config.json"
+    return d, "config.json", f"error: {d}/config.json: not a hybridhash checkpoint config\n"
 
 
 def _truncated(tmp, ckpt):
     d = _copy(ckpt, tmp / "truncated")
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
-    return d, "model.safetensors"
+    return d, "model.safetensors", f"error: {w}: not a readable safetensors file (Error while deserializing header"
 
 
 def _pickled(tmp, ckpt):
     d = tmp / "pickled"
     d.mkdir()
     torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _OpensAFile(tmp / "marker")}, d / "model.pth")
-    return d / "model.pth", "model.pth"
+    # --checkpoint is a project checkpoint (config.json + safetensors): the .pth is not even opened
+    return d / "model.pth", "model.pth", f"error: {d / 'model.pth'}: not a hybridhash checkpoint (no config.json)\n"
 
 
 CHECKPOINT_ENCODE = {"foreign-config": _foreign, "truncated-safetensors": _truncated, "pickled-pth": _pickled}
@@ -494,16 +529,16 @@ CHECKPOINT_ENCODE = {"foreign-config": _foreign, "truncated-safetensors": _trunc
 @pytest.mark.parametrize("case", list(CHECKPOINT_ENCODE), ids=list(CHECKPOINT_ENCODE))
 def test_encode_refuses_a_bad_checkpoint(collection, ckpt, tmp_path, capsys, case):
     images, _ = collection
-    path, culprit = CHECKPOINT_ENCODE[case](tmp_path, ckpt)
+    path, culprit, want = CHECKPOINT_ENCODE[case](tmp_path, ckpt)
     before = snapshot(tmp_path), snapshot(images)
     assert run_cli(encode_argv(images, tmp_path / "codes", path)) == 1
-    one_error_line(capsys, culprit)
+    assert (one_error_line(capsys, culprit) + "\n").startswith(want)
     assert not (tmp_path / "codes").exists() and not (tmp_path / "marker").exists()
     assert (snapshot(tmp_path), snapshot(images)) == before
 
 
 def test_a_pth_that_would_run_code_is_refused_without_running_it(tmp_path, ckpt):
-    path, _ = _pickled(tmp_path, ckpt)
+    path, _, _ = _pickled(tmp_path, ckpt)
     before = snapshot(tmp_path)
     with pytest.raises(CheckpointError) as err:
         hybridhash.create_model("hybridhash_cpu", bits=BITS, pretrained=str(path))
@@ -516,13 +551,13 @@ def test_a_pth_that_would_run_code_is_refused_without_running_it(tmp_path, ckpt)
 def _other_bits(tmp):
     torch.manual_seed(0)
     hybridhash.create_model("hybridhash_cpu", bits=16).eval().save_pretrained(str(tmp / "ck16"))
-    return ["--checkpoint", tmp / "ck16"], ["16", "32"]
+    return ["--checkpoint", tmp / "ck16"], "{c} holds 32-bit codes, checkpoint {k} makes 16-bit codes"
 
 
 def _other_model(tmp):
     torch.manual_seed(1)
     hybridhash.create_model("hybridhash_cpu", bits=BITS).eval().save_pretrained(str(tmp / "other"))
-    return ["--checkpoint", tmp / "other"], ["was encoded by model"]
+    return ["--checkpoint", tmp / "other"], "{c} was encoded by model {f}, {k} is model "
 
 
 SEARCH_MISMATCH = {"other-bit-length": _other_bits, "other-model": _other_model}
@@ -531,10 +566,12 @@ SEARCH_MISMATCH = {"other-bit-length": _other_bits, "other-model": _other_model}
 @pytest.mark.parametrize("case", list(SEARCH_MISMATCH), ids=list(SEARCH_MISMATCH))
 def test_search_refuses_a_checkpoint_of_another_model(collection, tmp_path, capsys, case):
     images, codes = collection
-    extra, words = SEARCH_MISMATCH[case](tmp_path)
+    extra, want = SEARCH_MISMATCH[case](tmp_path)
     before = snapshot(codes), snapshot(images), snapshot(tmp_path)
     assert run_cli(["search", images / "good_0.png", "--index", codes, *extra]) == 1
-    one_error_line(capsys, codes.name, *words)
+    line = one_error_line(capsys, str(codes), str(extra[1]))
+    fingerprint = open_collection(codes).fingerprint
+    assert line.startswith("error: " + want.format(c=codes, k=extra[1], f=fingerprint))
     assert (snapshot(codes), snapshot(images), snapshot(tmp_path)) == before
 
 
@@ -553,19 +590,23 @@ def test_search_refuses_an_index_that_is_not_a_collection(collection, capsys):
 def _codes_of_other_bits(d: Path, marker: Path):
     n = len(np.load(d / "codes.npy"))
     np.save(d / "codes.npy", np.zeros((n, 2), np.uint8))
-    return "codes.npy", "shape"
+    return "manifest.json", (f"error: {d / 'manifest.json'}: says 4 codes of 32 bits (4 bytes each), "
+                             f"{d / 'codes.npy'} holds shape (4, 2); the manifest does not match")
 
 
 def _codes_pickle(d: Path, marker: Path):
     arr = np.empty(1, dtype=object)
     arr[0] = _OpensAFile(marker)
     np.save(d / "codes.npy", arr, allow_pickle=True)
-    return "codes.npy", "not a numpy array file"
+    with pytest.raises(ValueError, match="allow_pickle=False"):  # the refusal does not depend on the mmap
+        np.load(d / "codes.npy", allow_pickle=False)
+    assert not marker.exists()
+    return "codes.npy", f"error: {d / 'codes.npy'}: not a numpy array file ("
 
 
 def _manifest_not_json(d: Path, marker: Path):
     (d / "manifest.json").write_text('{"format": "hybridhash-codes", ')
-    return "manifest.json", "not valid JSON"
+    return "manifest.json", f"error: {d / 'manifest.json'}: not valid JSON (Expecting property name"
 
 
 CODE_FILES = {"codes-other-bits": _codes_of_other_bits, "codes-pickle": _codes_pickle,
@@ -576,10 +617,17 @@ CODE_FILES = {"codes-other-bits": _codes_of_other_bits, "codes-pickle": _codes_p
 def test_index_refuses_damaged_code_files(collection, tmp_path, capsys, case):
     images, codes = collection
     d = _copy(codes, tmp_path / "codes")
-    culprit, words = CODE_FILES[case](d, tmp_path / "marker")
+    culprit, want = CODE_FILES[case](d, tmp_path / "marker")
     before = snapshot(tmp_path), snapshot(images)
     assert run_cli(["index", "--codes", d]) == 1
-    line = one_error_line(capsys, culprit, words)
-    assert str(d) in line
+    assert one_error_line(capsys, culprit).startswith(want)
     assert not (tmp_path / "marker").exists()
     assert (snapshot(tmp_path), snapshot(images)) == before
+
+
+def test_raw_get_reaches_the_files_it_may(service, serve_collection):
+    """The control of the table above: the same raw requests do reach the collection and the page."""
+    assert raw_get(service.app, "/items/1")[0] == 200
+    static = sorted(p.name for p in (Path(hybridhash.__file__).parent / "serve" / "static").iterdir())[0]
+    assert raw_get(service.app, f"/static/{static}")[0] == 200
+    assert raw_get(service.app, f"/static/./{static}")[0] == 200  # dot segments do reach the mount
