@@ -110,8 +110,10 @@ def read_list_file(path: str, width: Optional[int] = None, *, problems: Optional
         rel_paths.append(tokens[0])
         codes.append(code)
         lines.append(lineno)
-    if not rel_paths and problems is None:
-        raise DataError(f"{path}: lists no images")
+    if not rel_paths:
+        if problems is None:
+            raise DataError(f"{path}: lists no images")
+        problems.append(Problem(path, "lists no images"))  # an empty set is a problem a check reports
     width = width or 0
     if codes:
         raw = np.frombuffer("".join(codes).encode("ascii"), dtype=np.uint8)
@@ -137,8 +139,34 @@ def read_list_dir(directory: str, n_class: Optional[int] = None, *, protocol: st
         if problems is not None and not os.path.isfile(path):
             problems.append(Problem(path, "list file missing"))
             continue
-        lf = read_list_file(path, width, problems=problems, width_origin=origin)
+        lf = _inside_root(read_list_file(path, width, problems=problems, width_origin=origin), problems)
         if width is None and lf.width:
             width, origin = lf.width, f"as on the first line of {LIST_FILES[set_name]}"
         out[set_name] = lf
     return out
+
+
+def leaves_root(rel: str) -> bool:
+    """True for a list path that points outside the image root (``../x.jpg``, ``a/../../x.jpg``).
+
+    A leading ``/`` is part of the relative path (see :func:`~.sets.resolve_path`), so it stays inside.
+    """
+    rel = os.path.normpath(rel.lstrip("/")).replace(os.sep, "/")
+    return rel == ".." or rel.startswith("../")
+
+
+def _inside_root(lf: ListFile, problems: Optional[List[Problem]]) -> ListFile:
+    """``lf`` without the rows whose path leaves the image root: those are never opened, and the
+    first raises :class:`DataError` naming the file and line (or, with ``problems``, each is reported)."""
+    bad = [j for j, rel in enumerate(lf.rel_paths) if leaves_root(rel)]
+    for j in bad:
+        problem = Problem(f"{lf.path}:{lf.lines[j]}", f"{lf.rel_paths[j]}: leaves the image root (a list path "
+                                                      f"is relative to it)")
+        if problems is None:
+            raise DataError(str(problem))
+        problems.append(problem)
+    if not bad:
+        return lf
+    keep = [j for j in range(len(lf.rel_paths)) if j not in set(bad)]
+    return ListFile(lf.path, [lf.rel_paths[j] for j in keep], lf.labels[keep], [lf.lines[j] for j in keep],
+                    lf.width, lf.source)
