@@ -436,7 +436,8 @@ def test_bad_names_and_hyper_parameters_raise_config_errors():
 
 
 def test_published_defaults_are_the_keyword_defaults():
-    assert create_method("dsh", bits=64, n_class=10, num_train=5000).config.to_dict() == {"alpha": 0.1, "margin_factor": 2.0}
+    assert create_method("dsh", bits=64, n_class=10, num_train=5000).config.to_dict() == {
+        "alpha": 0.1, "margin_factor": 2.0, "pairs": "bank"}  # the bank, as DeepHash-pytorch
     assert create_method("hashnet", bits=64, n_class=10, num_train=50).config.alpha == 0.1
     adsh = create_method("adsh", bits=64, n_class=10, num_train=5000)
     assert (adsh.config.gamma, adsh.config.num_samples, adsh.config.epochs_per_iteration, adsh.config.iterations) == (200.0, 2000, 3, 50)
