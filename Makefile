@@ -27,6 +27,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_encode.py
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_encode_model.py
+	# the original HybridHash code, fetched by you: make bench ORIGINAL=/path/to/HybridHash
+	$(BIN)/python benchmarks/bench_train_step.py $(if $(ORIGINAL),--original $(ORIGINAL))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
