@@ -41,7 +41,7 @@ def json_object(text: str) -> dict:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"depths\": [1, 1, 1]}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"name\": 1}}', got {text!r}")
     return value
 
 
