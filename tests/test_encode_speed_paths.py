@@ -123,3 +123,23 @@ def test_encode_images_uses_the_chunked_forward(device):
     with torch.inference_mode():
         reference = torch.cat([model.encode(x[i:i + 1].to(device)).cpu() for i in range(x.shape[0])])
     assert (codes == reference.numpy()).all()
+
+
+def test_one_image_on_a_cpu_takes_the_written_out_attention_with_the_same_outputs():
+    """Per shape, the faster form: one image in eval mode on a CPU runs the written-out attention."""
+    from hybridhash.models.attention import BlockAttention
+
+    torch.manual_seed(0)
+    model = hybridhash.create_model("hybridhash_cpu", bits=16).eval()
+    layer = next(m for m in model.modules() if isinstance(m, BlockAttention))
+    one, two = torch.randn(1, 1, 4, layer.qkv.in_features), torch.randn(2, 1, 4, layer.qkv.in_features)
+    assert not layer.uses_fused(one) and layer.uses_fused(two)
+    layer.train()
+    assert layer.uses_fused(one)  # training keeps the fused kernel (its backward is the fast one)
+    layer.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        singles = torch.cat([model(x[i:i + 1]) for i in range(3)])  # written-out, one at a time
+        together = model(x)  # fused, one batch
+    assert (singles - together).abs().max() < 1e-5
+    assert torch.equal(model.encode(x[:1]), model.encode(x)[:1])

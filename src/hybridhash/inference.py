@@ -4,9 +4,8 @@
 (``encode(x) -> int8 (B, bits)``, ``bits``, ``preprocess``, ``fingerprint``), so encoding, search and
 the service run on either. ``auto`` takes onnxruntime on a CPU when the checkpoint has an export
 of the same weights beside it (``hybridhash export`` writes ``model.onnx`` there): on this
-project's 2-core benchmark (benchmarks/results/encode_model.md) it ran hybridhash_base 2.1x faster
-than eager PyTorch at batch 1 (a search or a web query) and 1.9x at batch 64 (``encode``'s default),
-0.8x at batch 8. Otherwise ``auto`` is PyTorch.
+project's 2-core benchmark (benchmarks/results/encode_model.md) it ran hybridhash_base 1.3-2x as
+fast as eager PyTorch at every batch size from 1 to 64. Otherwise ``auto`` is PyTorch.
 """
 from __future__ import annotations
 

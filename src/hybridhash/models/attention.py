@@ -18,11 +18,20 @@ class BlockAttention(Attention):
     slow reference implementation (masked softmax, extra copies): 3-4x slower than the flash kernel
     forward, 4-6x with backward, measured at hybridhash_base's shapes. Here blocks fold into the
     batch, (B*T, h, N, C/h) -- a view of the qkv output, no copy -- so the flash kernel runs.
+
+    Per shape, the faster form runs: for one image in eval mode on a CPU the written-out form is
+    faster (hybridhash_base, 2 cores: 4.88 against 4.30 images/s at batch 1, while fused wins from
+    batch 8 on; benchmarks/results/encode_model.md), so it is used there even with ``fused_attn``.
+    Both give the same outputs within 1e-6.
     """
 
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` (x (B, T, N, C)) runs the fused kernel."""
+        return self.fused_attn and not (x.shape[0] == 1 and x.device.type == "cpu" and not self.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused_attn:
-            return super().forward(x)
+        if not self.uses_fused(x):
+            return self.written_out(x)
         B, T, N, C = x.shape
         h = self.num_heads
         # (B, T, N, 3, h, C/h) -> (3, B, T, h, N, C/h) -> (3, B*T, h, N, C/h): B, T merge as a view
@@ -32,6 +41,15 @@ class BlockAttention(Attention):
         # (B*T, h, N, C/h) -> (B, T, N, C/h, h): the merge quirk, merged channel = c * h + head
         x = x.view(B, T, h, N, C // h).permute(0, 1, 3, 4, 2).reshape(B, T, N, C)
         return self.proj_drop(self.proj(x))  # (B, T, N, C)
+
+    def written_out(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v per block and head, in NesT's layout: (B, T, N, C) -> (B, T, N, C)."""
+        B, T, N, C = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).reshape(B, T, N, 3, h, C // h).permute(3, 0, 4, 1, 2, 5).unbind(0)  # (B, h, T, N, C/h)
+        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))  # (B, h, T, N, N)
+        x = (attn @ v).permute(0, 2, 3, 4, 1).reshape(B, T, N, C)  # merged channel = c * h + head
+        return self.proj_drop(self.proj(x))
 
 
 class GlobalAttention(BlockAttention):
