@@ -58,14 +58,6 @@ def sample_images(n_random: int = 48, size: int = 32) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
 def exported(one_thread, tmp_path_factory):
     model = spread_model()
     path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")

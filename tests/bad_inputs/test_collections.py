@@ -24,12 +24,7 @@ BITS = 32
 KW = dict(workers=0, shard_size=2, progress=False)  # 6 images -> 3 shards
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def noise_image(seed: int, size: int = 32) -> Image.Image:

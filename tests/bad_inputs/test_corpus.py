@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import pickle
 import shutil
 from pathlib import Path
 
@@ -34,12 +33,7 @@ BITS = 32
 GOOD = 4  # good images beside the odd ones
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def snapshot(directory: Path) -> dict:
