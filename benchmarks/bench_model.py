@@ -63,14 +63,39 @@ def matmul_rate(device: torch.device, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+def onednn_matmul_rate(n: int = 4096, repeats: int = 5) -> float:
+    """fp32 FLOP/s of an n x n product on oneDNN's packed linear (what hybridhash.models.cpu_gemm
+    runs CPU inference linears on), or 0.0 where this PyTorch has none."""
+    from hybridhash.models import cpu_gemm
+
+    ops = cpu_gemm._op()
+    if ops is None:
+        return 0.0
+    reorder, linear = ops
+    a, w = torch.randn(n, n), torch.randn(n, n)
+    with torch.inference_mode():
+        packed = reorder(w, n)
+        linear(a, packed, None, "none", [], "")
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            linear(a, packed, None, "none", [], "")
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
 def count_flops(model, img_size: int) -> int:
     """FLOPs of one image's forward pass (matmuls and convolutions; plain attention so bmm is counted)."""
-    fused = model.config.fused_attn
+    from hybridhash.models import cpu_gemm
+
+    fused, gemm = model.config.fused_attn, cpu_gemm._choice
     model.set_fused_attn(False)
+    cpu_gemm.set_cpu_gemm("aten")  # the counter knows aten's linear, not oneDNN's
     x = torch.randn(1, 3, img_size, img_size, device=next(model.parameters()).device)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(x)
     model.set_fused_attn(fused)
+    cpu_gemm._choice = gemm
     return counter.get_total_flops()
 
 

@@ -125,21 +125,21 @@ def test_encode_images_uses_the_chunked_forward(device):
     assert (codes == reference.numpy()).all()
 
 
-def test_one_image_on_a_cpu_takes_the_written_out_attention_with_the_same_outputs():
-    """Per shape, the faster form: one image on a CPU runs the written-out attention."""
+def test_the_attention_form_follows_the_setting_alone_with_the_same_outputs():
+    """One image or many, train or eval mode: fused_attn decides the form, and the forms agree."""
     from hybridhash.models.attention import BlockAttention
 
     torch.manual_seed(0)
     model = hybridhash.create_model("hybridhash_cpu", bits=16).eval()
     layer = next(m for m in model.modules() if isinstance(m, BlockAttention))
     one, two = torch.randn(1, 1, 4, layer.qkv.in_features), torch.randn(2, 1, 4, layer.qkv.in_features)
-    assert not layer.uses_fused(one) and layer.uses_fused(two)
-    layer.train()
-    assert not layer.uses_fused(one) and layer.uses_fused(two)  # the input decides, not the mode
-    layer.eval()
+    for mode in (layer.train, layer.eval):
+        mode()
+        assert layer.uses_fused(one) and layer.uses_fused(two)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        singles = torch.cat([model(x[i:i + 1]) for i in range(3)])  # written-out, one at a time
-        together = model(x)  # fused, one batch
-    assert (singles - together).abs().max() < 1e-5
-    assert torch.equal(model.encode(x[:1]), model.encode(x)[:1])
+        singles = torch.cat([model(x[i:i + 1]) for i in range(3)])  # fused, one at a time
+        plain = model.set_fused_attn(False)(x)  # written-out, one batch
+    assert not layer.uses_fused(one)
+    assert (singles - plain).abs().max() < 1e-5
+    assert torch.equal(model.encode(x[:1]), model.set_fused_attn(True).encode(x)[:1])

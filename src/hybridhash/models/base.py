@@ -7,6 +7,7 @@ from typing import Any, Dict
 import torch
 
 from ..codes import binarize
+from .cpu_gemm import linear_context
 from .weights import save_pretrained
 
 
@@ -15,6 +16,12 @@ class HashNetMixin:
     ``bits``, ``preprocess``, ``encode``, ``save_pretrained``, ``num_params``."""
 
     config: Any
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        # a forward pass without autograd on a CPU runs its linears on oneDNN where that is faster
+        # (see cpu_gemm); training, tracing and compiling see the plain module
+        with linear_context(x):
+            return super().__call__(x, *args, **kwargs)
 
     @property
     def bits(self) -> int:

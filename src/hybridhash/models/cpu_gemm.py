@@ -1,0 +1,174 @@
+"""Linear layers on oneDNN's packed GEMM when a project model runs on a CPU without autograd.
+
+PyTorch runs an fp32 ``F.linear`` on the CPU through MKL's sgemm. On AMD processors MKL takes a
+generic path at about half of what the cores can do: on this project's 2-core EPYC (AVX-512) a
+4096x4096 matmul runs at 185-200 GFLOP/s through MKL, against 340-470 through oneDNN (which ships
+inside PyTorch and picks its kernels by the instruction set, not the vendor) and 420 in
+onnxruntime. Linear layers are 70% of hybridhash_base's CPU time, so this is where inference waits.
+
+:func:`linear_context` returns a torch-function mode under which ``F.linear`` on fp32 CPU tensors
+runs ``torch.ops.mkldnn._linear_pointwise`` with the weight packed once into oneDNN's blocked
+layout (the same op ``torch.compile`` uses for CPU linear layers). Everything else runs as before.
+It is entered by ``HashNetMixin.__call__`` for every forward pass that needs no gradient, no
+autocast and no tracing, so encoding, evaluation, search and the service all take it, while
+training, the ONNX export and ``torch.compile`` see the plain model. Outputs agree with MKL's
+within float rounding (about 1e-6 at the model's output).
+
+Which GEMM runs is chosen once per process: ``HYBRIDHASH_CPU_GEMM=onednn`` or ``aten`` forces one;
+``auto`` (the default) times both on one layer-sized product and keeps oneDNN only where it is
+faster and gives the same result (on Intel CPUs MKL is usually as fast, and then nothing changes).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_log = logging.getLogger(__name__)
+
+CHOICES = ("auto", "onednn", "aten")
+ENV = "HYBRIDHASH_CPU_GEMM"
+# the product timed by the auto choice: hybridhash_base's level-2 MLP on one image, (196 x 512) @ (512 x 2048)
+_PROBE = (196, 512, 2048)
+
+_lock = threading.Lock()
+_choice: Optional[str] = None  # "onednn" or "aten" once decided
+_packed: Dict[int, Tuple["weakref.ref", int, int, torch.Tensor]] = {}  # id(weight) -> (ref, version, ptr, packed)
+
+
+def _op():
+    """oneDNN's packed linear op pair, or None where this PyTorch build has none."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight, torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _best_time(fn, rounds: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _measure() -> str:
+    ops = _op()
+    if ops is None:
+        return "aten"
+    reorder, linear = ops
+    m, k, n = _PROBE
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) / k ** 0.5, torch.randn(n, generator=g)
+    with torch.inference_mode():
+        try:
+            packed = reorder(w, m)
+            same = torch.allclose(linear(x, packed, b, "none", [], ""), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+        except RuntimeError:
+            return "aten"
+        if not same:
+            return "aten"
+        # alternate the two sides so that a change of load hits both alike
+        t_aten, t_dnn = float("inf"), float("inf")
+        for _ in range(2):
+            t_aten = min(t_aten, _best_time(lambda: F.linear(x, w, b)))
+            t_dnn = min(t_dnn, _best_time(lambda: linear(x, packed, b, "none", [], "")))
+    choice = "onednn" if t_dnn < 0.9 * t_aten else "aten"
+    _log.info("CPU linear layers: %s (probe %dx%dx%d: MKL %.2f ms, oneDNN %.2f ms)", choice, m, k, n,
+              t_aten * 1e3, t_dnn * 1e3)
+    return choice
+
+
+def cpu_gemm() -> str:
+    """The GEMM this process runs CPU inference linears on: ``onednn`` or ``aten`` (decided once)."""
+    global _choice
+    if _choice is None:
+        with _lock:
+            if _choice is None:
+                asked = os.environ.get(ENV, "auto").strip().lower() or "auto"
+                if asked not in CHOICES:
+                    _log.warning("%s=%s is not one of %s; using auto", ENV, asked, ", ".join(CHOICES))
+                    asked = "auto"
+                if asked == "onednn" and _op() is None:
+                    _log.warning("%s=onednn, but this PyTorch has no oneDNN linear; using aten", ENV)
+                    asked = "aten"
+                _choice = _measure() if asked == "auto" else asked
+    return _choice
+
+
+def set_cpu_gemm(choice: Optional[str]) -> None:
+    """Force ``onednn`` or ``aten`` for this process, or ``None`` to decide again (benchmarks, tests)."""
+    global _choice
+    if choice is not None and choice not in CHOICES[1:]:
+        raise ValueError(f"cpu gemm must be one of {CHOICES[1:]}, got {choice!r}")
+    if choice == "onednn" and _op() is None:
+        raise ValueError("this PyTorch build has no oneDNN linear")
+    with _lock:
+        _choice = choice
+
+
+def _forget(key: int) -> None:
+    with _lock:
+        _packed.pop(key, None)
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (N, K) in oneDNN's layout, packed once and again only after it changes."""
+    key, version, ptr = id(weight), weight._version, weight.data_ptr()
+    with _lock:
+        entry = _packed.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == version and entry[2] == ptr:
+        return entry[3]
+    with torch.inference_mode():
+        packed = _op()[0](weight.detach(), 1)
+    with _lock:
+        if entry is None:
+            weakref.finalize(weight, _forget, key)
+        _packed[key] = (weakref.ref(weight), version, ptr, packed)
+    return packed
+
+
+class OneDNNLinear(TorchFunctionMode):
+    """Runs fp32 CPU ``F.linear`` calls on oneDNN's packed GEMM; every other call as it was."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x = args[0]
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and w.dim() == 2
+                    and x.dim() >= 2 and x.shape[-1] == w.shape[1] and (b is None or b.dtype == torch.float32)):
+                return _op()[1](x, packed_weight(w), b, "none", [], "")
+        return func(*args, **kwargs)
+
+
+def wants_fast_linear(x: torch.Tensor) -> bool:
+    """Whether a forward pass on ``x`` may run its linears on oneDNN: on a CPU, fp32, no gradient,
+    no autocast, not traced, scripted, compiled or exported."""
+    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    return cpu_gemm() == "onednn"
+
+
+def linear_context(x: torch.Tensor):
+    """The context a forward pass on ``x`` runs in: :class:`OneDNNLinear` where it applies, else nothing."""
+    return OneDNNLinear() if wants_fast_linear(x) else contextlib.nullcontext()
