@@ -1,5 +1,6 @@
 """Per-image encoding rate of hybridhash_base by batch size: torch's two CPU GEMMs and attention
-forms, the default path of ``model.encode``, and the ONNX export on onnxruntime (CPU, fp32, inference mode).
+forms, the default path of ``model.encode``, and the ONNX export on onnxruntime and OpenVINO (CPU, fp32,
+inference mode).
 
 Sides, on the same weights and the same input batch:
 
@@ -10,7 +11,8 @@ Sides, on the same weights and the same input batch:
 - ``default``: what ``model.encode`` / ``encode_images`` do with no setting touched: the GEMM the
   process chose (``cpu_gemm()``), fused attention, a batch larger than ``CPU_MICRO_BATCH`` in chunks
   of it (the same pass as ``onednn_fused`` up to that size when oneDNN was chosen, so not timed again);
-- ``onnxruntime``: ``export_onnx`` + ``OnnxEncoder`` with as many threads as torch.
+- ``onnxruntime``: ``export_onnx`` + ``OnnxEncoder`` with as many threads as torch;
+- ``openvino``: the same file on ``OpenVinoEncoder`` (fp32), when OpenVINO is installed.
 
 Each round times one pass of every side, the order rotated from round to round so that a change of
 load on the shared machine hits all sides alike; a side's figure is its best round (medians kept).
@@ -41,6 +43,7 @@ import hybridhash
 from hybridhash.export import OnnxEncoder, export_onnx
 from hybridhash.models import cpu_gemm
 from hybridhash.models.hybridhash import CPU_MICRO_BATCH
+from hybridhash.openvino_encoder import OpenVinoEncoder, openvino_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_export import ort_matmul_rate  # noqa: E402
@@ -89,6 +92,8 @@ def main(argv=None) -> dict:
     all_sides = {"mkl_fused": torch_side("aten", True, 0), "mkl_plain": torch_side("aten", False, 0),
                  "onednn_fused": torch_side("onednn", True, 0), "default": torch_side(default_gemm, True, None),
                  "onnxruntime": enc.outputs}
+    if openvino_available():
+        all_sides["openvino"] = OpenVinoEncoder.open(path, threads=threads).outputs
     if cpu_gemm._op() is None:
         del all_sides["onednn_fused"]
     same_as_default = "onednn_fused" if default_gemm == "onednn" else "mkl_fused"
@@ -132,8 +137,13 @@ def main(argv=None) -> dict:
         row["share_of_mkl_matmul_rate"] = {n: round(flops * v / rates["mkl"], 3) for n, v in row["img_s"].items()}
     import onnxruntime
 
+    versions = {"onnxruntime": onnxruntime.__version__}
+    if openvino_available():
+        import openvino
+
+        versions["openvino"] = openvino.__version__
     result = {"model": args.model, "bits": args.bits, "img_size": size, "cpu": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": threads,
+              "torch": torch.__version__, **versions, "threads": threads,
               "cpu_micro_batch": CPU_MICRO_BATCH, "default_cpu_gemm": default_gemm,
               "gflop_per_image": round(flops / 1e9, 3),
               "matmul_fp32_gflops": {k: round(v / 1e9, 1) for k, v in rates.items()},
@@ -147,9 +157,10 @@ def main(argv=None) -> dict:
     lines = [f"# {args.model} encoding rate by batch size (cpu, fp32, inference mode, {size}x{size})", "",
              f"{result['gflop_per_image']} GFLOP per image. fp32 4096x4096 matmul rate in this run: MKL {mm['mkl']}, "
              f"oneDNN {mm['onednn']}, onnxruntime {mm['onnxruntime']} GFLOP/s; the machine's rate is the best of "
-             f"them, {max(mm.values())} GFLOP/s. {threads} threads; torch {torch.__version__}, onnxruntime "
-             f"{onnxruntime.__version__}. Load average {load_before[0]:.2f} before, {result['loadavg_after'][0]:.2f} "
-             f"after (a shared 2-core machine); whole run {result['seconds']} s. `default` is `model.encode` "
+             f"them, {max(mm.values())} GFLOP/s. {threads} threads; torch {torch.__version__}, "
+             + ", ".join(f"{k} {v}" for k, v in versions.items())
+             + f". Load average {load_before[0]:.2f} before, {result['loadavg_after'][0]:.2f} after (a shared "
+             f"2-core machine); whole run {result['seconds']} s. `default` is `model.encode` "
              f"untouched: linears on {default_gemm} (the process's own choice), fused attention, chunks of "
              f"{CPU_MICRO_BATCH} (the same pass as {same_as_default} up to batch {CPU_MICRO_BATCH}).", "",
              "Each cell: images/s (best round), share of the machine's matmul rate / share of MKL's.", "",

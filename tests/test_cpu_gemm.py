@@ -30,11 +30,12 @@ class _Counting:
 
     def __init__(self):
         self.reorder, self.real_linear = cpu_gemm._op()
-        self.calls = 0
+        self.calls, self.post_ops = 0, []
 
     def __call__(self):
         def linear(*args):
             self.calls += 1
+            self.post_ops.append(args[3])
             return self.real_linear(*args)
         return self.reorder, linear
 
@@ -133,3 +134,33 @@ def test_without_onednn_auto_keeps_pytorch(gemm, monkeypatch):
     gemm(None)
     assert cpu_gemm.cpu_gemm() == "aten"
     assert not cpu_gemm.wants_fast_linear(torch.zeros(1, 3))
+
+
+@needs_onednn
+def test_gelu_fused_into_fc1_inside_the_mode_only(gemm, monkeypatch):
+    from timm.layers import Mlp
+
+    model, x = _model(), torch.randn(3, 3, 32, 32)
+    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
+    assert mlps and all(type(m) is cpu_gemm.GeluMlp for m in mlps)
+    counting = _Counting()
+    monkeypatch.setattr(cpu_gemm, "_op", counting)
+    gemm("onednn")
+    with torch.inference_mode():
+        fused = model(x)
+    assert counting.post_ops.count("gelu") == len(mlps)
+    monkeypatch.setattr(cpu_gemm.GeluMlp, "forward", Mlp.forward)  # GELU as a separate op
+    with torch.inference_mode():
+        separate = model(x)
+    assert (fused - separate).abs().max() < 1e-6
+    mlp = mlps[0]
+    monkeypatch.undo()
+    y = torch.randn(2, 5, mlp.fc1.in_features)
+    with torch.no_grad(), cpu_gemm.OneDNNLinear():
+        inside = mlp(y)
+    with torch.no_grad():
+        outside = mlp(y)  # no mode: timm's own forward
+        mlp.train()
+        with cpu_gemm.OneDNNLinear():
+            training = mlp(y)  # train mode is never fused (dropout would be skipped)
+    assert (inside - outside).abs().max() < 1e-6 and (training - outside).abs().max() < 1e-6

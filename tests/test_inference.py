@@ -1,5 +1,5 @@
-"""``--runtime``: the same codes from eager PyTorch and from the checkpoint's ONNX export, and which
-runtime ``auto`` takes."""
+"""``--runtime``: the same codes from eager PyTorch and from the checkpoint's ONNX export on
+onnxruntime and OpenVINO, and which runtime ``auto`` takes."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,16 @@ import torch
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
 
 import hybridhash  # noqa: E402
 from hybridhash import cli  # noqa: E402
 from hybridhash.collection import open_collection  # noqa: E402
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError  # noqa: E402
 from hybridhash.export import OnnxEncoder  # noqa: E402
-from hybridhash.inference import ONNX_NAME, open_encoder  # noqa: E402
+from hybridhash import inference  # noqa: E402
+from hybridhash.inference import ONNX_NAME, open_encoder, pick_runtime  # noqa: E402
+from hybridhash.openvino_encoder import OpenVinoEncoder  # noqa: E402
 from tests.helpers.encoding import make_images  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,45 +43,96 @@ def world(tmp_path_factory):
     return {"base": base, "ckpt": ckpt, "images": images}
 
 
-def test_torch_until_an_export_is_beside_the_checkpoint(world, tmp_path):
+def test_torch_until_an_export_is_beside_the_checkpoint(world, tmp_path, monkeypatch):
     ckpt = _checkpoint(tmp_path / "ckpt")
     assert isinstance(open_encoder(ckpt, "auto"), hybridhash.HybridHash)
-    with pytest.raises(CheckpointError, match=f"no {ONNX_NAME} beside the checkpoint.*hybridhash export"):
-        open_encoder(ckpt, "onnx")
+    for runtime in ("onnx", "openvino"):
+        with pytest.raises(CheckpointError, match=f"no {ONNX_NAME} beside the checkpoint.*hybridhash export"):
+            open_encoder(ckpt, runtime)
     assert cli.main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 0
     assert (ckpt / ONNX_NAME).is_file()
-    assert isinstance(open_encoder(ckpt, "auto"), OnnxEncoder)
-    assert isinstance(open_encoder(ckpt, "auto", "cuda"), hybridhash.HybridHash)  # onnxruntime is CPU only here
+    assert type(open_encoder(ckpt, "auto")) is OpenVinoEncoder  # the fastest measured on a CPU
+    assert type(open_encoder(ckpt, "onnx")) is OnnxEncoder
+    assert type(open_encoder(ckpt / ONNX_NAME, "auto")) is OpenVinoEncoder
+    assert isinstance(open_encoder(ckpt, "auto", "cuda"), hybridhash.HybridHash)  # the export runtimes are CPU only
     assert isinstance(open_encoder(ckpt, "torch"), hybridhash.HybridHash)
-    with pytest.raises(ConfigError, match="CPU only"):
-        open_encoder(ckpt, "onnx", "cuda")
+    for runtime in ("onnx", "openvino"):
+        with pytest.raises(ConfigError, match="CPU only"):
+            open_encoder(ckpt, runtime, "cuda")
     with pytest.raises(ConfigError, match="--runtime must be one of"):
         open_encoder(ckpt, "tensorrt")
+    with pytest.raises(ConfigError, match="is an ONNX export"):
+        open_encoder(ckpt / ONNX_NAME, "torch")
+    # without OpenVINO, auto is PyTorch (as fast as onnxruntime or faster), and the export file
+    # itself goes to onnxruntime
+    monkeypatch.setattr(inference, "_available", lambda name: name == "onnx")
+    assert pick_runtime(ckpt, "auto") == "torch" and pick_runtime(ckpt / ONNX_NAME, "auto") == "onnx"
+    with pytest.raises(ConfigError, match="needs OpenVINO: pip install 'hybridhash\\[openvino\\]'"):
+        pick_runtime(ckpt, "openvino")
+    monkeypatch.setattr(inference, "_available", lambda name: False)
+    with pytest.raises(ConfigError, match="neither OpenVINO nor onnxruntime"):
+        pick_runtime(ckpt / ONNX_NAME, "auto")
+
+
+def test_openvino_refuses_foreign_files(tmp_path):
+    from onnx import TensorProto, helper
+
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab"]
+    proto = helper.make_model(helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "g", spec[:1], spec[1:]))
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(proto.SerializeToString())
+    with pytest.raises(CheckpointError, match="not a hybridhash ONNX export"):
+        OpenVinoEncoder.open(foreign)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not onnx at all" * 10)
+    with pytest.raises(CheckpointError, match="junk.onnx"):
+        OpenVinoEncoder.open(junk)
+    with pytest.raises(CheckpointError, match="no such ONNX file"):
+        OpenVinoEncoder.open(tmp_path / "missing.onnx")
 
 
 def test_an_export_of_other_weights_is_refused_or_passed_over(tmp_path):
     ckpt = _checkpoint(tmp_path / "ckpt", seed=0)
     other = _checkpoint(tmp_path / "other", seed=1)
     assert cli.main(["export", "--checkpoint", str(other), "--out", str(ckpt / ONNX_NAME), "--no-verify"]) == 0
-    with pytest.raises(CheckpointMismatchError, match="exported from other weights"):
-        open_encoder(ckpt, "onnx")
+    for runtime in ("onnx", "openvino"):
+        with pytest.raises(CheckpointMismatchError, match="exported from other weights"):
+            open_encoder(ckpt, runtime)
     assert isinstance(open_encoder(ckpt, "auto"), hybridhash.HybridHash)
 
 
-def test_encode_and_search_give_the_same_codes_on_both_runtimes(world, capsys):
+def test_encode_and_search_give_the_same_codes_on_every_runtime(world, capsys):
     ckpt, images = world["ckpt"], world["images"]
     assert cli.main(["export", "--checkpoint", str(ckpt)]) == 0
     outs = {}
-    for runtime in ("torch", "onnx"):
+    for runtime in ("torch", "onnx", "openvino"):
         out = world["base"] / f"codes_{runtime}"
         assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
                          "--workers", "0", "--no-progress", "--runtime", runtime]) == 0
         outs[runtime] = out
-    a, b = open_collection(outs["torch"]), open_collection(outs["onnx"])
-    assert a.fingerprint == b.fingerprint and a.count == b.count == 8
-    assert np.array_equal(np.asarray(a.codes), np.asarray(b.codes))  # every bit
+    a = open_collection(outs["torch"])
+    for runtime in ("onnx", "openvino"):
+        b = open_collection(outs[runtime])
+        assert a.fingerprint == b.fingerprint and a.count == b.count == 8
+        assert np.array_equal(np.asarray(a.codes), np.asarray(b.codes))  # every bit
     capsys.readouterr()
     query = str(images / a.path(3))
     assert cli.main(["search", "--index", str(outs["onnx"]), query, "--k", "1", "--json", "--runtime", "onnx"]) == 0
     hit = json.loads(capsys.readouterr().out)["results"][0]["hits"][0]
     assert hit["distance"] == 0 and hit["path"] == a.path(3)
+
+
+def test_openvino_outputs_equal_torch_at_several_batch_sizes(world):
+    ckpt = world["ckpt"]
+    if not (ckpt / ONNX_NAME).is_file():
+        assert cli.main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 0
+    model, enc = open_encoder(ckpt, "torch").eval(), open_encoder(ckpt, "openvino", threads=1)
+    torch.manual_seed(3)
+    size = model.config.img_size
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, size, size)
+        with torch.inference_mode():
+            ref, codes = model(x), model.encode(x)
+        assert float((enc(x) - ref).abs().max()) < 1e-4
+        assert torch.equal(enc.encode(x), codes)
+    assert enc.outputs(torch.zeros(0, 3, size, size)).shape == (0, BITS)

@@ -1,11 +1,14 @@
-"""Inference engines: a checkpoint's model on eager PyTorch, or its ONNX export on onnxruntime.
+"""Inference engines: a checkpoint's model on eager PyTorch, or its ONNX export on onnxruntime or OpenVINO.
 
 ``open_encoder(checkpoint, runtime, device)`` returns an object with the model's encoding contract
 (``encode(x) -> int8 (B, bits)``, ``bits``, ``preprocess``, ``fingerprint``), so encoding, search and
-the service run on either. ``auto`` takes onnxruntime on a CPU when the checkpoint has an export
-of the same weights beside it (``hybridhash export`` writes ``model.onnx`` there): on this
-project's 2-core benchmark (benchmarks/results/encode_model.md) it ran hybridhash_base 1.3-2x as
-fast as eager PyTorch at every batch size from 1 to 64. Otherwise ``auto`` is PyTorch.
+the service run on any of them. ``auto`` takes the fastest measured on this project's 2-core CPU
+benchmark (benchmarks/results/encode_model.md, hybridhash_base): OpenVINO when it is installed and
+the checkpoint has an export of the same weights beside it (``hybridhash export`` writes
+``model.onnx`` there), else PyTorch, whose CPU linears run on oneDNN (models/cpu_gemm.py) and which
+is then as fast as onnxruntime at one image and faster from a batch of 8 on. On a GPU ``auto`` is
+always PyTorch. onnxruntime stays available by name (``--runtime onnx``): it needs no PyTorch to
+run an export.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from .errors import CheckpointError, CheckpointMismatchError, ConfigError
 
 _log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+EXPORT_RUNTIMES = ("onnx", "openvino")  # the ones that run model.onnx
 ONNX_NAME = "model.onnx"  # the export beside a checkpoint's config.json
 
 PathLike = Union[str, os.PathLike]
@@ -47,54 +51,94 @@ def _checkpoint_fingerprint(checkpoint: Path) -> Optional[str]:
         return None
 
 
-def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu", *,
-                 threads: Optional[int] = None):
-    """The model of ``checkpoint`` on the runtime asked for.
+def _available(runtime: str) -> bool:
+    if runtime == "onnx":
+        return onnx_available()
+    from .openvino_encoder import openvino_available
 
-    Args:
-        checkpoint: a project checkpoint directory, or an exported ``.onnx`` file.
-        runtime: ``torch``, ``onnx`` or ``auto`` (see the module docstring).
-        device: where the model will run (a torch model is returned on the CPU for the caller to
-            move); onnxruntime runs on the CPU only.
-        threads: onnxruntime's intra-op threads (None: its default).
+    return openvino_available()
+
+
+def _install_hint(runtime: str) -> str:
+    return {"onnx": "onnxruntime: pip install 'hybridhash[onnx]'",
+            "openvino": "OpenVINO: pip install 'hybridhash[openvino]'"}[runtime]
+
+
+def pick_runtime(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu") -> str:
+    """The runtime ``open_encoder`` will use: ``torch``, ``onnx`` or ``openvino``.
 
     Raises:
-        ConfigError: an unknown runtime, ONNX on another device than the CPU, or no onnxruntime.
-        CheckpointError: ``onnx`` asked for and no export beside the checkpoint, or an export of
-            other weights than the checkpoint's.
+        ConfigError: an unknown runtime, an export runtime on another device than the CPU, or a
+            runtime that is not installed.
+        CheckpointError: an export runtime asked for and no export beside the checkpoint.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     path = Path(checkpoint)
-    onnx_file = onnx_beside(path)
     on_cpu = str(device) == "cpu"
     if runtime == "torch" and path.suffix == ".onnx":
-        raise ConfigError(f"{path} is an ONNX export; use --runtime onnx (or auto), or pass the checkpoint directory")
-    if runtime == "onnx":
+        raise ConfigError(f"{path} is an ONNX export; use --runtime onnx, openvino or auto, or pass the checkpoint "
+                          f"directory")
+    if runtime in EXPORT_RUNTIMES:
         if not on_cpu:
-            raise ConfigError(f"--runtime onnx runs on the CPU only, not --device {device}; use --runtime torch")
-        if not onnx_available():
-            raise ConfigError("--runtime onnx needs onnxruntime: pip install 'hybridhash[onnx]'")
-        if onnx_file is None:
+            raise ConfigError(f"--runtime {runtime} runs on the CPU only, not --device {device}; use --runtime torch")
+        if not _available(runtime):
+            raise ConfigError(f"--runtime {runtime} needs {_install_hint(runtime)}")
+        if onnx_beside(path) is None:
             raise CheckpointError(f"{path}: no {ONNX_NAME} beside the checkpoint; write one with "
                                   f"`hybridhash export --checkpoint {path}`")
-    use_onnx = runtime == "onnx" or (runtime == "auto" and on_cpu and onnx_file is not None and onnx_available())
-    if not use_onnx:
+        return runtime
+    if runtime == "torch":
+        return "torch"
+    # auto
+    if path.suffix == ".onnx":  # only an export runtime can run the file itself
+        for name in ("openvino", "onnx"):
+            if _available(name):
+                return name
+        raise ConfigError(f"{path} is an ONNX export and neither OpenVINO nor onnxruntime is installed: "
+                          f"pip install 'hybridhash[openvino]' or 'hybridhash[onnx]'")
+    if on_cpu and onnx_beside(path) is not None and _available("openvino"):
+        return "openvino"
+    return "torch"
+
+
+def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu", *,
+                 threads: Optional[int] = None):
+    """The model of ``checkpoint`` on the runtime asked for (see :func:`pick_runtime`).
+
+    Args:
+        checkpoint: a project checkpoint directory, or an exported ``.onnx`` file.
+        runtime: ``torch``, ``onnx``, ``openvino`` or ``auto`` (see the module docstring).
+        device: where the model will run (a torch model is returned on the CPU for the caller to
+            move); the export runtimes run on the CPU only.
+        threads: the export runtime's threads (None: its default).
+
+    Raises:
+        ConfigError, CheckpointError: as :func:`pick_runtime`.
+        CheckpointMismatchError: an export runtime named and an export of other weights than the
+            checkpoint's beside it (``auto`` warns and runs PyTorch instead).
+    """
+    path = Path(checkpoint)
+    chosen = pick_runtime(path, runtime, device)
+    if chosen == "torch":
         from .models import from_pretrained
 
         return from_pretrained(path)  # on the CPU; the caller moves it to its device
-    from .export import OnnxEncoder
-
-    enc = OnnxEncoder.open(onnx_file, threads=threads)
+    onnx_file = onnx_beside(path)
+    if chosen == "openvino":
+        from .openvino_encoder import OpenVinoEncoder as Encoder
+    else:
+        from .export import OnnxEncoder as Encoder
+    enc = Encoder.open(onnx_file, threads=threads)
     if path.suffix != ".onnx":
         expected = _checkpoint_fingerprint(path)
         if expected is not None and enc.fingerprint != expected:
-            if runtime == "onnx":
+            if runtime != "auto":
                 raise CheckpointMismatchError(f"{onnx_file} was exported from other weights (fingerprint "
                                               f"{enc.fingerprint}) than {path} ({expected}); export it again")
             _log.warning("%s is an export of other weights than %s; running PyTorch instead", onnx_file, path)
             from .models import from_pretrained
 
             return from_pretrained(path)
-    _log.info("running %s on onnxruntime", onnx_file)
+    _log.info("running %s on %s", onnx_file, "OpenVINO" if chosen == "openvino" else "onnxruntime")
     return enc

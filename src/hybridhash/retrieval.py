@@ -114,8 +114,8 @@ class Retriever:
             kind: an index kind; None loads the saved index (or builds a flat one in memory when
                 none was saved); a kind other than the saved one is built in memory.
             root: the image root, when the images moved since encoding.
-            runtime: ``torch``, ``onnx`` or ``auto`` (:func:`hybridhash.inference.open_encoder`);
-                ``threads``: onnxruntime's threads.
+            runtime: ``torch``, ``onnx``, ``openvino`` or ``auto`` (:func:`hybridhash.inference.open_encoder`);
+                ``threads``: the export runtime's threads.
 
         Raises:
             IndexMismatchError: the collection or index has another bit length or model than the checkpoint.

@@ -108,13 +108,14 @@ def dataclass_from_args(cls, args: argparse.Namespace, **override: Any):
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
-    """``--runtime auto|torch|onnx`` (see :mod:`hybridhash.inference`)."""
+    """``--runtime auto|torch|onnx|openvino`` (see :mod:`hybridhash.inference`)."""
     from hybridhash.inference import ONNX_NAME, RUNTIMES
 
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                        help=f"torch: eager PyTorch; onnx: the checkpoint's ONNX export ({ONNX_NAME} beside it, "
-                             f"written by `hybridhash export`) on onnxruntime, CPU only; auto: onnx on a CPU when "
-                             f"that export is there and onnxruntime is installed, else torch")
+                        help=f"torch: PyTorch; onnx / openvino: the checkpoint's ONNX export ({ONNX_NAME} beside "
+                             f"it, written by `hybridhash export`) on onnxruntime / OpenVINO, CPU only; auto: "
+                             f"openvino on a CPU when that export is there and OpenVINO is installed (the fastest "
+                             f"measured), else torch")
 
 
 def check_options(args: argparse.Namespace, at_least: Optional[Dict[str, int]] = None,

@@ -60,7 +60,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     """Encode a folder or list file of images into the collection ``out``.
 
     The model is ``model`` or loaded from the project checkpoint ``checkpoint`` on ``runtime``
-    (``torch``, ``onnx`` or ``auto``: :func:`hybridhash.inference.open_encoder`). Under torchrun
+    (``torch``, ``onnx``, ``openvino`` or ``auto``: :func:`hybridhash.inference.open_encoder`). Under torchrun
     (``WORLD_SIZE`` > 1) every rank runs this function: rank 0 plans, each rank encodes its
     shards, rank 0 merges; a CUDA ``device`` becomes ``cuda:<LOCAL_RANK>``.
 

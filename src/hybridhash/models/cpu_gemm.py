@@ -30,6 +30,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 _log = logging.getLogger(__name__)
@@ -140,8 +142,24 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
+_active = threading.local()  # whether this thread is inside OneDNNLinear
+
+
+def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and w.dim() == 2
+            and x.dim() >= 2 and x.shape[-1] == w.shape[1] and (b is None or b.dtype == torch.float32))
+
+
 class OneDNNLinear(TorchFunctionMode):
     """Runs fp32 CPU ``F.linear`` calls on oneDNN's packed GEMM; every other call as it was."""
+
+    def __enter__(self):
+        _active.depth = getattr(_active, "depth", 0) + 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _active.depth -= 1
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -149,10 +167,24 @@ class OneDNNLinear(TorchFunctionMode):
             x = args[0]
             w = args[1] if len(args) > 1 else kwargs.get("weight")
             b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and w.dim() == 2
-                    and x.dim() >= 2 and x.shape[-1] == w.shape[1] and (b is None or b.dtype == torch.float32)):
+            if _fits(x, w, b):
                 return _op()[1](x, packed_weight(w), b, "none", [], "")
         return func(*args, **kwargs)
+
+
+class GeluMlp(Mlp):
+    """timm's ``Mlp`` with, inside :class:`OneDNNLinear`, the GELU fused into fc1's GEMM as a
+    oneDNN post-op: one pass over fc1's output fewer (at hybridhash_base's level 0 that is 36 against
+    22 ms per 8 images for fc1 and GELU). Same parameters; identical outputs (the same erf GELU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, act = self.fc1, self.act
+        if (getattr(_active, "depth", 0) and not self.training and isinstance(fc1, nn.Linear)
+                and type(act) is nn.GELU and act.approximate == "none" and isinstance(self.norm, nn.Identity)
+                and _fits(x, fc1.weight, fc1.bias)):
+            x = _op()[1](x, packed_weight(fc1.weight), fc1.bias, "gelu", [], "none")
+            return self.drop2(self.fc2(x))  # drop1 and norm are identities here
+        return super().forward(x)
 
 
 def wants_fast_linear(x: torch.Tensor) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm, LayerNorm2d, PatchEmbed, calculate_drop_path_rates, trunc_normal_
+from timm.layers import LayerNorm, LayerNorm2d, Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
 from timm.models.nest import Attention, NestLevel
 from torch import nn
 
@@ -27,6 +27,7 @@ from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
 from .attention import BlockAttention, GlobalAttention
 from .base import HashNetMixin
+from .cpu_gemm import GeluMlp
 from .weights import LoadReport
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -256,8 +257,10 @@ class HybridHash(HashNetMixin, nn.Module):
                 prev_edge = b * cfg.blocks_per_edge // 2 ** (i - 1)
                 level.pool = InteractionModule(cfg.embed_dims[i - 1], dim, b, (prev_edge // b) ** 2,
                                                cfg.interaction_heads, cfg.global_tokens, cfg.layer_norm_eps)
-            for layer in level.transformer_encoder:  # same parameters, faster fused path
+            for layer in level.transformer_encoder:  # same parameters, faster fused paths
                 layer.attn.__class__ = BlockAttention
+                if type(layer.mlp) is Mlp:
+                    layer.mlp.__class__ = GeluMlp
             levels.append(level)
         self.levels = nn.Sequential(*levels)
         self.norm = LayerNorm2d(cfg.embed_dims[-1], eps=cfg.layer_norm_eps)

@@ -1,0 +1,89 @@
+"""The ONNX export run by OpenVINO's CPU plugin: a third inference engine beside PyTorch and onnxruntime.
+
+OpenVINO compiles the same ``model.onnx`` that ``hybridhash export`` writes (no conversion step,
+no second file), with its own fusions of the layer norms, GELUs and attention blocks. Precision is
+pinned to fp32: on CPUs with bf16 or AMX units OpenVINO would otherwise run in bf16 by default, and
+the codes would no longer equal the torch model's. The package is the optional extra
+``hybridhash[openvino]``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError
+from .export import CODES_NAME, INPUT_NAME, OUTPUT_NAME, OnnxEncoder, PathLike, _parse_metadata, read_metadata
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+class OpenVinoEncoder(OnnxEncoder):
+    """A hybridhash ONNX export compiled by OpenVINO for the CPU; stands in for the torch model.
+
+    Same attributes and methods as :class:`~hybridhash.export.OnnxEncoder`; ``session`` is the
+    compiled model. Runs are serialised by a lock: one infer request is reused, and OpenVINO's
+    threads already fill the cores.
+    """
+
+    def __init__(self, compiled: Any, path: Path, meta: dict):
+        super().__init__(compiled, path, meta)
+        self._request = compiled.create_infer_request()
+        self._outputs = compiled.output(OUTPUT_NAME), compiled.output(CODES_NAME)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: PathLike, *, threads: Optional[int] = None, **_: Any) -> "OpenVinoEncoder":
+        """Compile an export of :func:`~hybridhash.export.export_onnx` for the CPU.
+
+        Args:
+            threads: OpenVINO's inference threads (None or 0: its default, the physical cores).
+
+        Raises:
+            ConfigError: OpenVINO or onnx is not installed, or ``threads`` is negative.
+            CheckpointError: no such file, not an ONNX model, or one without the project's metadata.
+        """
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ConfigError("--runtime openvino needs OpenVINO: pip install 'hybridhash[openvino]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such ONNX file")
+        if threads is not None and threads < 0:
+            raise ConfigError(f"threads must be 0 or more, got {threads}")
+        raw = read_metadata(path)
+        if raw is None:
+            raise CheckpointError(f"{path}: not a readable ONNX model")
+        meta = _parse_metadata(path, raw)
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as err:  # OpenVINO raises RuntimeError and its own types for foreign graphs
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise CheckpointError(f"{path}: OpenVINO could not compile it ({first})") from None
+        names = [i.any_name for i in compiled.inputs], [o.any_name for o in compiled.outputs]
+        if names[0] != [INPUT_NAME] or OUTPUT_NAME not in names[1] or CODES_NAME not in names[1]:
+            raise CheckpointError(f"{path}: the graph has inputs {names[0]} and outputs {names[1]}, a hybridhash "
+                                  f"export has {INPUT_NAME!r} -> {OUTPUT_NAME!r}, {CODES_NAME!r}")
+        return cls(compiled, path, meta)
+
+    def _run(self, x: Any):
+        x = self._array(x)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.bits), np.float32), np.zeros((0, self.bits), np.int8)
+        with self._lock:
+            result = self._request.infer({INPUT_NAME: x})
+            # the request owns its output buffers and reuses them on the next run: copy out
+            return np.array(result[self._outputs[0]]), np.array(result[self._outputs[1]], dtype=np.int8)
+
+    def __repr__(self) -> str:
+        return (f"OpenVinoEncoder({str(self.path)!r}, {self.config.preset}, bits={self.bits}, "
+                f"fingerprint={self.fingerprint})")
