@@ -14,13 +14,14 @@ Sides, on the same weights and the same input batch:
 - ``onnxruntime``: ``export_onnx`` + ``OnnxEncoder`` with as many threads as torch;
 - ``openvino``: the same file on ``OpenVinoEncoder`` (fp32), when OpenVINO is installed.
 
-Each round times one pass of every side, the order rotated from round to round so that a change of
-load on the shared machine hits all sides alike; a side's figure is its best round (medians kept).
+Each round times one pass of every side at every batch size (batch 1: the mean of 8 passes), all
+interleaved and the order turned from round to round, so that a change of load or clock on the
+shared machine hits all sides and batch sizes alike; a cell's figure is its best round (medians kept).
 The achieved FLOP rate is given as a share of the machine's fp32 matmul rate: the best 4096x4096
 product of MKL (torch's ``a @ b``), oneDNN and onnxruntime, each measured at the start and at the
 end of the run (best of both), and as a share of MKL's alone. Warm-up is one batch-1 pass per side.
 
-    python benchmarks/bench_encode_model.py [--batches 1 8 32 64] [--rounds 3] [--big-rounds 2]
+    python benchmarks/bench_encode_model.py [--batches 1 8 32 64] [--rounds 3]
 
 Writes benchmarks/results/encode_model.json and encode_model.md.
 """
@@ -64,7 +65,6 @@ def main(argv=None) -> dict:
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--big-rounds", type=int, default=2, help="rounds for batches of 32 and more")
     p.add_argument("--out", default=str(RESULTS / "encode_model.json"))
     args = p.parse_args(argv)
     threads = torch.get_num_threads()
@@ -101,32 +101,39 @@ def main(argv=None) -> dict:
     warm = rng.standard_normal((1, 3, size, size), dtype=np.float32)
     for run in all_sides.values():
         run(warm)
+    # every (batch, side) cell is timed once per round, the cells of all batches interleaved and
+    # their order turned from round to round: a drift of the shared machine's speed then hits every
+    # batch size and side alike, so batch sizes compare as fairly as sides do
+    sides_of = {b: [n for n in all_sides if n != "default" or b > CPU_MICRO_BATCH] for b in args.batches}
+    xs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in args.batches}
+    reps = {b: max(1, CPU_MICRO_BATCH // b) for b in args.batches}  # small batches: several passes per timing
+    cells = [(b, n) for b in args.batches for n in sides_of[b]]
+    times = {b: {n: [] for n in sides_of[b]} for b in args.batches}
+    outs = {b: {} for b in args.batches}
+    for r in range(args.rounds):
+        k = (r * len(cells)) // max(args.rounds, 1)
+        order = cells[k:] + cells[:k]
+        for b, name in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(reps[b]):
+                outs[b][name] = all_sides[name](xs[b])
+            times[b][name].append((time.perf_counter() - t0) / reps[b])
+        print(f"round {r + 1}/{args.rounds} done, {time.perf_counter() - t_start:.0f} s", flush=True)
     rows = []
     for batch in args.batches:
-        sides = {n: s for n, s in all_sides.items() if n != "default" or batch > CPU_MICRO_BATCH}
-        rounds = args.big_rounds if batch >= 32 else args.rounds
-        x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-        times = {n: [] for n in sides}
-        outs = {}
-        order = list(sides)
-        for r in range(rounds):
-            for name in order[r % len(order):] + order[:r % len(order)]:
-                t0 = time.perf_counter()
-                outs[name] = sides[name](x)
-                times[name].append(time.perf_counter() - t0)
-        if "default" not in sides:
-            times["default"] = times[same_as_default]  # the same computation at this size
-        best = {n: min(t) for n, t in times.items()}
-        ref = outs["mkl_plain"]
+        t = times[batch]
+        if "default" not in t:
+            t["default"] = t[same_as_default]  # the same computation at this size
+        ref = outs[batch]["mkl_plain"]
         rows.append({
-            "batch": batch, "rounds": rounds,
-            "img_s": {n: round(batch / t, 3) for n, t in best.items()},
-            "img_s_median": {n: round(batch / statistics.median(t), 3) for n, t in times.items()},
-            "seconds_all": {n: [round(v, 2) for v in t] for n, t in times.items()},
-            "max_abs_output_diff_vs_mkl_plain": {n: float(np.abs(o - ref).max()) for n, o in outs.items()
+            "batch": batch, "rounds": args.rounds, "passes_per_timing": reps[batch],
+            "img_s": {n: round(batch / min(v), 3) for n, v in t.items()},
+            "img_s_median": {n: round(batch / statistics.median(v), 3) for n, v in t.items()},
+            "seconds_all": {n: [round(x, 3) for x in v] for n, v in t.items()},
+            "max_abs_output_diff_vs_mkl_plain": {n: float(np.abs(o - ref).max()) for n, o in outs[batch].items()
                                                  if n != "mkl_plain"},
-            "codes_identical_to_mkl_plain": {n: bool(((o >= 0) == (ref >= 0)).all()) for n, o in outs.items()
-                                             if n != "mkl_plain"},
+            "codes_identical_to_mkl_plain": {n: bool(((o >= 0) == (ref >= 0)).all())
+                                             for n, o in outs[batch].items() if n != "mkl_plain"},
         })
         print(json.dumps(rows[-1]), flush=True)
     cpu_gemm.set_cpu_gemm(default_gemm)

@@ -5,6 +5,8 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
 
 import hybridhash
 from hybridhash.models import cpu_gemm
@@ -20,35 +22,64 @@ def gemm():
     cpu_gemm._choice = before
 
 
-def _model():
-    torch.manual_seed(0)
+@pytest.fixture
+def every_linear(monkeypatch):
+    """Route every adopted linear through oneDNN, however small (the test models are small)."""
+    monkeypatch.setattr(cpu_gemm, "MIN_MACS", 0)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
     return hybridhash.create_model("hybridhash_cpu", bits=32).eval()
 
 
 class _Counting:
-    """Stands in for the op pair, counting calls to the linear."""
+    """Stands in for the op pair, recording the post-op of every call to the linear."""
 
     def __init__(self):
         self.reorder, self.real_linear = cpu_gemm._op()
-        self.calls, self.post_ops = 0, []
+        self.post_ops = []
 
     def __call__(self):
         def linear(*args):
-            self.calls += 1
             self.post_ops.append(args[3])
             return self.real_linear(*args)
         return self.reorder, linear
 
 
+@pytest.fixture
+def counting(monkeypatch):
+    c = _Counting()
+    monkeypatch.setattr(cpu_gemm, "_op", c)
+    return c
+
+
+def test_adopt_keeps_the_parameters_and_covers_every_linear():
+    for name in ("hybridhash_cpu", "cnn_cpu"):
+        model = hybridhash.create_model(name, bits=16)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(type(m) is cpu_gemm.PackedLinear for m in linears)
+        assert all(type(m) is cpu_gemm.GeluMlp for m in model.modules() if isinstance(m, Mlp))
+    plain = nn.Sequential(nn.Linear(4, 8), Mlp(8, 16))
+    keys = {k: v.clone() for k, v in plain.state_dict().items()}
+    cpu_gemm.adopt(plain)
+    assert type(plain[0]) is cpu_gemm.PackedLinear and type(plain[1]) is cpu_gemm.GeluMlp
+    assert type(plain[1].fc1) is cpu_gemm.PackedLinear
+    after = plain.state_dict()
+    assert list(after) == list(keys) and all(torch.equal(after[k], v) for k, v in keys.items())
+
+
 @needs_onednn
-def test_model_outputs_and_codes_equal_on_both_gemms(gemm):
+def test_model_outputs_and_codes_equal_on_both_gemms(gemm, every_linear, counting):
     model, x = _model(), torch.randn(5, 3, 32, 32)
     gemm("aten")
     with torch.inference_mode():
         ref, ref_codes = model(x), model.encode(x)
+    assert not counting.post_ops
     gemm("onednn")
     with torch.inference_mode():
         out, codes = model(x), model.encode(x)
+    assert counting.post_ops
     assert (out - ref).abs().max() < 1e-5
     assert torch.equal(codes, ref_codes)
 
@@ -56,51 +87,58 @@ def test_model_outputs_and_codes_equal_on_both_gemms(gemm):
 @needs_onednn
 @pytest.mark.parametrize("shape", [(7, 24), (2, 3, 24), (2, 3, 4, 24)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_mode_matches_f_linear(shape, bias):
+def test_packed_linear_matches_f_linear(shape, bias, every_linear, counting):
     torch.manual_seed(0)
-    x, w = torch.randn(*shape), torch.randn(10, 24)
-    b = torch.randn(10) if bias else None
+    layer = cpu_gemm.PackedLinear(24, 10, bias=bias)
+    x = torch.randn(*shape)
     with torch.inference_mode():
-        ref = F.linear(x, w, b)
-        with cpu_gemm.OneDNNLinear():
-            out = F.linear(x, w, bias=b)
-            other = F.linear(x.double(), w.double())  # not fp32: left to PyTorch
+        ref = F.linear(x, layer.weight, layer.bias)
+        with cpu_gemm.forced():
+            out = layer(x)
+            assert len(counting.post_ops) == 1
+            other = layer.double()(x.double())  # not fp32: left to PyTorch
+    assert len(counting.post_ops) == 1 and other.dtype == torch.float64
     assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5
-    assert other.dtype == torch.float64
+
+
+@needs_onednn
+def test_small_products_stay_on_pytorch(counting):
+    small, big = cpu_gemm.PackedLinear(24, 10), cpu_gemm.PackedLinear(256, 256)
+    with torch.inference_mode(), cpu_gemm.forced():
+        small(torch.randn(4, 24))  # 960 multiply-adds
+        assert not counting.post_ops
+        big(torch.randn(64, 256))  # 4 M
+        assert counting.post_ops == ["none"]
 
 
 @needs_onednn
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_used_only_without_autograd_autocast_or_tracing(gemm, monkeypatch):
+def test_used_only_without_autograd_autocast_or_tracing(gemm, every_linear, counting):
     model, x = _model(), torch.randn(2, 3, 32, 32)
-    counting = _Counting()
-    monkeypatch.setattr(cpu_gemm, "_op", counting)
     gemm("onednn")
     out = model(x)  # autograd on: a training-style pass
-    assert counting.calls == 0 and out.grad_fn is not None
+    assert not counting.post_ops and out.grad_fn is not None
     out.sum().backward()
     assert all(p.grad is not None for p in model.hash_head.parameters())
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         model(x)
-    assert counting.calls == 0
+    assert not counting.post_ops
     with torch.no_grad():
         torch.jit.trace(model, x[:1], check_trace=False)
-    assert counting.calls == 0
+    assert not counting.post_ops
     with torch.no_grad():
         model(x)
-    assert counting.calls > 0
+    assert counting.post_ops
     gemm("aten")
-    seen = counting.calls
+    seen = len(counting.post_ops)
     with torch.inference_mode():
         model(x)
-    assert counting.calls == seen
+    assert len(counting.post_ops) == seen
 
 
 @needs_onednn
-def test_weights_changed_in_place_are_packed_again(gemm):
-    model, x = _model(), torch.randn(3, 3, 32, 32)
-    torch.manual_seed(1)
-    other = hybridhash.create_model("hybridhash_cpu", bits=32).eval()
+def test_weights_changed_in_place_are_packed_again(gemm, every_linear):
+    model, other, x = _model(0), _model(1), torch.randn(3, 3, 32, 32)
     gemm("onednn")
     with torch.inference_mode():
         before = model(x)
@@ -113,6 +151,33 @@ def test_weights_changed_in_place_are_packed_again(gemm):
         ref = model(x)
     assert (after - ref).abs().max() < 1e-5
     assert (after - before).abs().max() > 1e-3
+
+
+@needs_onednn
+def test_gelu_fused_into_fc1_inside_the_context_only(gemm, every_linear, counting, monkeypatch):
+    model, x = _model(), torch.randn(3, 3, 32, 32)
+    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
+    gemm("onednn")
+    with torch.inference_mode():
+        fused = model(x)
+    assert counting.post_ops.count("gelu") == len(mlps)
+    with monkeypatch.context() as m:
+        m.setattr(cpu_gemm.GeluMlp, "forward", Mlp.forward)  # GELU as a separate op
+        with torch.inference_mode():
+            separate = model(x)
+    assert (fused - separate).abs().max() < 1e-6
+    mlp, y = mlps[0], torch.randn(2, 5, mlps[0].fc1.in_features)
+    del counting.post_ops[:]
+    with torch.no_grad():
+        with cpu_gemm.forced():
+            inside = mlp(y)
+        assert counting.post_ops == ["gelu", "none"]
+        outside = mlp(y)  # no context: timm's own forward
+        mlp.train()
+        with cpu_gemm.forced():
+            training = mlp(y)  # train mode is never fused (dropout would be skipped)
+    assert counting.post_ops[-2:] == ["none", "none"]
+    assert (inside - outside).abs().max() < 1e-6 and (training - outside).abs().max() < 1e-6
 
 
 def test_environment_choice(gemm, monkeypatch, caplog):
@@ -134,33 +199,3 @@ def test_without_onednn_auto_keeps_pytorch(gemm, monkeypatch):
     gemm(None)
     assert cpu_gemm.cpu_gemm() == "aten"
     assert not cpu_gemm.wants_fast_linear(torch.zeros(1, 3))
-
-
-@needs_onednn
-def test_gelu_fused_into_fc1_inside_the_mode_only(gemm, monkeypatch):
-    from timm.layers import Mlp
-
-    model, x = _model(), torch.randn(3, 3, 32, 32)
-    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
-    assert mlps and all(type(m) is cpu_gemm.GeluMlp for m in mlps)
-    counting = _Counting()
-    monkeypatch.setattr(cpu_gemm, "_op", counting)
-    gemm("onednn")
-    with torch.inference_mode():
-        fused = model(x)
-    assert counting.post_ops.count("gelu") == len(mlps)
-    monkeypatch.setattr(cpu_gemm.GeluMlp, "forward", Mlp.forward)  # GELU as a separate op
-    with torch.inference_mode():
-        separate = model(x)
-    assert (fused - separate).abs().max() < 1e-6
-    mlp = mlps[0]
-    monkeypatch.undo()
-    y = torch.randn(2, 5, mlp.fc1.in_features)
-    with torch.no_grad(), cpu_gemm.OneDNNLinear():
-        inside = mlp(y)
-    with torch.no_grad():
-        outside = mlp(y)  # no mode: timm's own forward
-        mlp.train()
-        with cpu_gemm.OneDNNLinear():
-            training = mlp(y)  # train mode is never fused (dropout would be skipped)
-    assert (inside - outside).abs().max() < 1e-6 and (training - outside).abs().max() < 1e-6

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a checkpoint as an ONNX graph for onnxruntime and other runtimes"
+HELP = "export a checkpoint as an ONNX graph for onnxruntime, OpenVINO and other runtimes"
 DESCRIPTION = (
     "Write the model of a project checkpoint as an ONNX graph: input 'images' (B, 3, S, S) float32, "
     "already resized, cropped and normalised; outputs 'outputs' (B, bits) float32 (the tanh outputs "
@@ -13,7 +13,8 @@ DESCRIPTION = (
     "(JSON: img_size, resize, mean, std, interpolation, pipeline) and the same fields as plain strings. "
     "After writing, the graph is run on a few random images and compared with PyTorch. "
     "An existing --out is replaced only if it is an ONNX export of this project, or with --force. "
-    "Needs the optional packages onnx and onnxruntime (pip install 'hybridhash[onnx]').")
+    "Needs the optional packages onnx and onnxruntime (pip install 'hybridhash[onnx]'); OpenVINO "
+    "(pip install 'hybridhash[openvino]') runs the same file with --runtime openvino.")
 
 
 def configure(p):

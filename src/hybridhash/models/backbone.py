@@ -22,6 +22,7 @@ from ..codes import check_bits
 from ..configs import from_json_dict, to_json_dict
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
 from .base import HashNetMixin
+from .cpu_gemm import adopt
 from .weights import LoadReport, PathLike, _imagenet_state_dict, load_matching, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,6 +220,7 @@ class BackboneHash(HashNetMixin, nn.Module):
                               f"{patch[0]}")
         features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.hash_head = LinearHashHead(features, config.bits)
+        adopt(self)  # linears on oneDNN in CPU inference (cpu_gemm)
         # set by whoever loads weights into the model (hybridhash.models.factory)
         self.fingerprint: Optional[str] = None  # of the checkpoint it was loaded from
         self.checkpoint_meta: Dict[str, Any] = {}  # that checkpoint's config.json

@@ -7,7 +7,7 @@ from typing import Any, Dict
 import torch
 
 from ..codes import binarize
-from .cpu_gemm import linear_context
+from .cpu_gemm import inference_context
 from .weights import save_pretrained
 
 
@@ -20,7 +20,7 @@ class HashNetMixin:
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any):
         # a forward pass without autograd on a CPU runs its linears on oneDNN where that is faster
         # (see cpu_gemm); training, tracing and compiling see the plain module
-        with linear_context(x):
+        with inference_context(x):
             return super().__call__(x, *args, **kwargs)
 
     @property

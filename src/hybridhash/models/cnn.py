@@ -17,6 +17,7 @@ from ..configs import from_json_dict, to_json_dict
 from ..errors import ConfigError
 from .backbone import LinearHashHead, _is_int, check_common, make_preprocess
 from .base import HashNetMixin
+from .cpu_gemm import adopt
 from .registry import register_arch_preset
 from .weights import LoadReport
 
@@ -93,6 +94,7 @@ class CnnHash(HashNetMixin, nn.Module):
         self.stages = nn.Sequential(*stages)
         self.drop = nn.Dropout(cfg.drop_rate)
         self.hash_head = LinearHashHead(cfg.widths[-1], cfg.bits)
+        adopt(self)  # linears on oneDNN in CPU inference (cpu_gemm)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # He init for ReLU stacks trained from scratch
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -6,13 +6,15 @@ generic path at about half of what the cores can do: on this project's 2-core EP
 inside PyTorch and picks its kernels by the instruction set, not the vendor) and 420 in
 onnxruntime. Linear layers are 70% of hybridhash_base's CPU time, so this is where inference waits.
 
-:func:`linear_context` returns a torch-function mode under which ``F.linear`` on fp32 CPU tensors
-runs ``torch.ops.mkldnn._linear_pointwise`` with the weight packed once into oneDNN's blocked
-layout (the same op ``torch.compile`` uses for CPU linear layers). Everything else runs as before.
-It is entered by ``HashNetMixin.__call__`` for every forward pass that needs no gradient, no
-autocast and no tracing, so encoding, evaluation, search and the service all take it, while
-training, the ONNX export and ``torch.compile`` see the plain model. Outputs agree with MKL's
-within float rounding (about 1e-6 at the model's output).
+:func:`adopt` turns a model's ``nn.Linear`` layers into :class:`PackedLinear` (and timm's ``Mlp``
+into :class:`GeluMlp`): the same parameters and state dict, and a forward that, inside
+:func:`inference_context`, runs ``torch.ops.mkldnn._linear_pointwise`` with the weight packed once
+into oneDNN's blocked layout (the op ``torch.compile`` uses for CPU linear layers). The context is
+entered by ``HashNetMixin.__call__`` for every forward pass that needs no gradient, no autocast and
+no tracing, so encoding, evaluation, search and the service all take it, while training, the ONNX
+export and ``torch.compile`` run the layers as plain ``nn.Linear``. Products under
+:data:`MIN_MACS` stay on PyTorch's GEMM, where oneDNN's per-call cost outweighs its speed. Outputs
+agree with MKL's within float rounding (about 1e-6 at the model's output).
 
 Which GEMM runs is chosen once per process: ``HYBRIDHASH_CPU_GEMM=onednn`` or ``aten`` forces one;
 ``auto`` (the default) times both on one layer-sized product and keeps oneDNN only where it is
@@ -32,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 _log = logging.getLogger(__name__)
 
@@ -142,49 +143,63 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-_active = threading.local()  # whether this thread is inside OneDNNLinear
+_active = threading.local()  # how deep this thread is in inference_context
+# below about 2 M multiply-adds a oneDNN call costs more than it saves (2-core EPYC: (16 x 96) @
+# (96 x 288) took 17 us against MKL's 10; (64 x 96) @ (96 x 384) 25 against 31; from 1e7 on, 2x faster)
+MIN_MACS = 1 << 21
 
 
 def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and w.dim() == 2
-            and x.dim() >= 2 and x.shape[-1] == w.shape[1] and (b is None or b.dtype == torch.float32))
+    """Whether ``F.linear(x, w, b)`` should run on oneDNN: inside the context, fp32 on a CPU, big enough."""
+    return (getattr(_active, "depth", 0) > 0 and x.device.type == "cpu" and x.dtype == torch.float32
+            and w.dtype == torch.float32 and x.dim() >= 2 and x.shape[-1] == w.shape[1]
+            and (b is None or b.dtype == torch.float32) and x.numel() * w.shape[0] >= MIN_MACS)
 
 
-class OneDNNLinear(TorchFunctionMode):
-    """Runs fp32 CPU ``F.linear`` calls on oneDNN's packed GEMM; every other call as it was."""
+class PackedLinear(nn.Linear):
+    """``nn.Linear`` that, inside :func:`inference_context`, runs on oneDNN's packed GEMM."""
 
-    def __enter__(self):
-        _active.depth = getattr(_active, "depth", 0) + 1
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        _active.depth -= 1
-        return super().__exit__(*exc)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x = args[0]
-            w = args[1] if len(args) > 1 else kwargs.get("weight")
-            b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _fits(x, w, b):
-                return _op()[1](x, packed_weight(w), b, "none", [], "")
-        return func(*args, **kwargs)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fits(x, self.weight, self.bias):
+            return _op()[1](x, packed_weight(self.weight), self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
 class GeluMlp(Mlp):
-    """timm's ``Mlp`` with, inside :class:`OneDNNLinear`, the GELU fused into fc1's GEMM as a
-    oneDNN post-op: one pass over fc1's output fewer (at hybridhash_base's level 0 that is 36 against
-    22 ms per 8 images for fc1 and GELU). Same parameters; identical outputs (the same erf GELU)."""
+    """timm's ``Mlp`` with, inside :func:`inference_context`, the GELU fused into fc1's GEMM as a
+    oneDNN post-op: one pass over fc1's output fewer (at hybridhash_base's level 0 that is 22
+    against 36 ms per 8 images for fc1 and GELU). Same parameters; identical outputs (the same erf GELU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, act = self.fc1, self.act
-        if (getattr(_active, "depth", 0) and not self.training and isinstance(fc1, nn.Linear)
-                and type(act) is nn.GELU and act.approximate == "none" and isinstance(self.norm, nn.Identity)
-                and _fits(x, fc1.weight, fc1.bias)):
+        if (not self.training and isinstance(fc1, nn.Linear) and type(act) is nn.GELU and act.approximate == "none"
+                and isinstance(self.norm, nn.Identity) and _fits(x, fc1.weight, fc1.bias)):
             x = _op()[1](x, packed_weight(fc1.weight), fc1.bias, "gelu", [], "none")
             return self.drop2(self.fc2(x))  # drop1 and norm are identities here
         return super().forward(x)
+
+
+def adopt(model: nn.Module) -> nn.Module:
+    """Give ``model``'s plain ``nn.Linear`` and timm ``Mlp`` modules the oneDNN-capable forwards
+    (in place; parameters, buffers and state dict unchanged). Returns ``model``."""
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = PackedLinear
+        elif type(m) is Mlp:
+            m.__class__ = GeluMlp
+    return model
+
+
+class _Inside:
+    """Marks this thread as inside :func:`inference_context` (re-entrant)."""
+
+    def __enter__(self):
+        _active.depth = getattr(_active, "depth", 0) + 1
+        return self
+
+    def __exit__(self, *exc):
+        _active.depth -= 1
+        return False
 
 
 def wants_fast_linear(x: torch.Tensor) -> bool:
@@ -201,6 +216,12 @@ def wants_fast_linear(x: torch.Tensor) -> bool:
     return cpu_gemm() == "onednn"
 
 
-def linear_context(x: torch.Tensor):
-    """The context a forward pass on ``x`` runs in: :class:`OneDNNLinear` where it applies, else nothing."""
-    return OneDNNLinear() if wants_fast_linear(x) else contextlib.nullcontext()
+def inference_context(x: torch.Tensor):
+    """The context a forward pass on ``x`` runs in: adopted layers on oneDNN where that applies
+    (:func:`wants_fast_linear`), else nothing."""
+    return _Inside() if wants_fast_linear(x) else contextlib.nullcontext()
+
+
+def forced():
+    """The oneDNN context whatever the input (tests and benchmarks; the layers still check each call)."""
+    return _Inside()

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm, LayerNorm2d, Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
+from timm.layers import LayerNorm, LayerNorm2d, PatchEmbed, calculate_drop_path_rates, trunc_normal_
 from timm.models.nest import Attention, NestLevel
 from torch import nn
 
@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
 from .attention import BlockAttention, GlobalAttention
 from .base import HashNetMixin
-from .cpu_gemm import GeluMlp
+from .cpu_gemm import adopt
 from .weights import LoadReport
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -259,14 +259,13 @@ class HybridHash(HashNetMixin, nn.Module):
                                                cfg.interaction_heads, cfg.global_tokens, cfg.layer_norm_eps)
             for layer in level.transformer_encoder:  # same parameters, faster fused paths
                 layer.attn.__class__ = BlockAttention
-                if type(layer.mlp) is Mlp:
-                    layer.mlp.__class__ = GeluMlp
             levels.append(level)
         self.levels = nn.Sequential(*levels)
         self.norm = LayerNorm2d(cfg.embed_dims[-1], eps=cfg.layer_norm_eps)
         self.hash_head = HashHead(cfg.embed_dims[-1], cfg.bits, cfg.interaction_heads)
         self.init_weights()
         self.set_fused_attn(cfg.fused_attn)
+        adopt(self)  # linears on oneDNN in CPU inference (cpu_gemm)
         # images per forward pass in eval mode: None picks per device (CPU_MICRO_BATCH on a CPU,
         # the whole batch elsewhere), 0 never splits; see micro_batch_size
         self.micro_batch: Optional[int] = None
