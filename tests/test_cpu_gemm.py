@@ -113,13 +113,9 @@ def test_small_products_stay_on_pytorch(counting):
 
 @needs_onednn
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_used_only_without_autograd_autocast_or_tracing(gemm, every_linear, counting):
+def test_not_used_under_autocast_tracing_or_aten(gemm, every_linear, counting):
     model, x = _model(), torch.randn(2, 3, 32, 32)
     gemm("onednn")
-    out = model(x)  # autograd on: a training-style pass
-    assert not counting.post_ops and out.grad_fn is not None
-    out.sum().backward()
-    assert all(p.grad is not None for p in model.hash_head.parameters())
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         model(x)
     assert not counting.post_ops
@@ -199,3 +195,54 @@ def test_without_onednn_auto_keeps_pytorch(gemm, monkeypatch):
     gemm(None)
     assert cpu_gemm.cpu_gemm() == "aten"
     assert not cpu_gemm.wants_fast_linear(torch.zeros(1, 3))
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows, k, n", [(6, 8, 40), (200, 8, 4)])  # weight gradient on oneDNN / on PyTorch
+@pytest.mark.parametrize("bias", [True, False])
+def test_training_linear_gradients_equal_autograd(gemm, every_linear, counting, rows, k, n, bias):
+    torch.manual_seed(0)
+    layer = cpu_gemm.PackedLinear(k, n, bias=bias)
+    x = torch.randn(2, rows // 2, k, requires_grad=True)
+    g = torch.randn(2, rows // 2, n)
+    gemm("onednn")
+    out = layer(x)
+    assert counting.post_ops == ["none"] and out.grad_fn is not None
+    grads = torch.autograd.grad(out, [x, layer.weight] + ([layer.bias] if bias else []), g)
+    ref_out = F.linear(x, layer.weight, layer.bias)
+    refs = torch.autograd.grad(ref_out, [x, layer.weight] + ([layer.bias] if bias else []), g)
+    assert (out - ref_out).abs().max() < 1e-5
+    for got, ref in zip(grads, refs):
+        assert got.shape == ref.shape and (got - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max()))
+    frozen = torch.randn(3, k)  # an input without grad: only the weight's gradient is asked for
+    (gw,) = torch.autograd.grad(layer(frozen).sum(), [layer.weight])
+    assert (gw - torch.ones(3, n).t() @ frozen).abs().max() < 1e-4
+
+
+@needs_onednn
+def test_a_training_step_follows_pytorch(gemm, every_linear, counting):
+    """One step of the small model: the same loss and gradients on both GEMMs, and with gradient
+    checkpointing; PyTorch's linear when autocast or aten is asked for."""
+    x = torch.randn(4, 3, 32, 32)
+
+    def grads(choice, checkpointing=False):
+        gemm(choice)
+        model = _model().train()
+        model.set_grad_checkpointing(checkpointing)
+        torch.manual_seed(5)  # the same DropPath draws
+        model(x, activate=False).pow(2).mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = grads("aten")
+    assert not counting.post_ops
+    for checkpointing in (False, True):
+        got = grads("onednn", checkpointing)
+        assert counting.post_ops
+        assert got.keys() == ref.keys()
+        for name, g in ref.items():
+            assert (got[name] - g).abs().max() <= 1e-4 * max(1e-3, float(g.abs().max())), name
+    del counting.post_ops[:]
+    gemm("onednn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _model().train()(x).float().sum().backward()
+    assert not counting.post_ops

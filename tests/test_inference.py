@@ -136,3 +136,10 @@ def test_openvino_outputs_equal_torch_at_several_batch_sizes(world):
         assert float((enc(x) - ref).abs().max()) < 1e-4
         assert torch.equal(enc.encode(x), codes)
     assert enc.outputs(torch.zeros(0, 3, size, size)).shape == (0, BITS)
+
+
+def test_export_verifies_on_openvino_where_onnxruntime_is_missing(tmp_path, capsys, monkeypatch):
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    monkeypatch.setattr(inference, "onnx_available", lambda: False)
+    assert cli.main(["export", "--checkpoint", str(ckpt)]) == 0
+    assert "OpenVINO matches PyTorch" in capsys.readouterr().out

@@ -30,7 +30,7 @@ def configure(p):
                    help="which code length, when --checkpoint is a run directory holding several")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (17 or later)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the written graph with onnxruntime and compare it with PyTorch")
+                   help="run the written graph with onnxruntime (else OpenVINO) and compare it with PyTorch")
     p.add_argument("--force", action="store_true", help="replace --out even if it is not a hybridhash export")
 
 
@@ -60,15 +60,20 @@ def _check_out(out, force: bool) -> None:
                           f"choose another path or pass --force to replace it")
 
 
-def verify(model, path, n: int = 2, seed: int = 0) -> float:
-    """Largest |onnxruntime - torch| output on ``n`` random images; an error if they disagree."""
+def verify(model, path, n: int = 2, seed: int = 0):
+    """(runtime name, largest |runtime - torch| output) on ``n`` random images, run by onnxruntime
+    or, where only it is installed, OpenVINO; an error if they disagree."""
     import torch
 
     from hybridhash.codes import binarize
     from hybridhash.errors import HybridHashError
     from hybridhash.export import OnnxEncoder
+    from hybridhash.inference import onnx_available
+    from hybridhash.openvino_encoder import OpenVinoEncoder, openvino_available
 
-    enc = OnnxEncoder.open(path)
+    use_ov = not onnx_available() and openvino_available()
+    name = "OpenVINO" if use_ov else "onnxruntime"
+    enc = (OpenVinoEncoder if use_ov else OnnxEncoder).open(path)
     s = model.config.img_size
     x = torch.randn(n, model.config.in_chans, s, s, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
@@ -79,9 +84,9 @@ def verify(model, path, n: int = 2, seed: int = 0) -> float:
     # a code may flip only where the torch output is within float error of 0
     flipped = (enc.encode(x) != codes_ref) & (ref.abs() > 1e-4)
     if diff > 1e-3 or bool(flipped.any()):
-        raise HybridHashError(f"{path}: the exported graph disagrees with PyTorch (max output difference "
-                              f"{diff:.2e}); please report this with the model's config")
-    return diff
+        raise HybridHashError(f"{path}: the exported graph disagrees with PyTorch on {name} (max output "
+                              f"difference {diff:.2e}); please report this with the model's config")
+    return name, diff
 
 
 def run(args) -> int:
@@ -102,7 +107,8 @@ def run(args) -> int:
     export_onnx(model, out, opset=args.opset)
     note = ""
     if args.verify:
-        note = f"; onnxruntime matches PyTorch (max output difference {verify(model, out):.1e})"
+        name, diff = verify(model, out)
+        note = f"; {name} matches PyTorch (max output difference {diff:.1e})"
     size = out.stat().st_size / 2 ** 20
     print(f"wrote {out} ({model.config.preset}, {model.bits} bits, fingerprint {model.fingerprint}, "
           f"{size:.1f} MiB, opset {args.opset}){note}")

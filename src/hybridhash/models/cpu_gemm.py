@@ -1,20 +1,25 @@
-"""Linear layers on oneDNN's packed GEMM when a project model runs on a CPU without autograd.
+"""Linear layers on oneDNN's GEMM when a project model runs on a CPU, in inference and training.
 
 PyTorch runs an fp32 ``F.linear`` on the CPU through MKL's sgemm. On AMD processors MKL takes a
 generic path at about half of what the cores can do: on this project's 2-core EPYC (AVX-512) a
 4096x4096 matmul runs at 185-200 GFLOP/s through MKL, against 340-470 through oneDNN (which ships
 inside PyTorch and picks its kernels by the instruction set, not the vendor) and 420 in
-onnxruntime. Linear layers are 70% of hybridhash_base's CPU time, so this is where inference waits.
+onnxruntime. Linear layers are 70% of hybridhash_base's CPU time, forward and backward alike.
 
 :func:`adopt` turns a model's ``nn.Linear`` layers into :class:`PackedLinear` (and timm's ``Mlp``
-into :class:`GeluMlp`): the same parameters and state dict, and a forward that, inside
-:func:`inference_context`, runs ``torch.ops.mkldnn._linear_pointwise`` with the weight packed once
-into oneDNN's blocked layout (the op ``torch.compile`` uses for CPU linear layers). The context is
-entered by ``HashNetMixin.__call__`` for every forward pass that needs no gradient, no autocast and
-no tracing, so encoding, evaluation, search and the service all take it, while training, the ONNX
-export and ``torch.compile`` run the layers as plain ``nn.Linear``. Products under
-:data:`MIN_MACS` stay on PyTorch's GEMM, where oneDNN's per-call cost outweighs its speed. Outputs
-agree with MKL's within float rounding (about 1e-6 at the model's output).
+into :class:`GeluMlp`): the same parameters and state dict, and a forward that runs
+``torch.ops.mkldnn._linear_pointwise`` (the op ``torch.compile`` uses for CPU linear layers):
+
+- inside :func:`inference_context`, with the weight packed once into oneDNN's blocked layout. The
+  context is entered by ``HashNetMixin.__call__`` for every forward pass that needs no gradient, no
+  autocast and no tracing, so encoding, evaluation, search and the service all take it;
+- with autograd on, through :class:`_TrainLinear`, whose backward puts the input gradient (and the
+  weight gradient where it pays) on oneDNN too.
+
+Autocast (bf16), tracing (the ONNX export), scripting and ``torch.compile`` run the layers as plain
+``nn.Linear``. Products under :data:`MIN_MACS` stay on PyTorch's GEMM, where oneDNN's per-call cost
+outweighs its speed. Outputs and gradients agree with MKL's within float rounding (about 1e-6 at the
+model's output).
 
 Which GEMM runs is chosen once per process: ``HYBRIDHASH_CPU_GEMM=onednn`` or ``aten`` forces one;
 ``auto`` (the default) times both on one layer-sized product and keeps oneDNN only where it is
@@ -149,19 +154,74 @@ _active = threading.local()  # how deep this thread is in inference_context
 MIN_MACS = 1 << 21
 
 
+def _sized(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+    """fp32 on a CPU, shapes that match, and a product big enough for oneDNN to pay."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and x.dim() >= 2
+            and x.shape[-1] == w.shape[1] and (b is None or b.dtype == torch.float32)
+            and x.numel() * w.shape[0] >= MIN_MACS)
+
+
 def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
-    """Whether ``F.linear(x, w, b)`` should run on oneDNN: inside the context, fp32 on a CPU, big enough."""
-    return (getattr(_active, "depth", 0) > 0 and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32 and x.dim() >= 2 and x.shape[-1] == w.shape[1]
-            and (b is None or b.dtype == torch.float32) and x.numel() * w.shape[0] >= MIN_MACS)
+    """Whether ``F.linear(x, w, b)`` runs on oneDNN for inference: inside the context, and :func:`_sized`."""
+    return getattr(_active, "depth", 0) > 0 and _sized(x, w, b)
+
+
+def _trains(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+    """Whether ``F.linear(x, w, b)`` runs on oneDNN with autograd (:class:`_TrainLinear`)."""
+    return (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and _sized(x, w, b)
+            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling() and cpu_gemm() == "onednn")
+
+
+class _TrainLinear(torch.autograd.Function):
+    """``F.linear`` with its forward and input gradient on oneDNN, for training on a CPU.
+
+    The weight changes every step, so it is packed anew on each call (one pass over it, small next
+    to the product). The weight gradient g^T x runs on oneDNN when the rows are few next to the
+    widths (x^T is then cheap to pack: hybridhash_base's level 2, 11 against 17 ms per product at
+    batch 8) and on PyTorch's GEMM otherwise (level 0's 25,088 rows: 19 against 46 ms).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        reorder, linear = _op()
+        rows = x.numel() // x.shape[-1]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear(x, reorder(weight.detach(), rows), bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        reorder, linear = _op()
+        x, weight = ctx.saved_tensors
+        n, k = weight.shape
+        g = grad.reshape(-1, n)  # (M, N)
+        m = g.shape[0]
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:  # g (M, N) @ W (N, K): a linear whose weight is W^T (K, N)
+            gx = linear(g, reorder(weight.t(), m), None, "none", [], "").view(x.shape)
+        if ctx.needs_input_grad[1]:
+            x2 = x.reshape(m, k)
+            if m <= 2 * (n + k):  # g^T (N, M) @ x (M, K): a linear whose weight is x^T (K, M)
+                gw = linear(g.t(), reorder(x2.t(), n), None, "none", [], "")
+            else:
+                gw = g.t() @ x2
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb
 
 
 class PackedLinear(nn.Linear):
-    """``nn.Linear`` that, inside :func:`inference_context`, runs on oneDNN's packed GEMM."""
+    """``nn.Linear`` that runs on oneDNN's GEMM where that is the faster: inside
+    :func:`inference_context` with its weight packed once, and in training (autograd on, on a CPU)
+    through :class:`_TrainLinear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _fits(x, self.weight, self.bias):
             return _op()[1](x, packed_weight(self.weight), self.bias, "none", [], "")
+        if _trains(x, self.weight, self.bias):
+            return _TrainLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
