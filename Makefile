@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_encode_model.py
 	# the original HybridHash code, fetched by you: make bench ORIGINAL=/path/to/HybridHash
 	$(BIN)/python benchmarks/bench_train_step.py $(if $(ORIGINAL),--original $(ORIGINAL))
+	$(BIN)/python benchmarks/bench_gpu.py $(if $(ORIGINAL),--original $(ORIGINAL))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,6 +7,9 @@ built first, its state dict is converted with ``hybridhash.convert_original_stat
 strictly into ours, and the two eval-mode outputs are compared as a check that the weights match.
 Then each round times one step of each side, the order alternating from round to round, so a change
 of load on the shared machine hits both alike; a side's figure is its best round (medians kept too).
+``ours`` runs as the trainer does (linears on the GEMM the process chose, see
+hybridhash.models.cpu_gemm); ``ours_mkl`` is the same model and optimiser with every linear on
+PyTorch's own GEMM, to show what that choice gives.
 
     python benchmarks/bench_train_step.py --original /tmp/orig_hybridhash [--model hybridhash_base]
         [--batch 8] [--rounds 3]
@@ -111,7 +114,21 @@ def main(argv=None) -> dict:
         result["max_abs_eval_output_diff"] = diff
         print(f"eval outputs, ours against original: max abs diff {diff:.2e}")
         sides["original"] = make_step(theirs, x, raw=False)
-    sides["ours"] = make_step(ours, x, raw=True)
+    from hybridhash.models import cpu_gemm
+
+    chosen = cpu_gemm.cpu_gemm()
+    ours_step = make_step(ours, x, raw=True)
+
+    def on(gemm):
+        def step():
+            cpu_gemm.set_cpu_gemm(gemm)
+            return ours_step()
+        return step
+
+    sides["ours"] = on(chosen)  # as the trainer runs: linears on the GEMM the process chose
+    if chosen != "aten":
+        sides["ours_mkl"] = on("aten")  # the same model with every linear on PyTorch's own GEMM
+    result["cpu_gemm"] = chosen
     for name, step in sides.items():  # warm-up: allocator, optimiser state
         step()
     times = {name: [] for name in sides}
