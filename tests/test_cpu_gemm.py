@@ -26,6 +26,7 @@ def gemm():
 def every_linear(monkeypatch):
     """Route every adopted linear through oneDNN, however small (the test models are small)."""
     monkeypatch.setattr(cpu_gemm, "MIN_MACS", 0)
+    monkeypatch.setattr(cpu_gemm, "TRAIN_MIN_MACS", 0)
 
 
 def _model(seed=0):
@@ -102,13 +103,19 @@ def test_packed_linear_matches_f_linear(shape, bias, every_linear, counting):
 
 
 @needs_onednn
-def test_small_products_stay_on_pytorch(counting):
+def test_small_products_stay_on_pytorch(gemm, counting):
+    gemm("onednn")
     small, big = cpu_gemm.PackedLinear(24, 10), cpu_gemm.PackedLinear(256, 256)
     with torch.inference_mode(), cpu_gemm.forced():
         small(torch.randn(4, 24))  # 960 multiply-adds
         assert not counting.post_ops
         big(torch.randn(64, 256))  # 4 M
         assert counting.post_ops == ["none"]
+    big.train()
+    big(torch.randn(64, 256)).sum().backward()  # in training 4 M is small: PyTorch's linear
+    assert counting.post_ops == ["none"]
+    big(torch.randn(1024, 256, requires_grad=True)).sum().backward()  # 67 M
+    assert counting.post_ops == ["none"] * 4  # the forward, the input's and the weight's gradients
 
 
 @needs_onednn

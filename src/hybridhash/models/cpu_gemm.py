@@ -17,9 +17,9 @@ into :class:`GeluMlp`): the same parameters and state dict, and a forward that r
   weight gradient where it pays) on oneDNN too.
 
 Autocast (bf16), tracing (the ONNX export), scripting and ``torch.compile`` run the layers as plain
-``nn.Linear``. Products under :data:`MIN_MACS` stay on PyTorch's GEMM, where oneDNN's per-call cost
-outweighs its speed. Outputs and gradients agree with MKL's within float rounding (about 1e-6 at the
-model's output).
+``nn.Linear``. Products under :data:`MIN_MACS` (:data:`TRAIN_MIN_MACS` in training) stay on
+PyTorch's GEMM, where oneDNN's per-call cost outweighs its speed. Outputs and gradients agree with
+MKL's within float rounding (about 1e-6 at the model's output).
 
 Which GEMM runs is chosen once per process: ``HYBRIDHASH_CPU_GEMM=onednn`` or ``aten`` forces one;
 ``auto`` (the default) times both on one layer-sized product and keeps oneDNN only where it is
@@ -47,7 +47,9 @@ ENV = "HYBRIDHASH_CPU_GEMM"
 # the product timed by the auto choice: hybridhash_base's level-2 MLP on one image, (196 x 512) @ (512 x 2048)
 _PROBE = (196, 512, 2048)
 
-_lock = threading.Lock()
+# re-entrant: a weight's finalizer (_forget) may run from garbage collection while this thread
+# already holds the lock inside packed_weight
+_lock = threading.RLock()
 _choice: Optional[str] = None  # "onednn" or "aten" once decided
 _packed: Dict[int, Tuple["weakref.ref", int, int, torch.Tensor]] = {}  # id(weight) -> (ref, version, ptr, packed)
 
@@ -142,7 +144,7 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         packed = _op()[0](weight.detach(), 1)
     with _lock:
-        if entry is None:
+        if entry is None or entry[0]() is not weight:  # a new tensor (possibly at a recycled id)
             weakref.finalize(weight, _forget, key)
         _packed[key] = (weakref.ref(weight), version, ptr, packed)
     return packed
@@ -152,23 +154,27 @@ _active = threading.local()  # how deep this thread is in inference_context
 # below about 2 M multiply-adds a oneDNN call costs more than it saves (2-core EPYC: (16 x 96) @
 # (96 x 288) took 17 us against MKL's 10; (64 x 96) @ (96 x 384) 25 against 31; from 1e7 on, 2x faster)
 MIN_MACS = 1 << 21
+# in training each call also packs the weight twice (forward, input gradient) and runs three products:
+# (256 x 96) @ (96 x 288) forward and backward took 0.62 against MKL's 0.28 ms, 3.8e7 multiply-adds
+# 1.1 against 1.3 ms, and from 1.5e8 on oneDNN is 1.35-1.55x as fast
+TRAIN_MIN_MACS = 1 << 25
 
 
-def _sized(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
+def _sized(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], min_macs: int) -> bool:
     """fp32 on a CPU, shapes that match, and a product big enough for oneDNN to pay."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and x.dim() >= 2
             and x.shape[-1] == w.shape[1] and (b is None or b.dtype == torch.float32)
-            and x.numel() * w.shape[0] >= MIN_MACS)
+            and x.numel() * w.shape[0] >= min_macs)
 
 
 def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     """Whether ``F.linear(x, w, b)`` runs on oneDNN for inference: inside the context, and :func:`_sized`."""
-    return getattr(_active, "depth", 0) > 0 and _sized(x, w, b)
+    return getattr(_active, "depth", 0) > 0 and _sized(x, w, b, MIN_MACS)
 
 
 def _trains(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     """Whether ``F.linear(x, w, b)`` runs on oneDNN with autograd (:class:`_TrainLinear`)."""
-    return (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and _sized(x, w, b)
+    return (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and _sized(x, w, b, TRAIN_MIN_MACS)
             and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and not torch.compiler.is_compiling() and cpu_gemm() == "onednn")
 
