@@ -225,6 +225,23 @@ def _parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
     return dict(bits=bits, fingerprint=fingerprint, preprocess=preprocess, config=config)
 
 
+def _check_open(path: PathLike, threads: Optional[int]) -> Path:
+    """``path`` as a Path, once it names a file and ``threads`` is usable (for every export runtime)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    if threads is not None and threads < 0:
+        raise ConfigError(f"threads must be 0 or more, got {threads}")
+    return path
+
+
+def _check_names(path: Path, inputs: list, outputs: list) -> None:
+    """A CheckpointError unless the graph has this project's input and output names."""
+    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or CODES_NAME not in outputs:
+        raise CheckpointError(f"{path}: the graph has inputs {inputs} and outputs {outputs}, a hybridhash "
+                              f"export has {INPUT_NAME!r} -> {OUTPUT_NAME!r}, {CODES_NAME!r}")
+
+
 class OnnxEncoder:
     """A hybridhash ONNX export run by onnxruntime on the CPU; stands in for the torch model.
 
@@ -267,11 +284,7 @@ class OnnxEncoder:
             import onnxruntime as ort
         except ImportError:
             raise _missing("onnxruntime") from None
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such ONNX file")
-        if threads is not None and threads < 0:
-            raise ConfigError(f"threads must be 0 or more, got {threads}")
+        path = _check_open(path, threads)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
         opts.inter_op_num_threads = max(1, int(inter_op_threads))
@@ -285,10 +298,7 @@ class OnnxEncoder:
             raise CheckpointError(f"{path}: not a readable ONNX model ({first})") from None
         raw = session.get_modelmeta().custom_metadata_map
         meta = _parse_metadata(path, {k[len(PREFIX):]: v for k, v in raw.items() if k.startswith(PREFIX)})
-        names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-        if names[0] != [INPUT_NAME] or OUTPUT_NAME not in names[1] or CODES_NAME not in names[1]:
-            raise CheckpointError(f"{path}: the graph has inputs {names[0]} and outputs {names[1]}, a hybridhash "
-                                  f"export has {INPUT_NAME!r} -> {OUTPUT_NAME!r}, {CODES_NAME!r}")
+        _check_names(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
         return cls(session, path, meta)
 
     # the torch model's interface ------------------------------------------------------------

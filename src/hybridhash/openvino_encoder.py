@@ -16,7 +16,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import CheckpointError, ConfigError
-from .export import CODES_NAME, INPUT_NAME, OUTPUT_NAME, OnnxEncoder, PathLike, _parse_metadata, read_metadata
+from .export import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, OnnxEncoder, PathLike, _check_names, _check_open,
+                     _parse_metadata, read_metadata)
 
 
 def openvino_available() -> bool:
@@ -52,11 +53,7 @@ class OpenVinoEncoder(OnnxEncoder):
             import openvino as ov
         except ImportError:
             raise ConfigError("--runtime openvino needs OpenVINO: pip install 'hybridhash[openvino]'") from None
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such ONNX file")
-        if threads is not None and threads < 0:
-            raise ConfigError(f"threads must be 0 or more, got {threads}")
+        path = _check_open(path, threads)
         raw = read_metadata(path)
         if raw is None:
             raise CheckpointError(f"{path}: not a readable ONNX model")
@@ -69,10 +66,7 @@ class OpenVinoEncoder(OnnxEncoder):
         except Exception as err:  # OpenVINO raises RuntimeError and its own types for foreign graphs
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise CheckpointError(f"{path}: OpenVINO could not compile it ({first})") from None
-        names = [i.any_name for i in compiled.inputs], [o.any_name for o in compiled.outputs]
-        if names[0] != [INPUT_NAME] or OUTPUT_NAME not in names[1] or CODES_NAME not in names[1]:
-            raise CheckpointError(f"{path}: the graph has inputs {names[0]} and outputs {names[1]}, a hybridhash "
-                                  f"export has {INPUT_NAME!r} -> {OUTPUT_NAME!r}, {CODES_NAME!r}")
+        _check_names(path, [i.any_name for i in compiled.inputs], [o.any_name for o in compiled.outputs])
         return cls(compiled, path, meta)
 
     def _run(self, x: Any):

@@ -96,7 +96,7 @@ def _measure() -> str:
             t_aten = min(t_aten, _best_time(lambda: F.linear(x, w, b)))
             t_dnn = min(t_dnn, _best_time(lambda: linear(x, packed, b, "none", [], "")))
     choice = "onednn" if t_dnn < 0.9 * t_aten else "aten"
-    _log.info("CPU linear layers: %s (probe %dx%dx%d: MKL %.2f ms, oneDNN %.2f ms)", choice, m, k, n,
+    _log.debug("CPU linear layers: %s (probe %dx%dx%d: MKL %.2f ms, oneDNN %.2f ms)", choice, m, k, n,
               t_aten * 1e3, t_dnn * 1e3)
     return choice
 
@@ -175,7 +175,12 @@ def _fits(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
 def _trains(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> bool:
     """Whether ``F.linear(x, w, b)`` runs on oneDNN with autograd (:class:`_TrainLinear`)."""
     return (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and _sized(x, w, b, TRAIN_MIN_MACS)
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and _onednn_allowed())
+
+
+def _onednn_allowed() -> bool:
+    """No autocast, tracing, scripting or compiling in progress, and oneDNN is this process's choice."""
+    return (not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and not torch.compiler.is_compiling() and cpu_gemm() == "onednn")
 
 
@@ -275,11 +280,7 @@ def wants_fast_linear(x: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
         return False
-    if torch.is_autocast_enabled("cpu"):
-        return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    return cpu_gemm() == "onednn"
+    return _onednn_allowed()
 
 
 def inference_context(x: torch.Tensor):
