@@ -1,19 +1,45 @@
-"""Atomic writes: a file is either the old one or the complete new one, never half written."""
+"""Atomic writes and guarded JSON reads: a file is either the old one or the complete new one,
+never half written, and it keeps the mode a user would expect (the umask, or the replaced file's)."""
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import DataError
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only portable way; set straight back
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a new file at ``path`` gets: the replaced file's, else what ``open`` would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    The temporary file lives in the same directory so ``os.replace`` is atomic.
+    The temporary file lives in the same directory so ``os.replace`` is atomic. ``mkstemp``
+    creates it 0600; it is given the replaced file's mode, or the umask's, before the rename.
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
@@ -23,6 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _mode_for(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -40,5 +67,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def loads_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` that turns a document nested past Python's recursion limit into a
+    :class:`DataError` naming ``what`` (the parser itself recurses, so depth is the attack)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{what}: JSON nested too deeply to read; is this the right file?") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's value; ``ValueError`` (bad JSON) passes through for the caller to word."""
+    return loads_json(Path(path).read_text(), str(path))

@@ -1,0 +1,61 @@
+"""One writer per directory (a run directory, a code collection).
+
+The lock is an ``flock`` on ``DIR/.hybridhash.lock``, which holds who took it (pid, start time,
+command). The kernel drops an ``flock`` when its process ends, however it ends (kill -9
+included), so a lock left by a dead process never blocks: the next writer takes it at once and
+rewrites the owner. The file itself stays; it is the project's own and harmless.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import HybridHashError
+
+LOCK_NAME = ".hybridhash.lock"
+
+
+class LockedError(HybridHashError):
+    """Another process is writing the same directory."""
+
+
+def _owner(handle) -> str:
+    try:
+        handle.seek(0)
+        info = json.loads(handle.read() or "{}")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
+        return f"pid {int(info['pid'])}, started {started}"
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return "owner unknown"
+
+
+@contextmanager
+def exclusive(directory: str | os.PathLike, what: str = "directory") -> Iterator[Path]:
+    """Hold the writer's lock on ``directory`` (created if missing) for the ``with`` block.
+
+    Raises :class:`LockedError` at once, naming the other process, when one holds it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{directory} is being written by another process ({_owner(handle)}): "
+                              f"wait for it to finish, or write this {what} elsewhere") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "started": time.time(),
+                                 "command": " ".join(sys.argv[:3])}))
+        handle.flush()
+        yield path
+    finally:
+        handle.close()  # closing drops the flock
