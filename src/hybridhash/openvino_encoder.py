@@ -31,7 +31,8 @@ def openvino_reason(err: BaseException) -> str:
     lines = [line for line in lines if line]
     if "Summary:" in lines:  # a conversion report: the summary names the operations
         lines = lines[lines.index("Summary:") + 1:]
-    return one_line("; ".join(lines) or type(err).__name__, 240)
+    text = "".join(line + (" " if line.endswith(":") else "; ") for line in lines).rstrip("; ")
+    return one_line(text or type(err).__name__, 240)
 
 
 def openvino_available() -> bool:

@@ -41,8 +41,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    """A finite int or float (NaN fails no range check written as ``not a <= v <= b``, but an infinity or
-    NaN in mean, std or eps makes every image's code the same)."""
+    """A finite int or float: a NaN or an infinity in mean, std or an eps gives every image the same code."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return isinstance(value, int) or math.isfinite(value)

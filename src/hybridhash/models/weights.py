@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models.nest import resize_pos_embed
 
@@ -52,7 +51,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+            raise _unreadable(path, err) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
@@ -79,7 +78,7 @@ def read_shapes(path: PathLike) -> Dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise _unreadable(path, err) from None
 
 
 def check_finite(state_dict: Dict[str, torch.Tensor], source: str) -> None:
@@ -90,6 +89,10 @@ def check_finite(state_dict: Dict[str, torch.Tensor], source: str) -> None:
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(f"{source}: weight {k} holds {bad} values that are not finite (NaN or infinite); "
                                   f"the model cannot be used, retrain it or load an earlier checkpoint")
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})")
 
 
 def _objects_message(path: Path, err: BaseException) -> str:
@@ -184,7 +187,7 @@ def weights_fingerprint(path: PathLike, state_dict: Optional[Dict[str, torch.Ten
             with safe_open(str(path), framework="pt") as f:
                 fp = _digest(f.keys(), f.get_tensor)
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+            raise _unreadable(path, err) from None
     with _fingerprints_lock:
         _fingerprints[key] = fp
     return fp
