@@ -118,8 +118,8 @@ def export_onnx(model: torch.nn.Module, path: PathLike, *, opset: int = DEFAULT_
     """Write ``model`` as an ONNX graph at ``path`` (atomically) and return the path.
 
     Args:
-        model: a :class:`~hybridhash.models.HybridHash` (left untouched: a float32 CPU copy in eval
-            mode is exported, with the attention kernel it is configured with).
+        model: a project model of any architecture (left untouched: a float32 CPU copy in eval mode
+            is exported, with the attention kernel it is configured with).
         opset: the ONNX opset (17 or later).
         batch_dynamic: a free batch dimension named ``batch``; False fixes it to 1.
 
@@ -137,7 +137,7 @@ def export_onnx(model: torch.nn.Module, path: PathLike, *, opset: int = DEFAULT_
     if opset > _max_opset():
         raise ConfigError(f"torch {torch.__version__} exports up to opset {_max_opset()}, not {opset}")
     if not hasattr(model, "config") or not hasattr(model, "bits"):
-        raise ConfigError(f"export_onnx needs a HybridHash model, got {type(model).__name__}")
+        raise ConfigError(f"export_onnx needs a hybridhash model (with a config and bits), got {type(model).__name__}")
     meta = export_metadata(model)
     net = copy.deepcopy(model).float().cpu().eval()
     size, chans = net.config.img_size, net.config.in_chans
@@ -163,7 +163,7 @@ def export_onnx(model: torch.nn.Module, path: PathLike, *, opset: int = DEFAULT_
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    proto.doc_string = (f"HybridHash {meta[PREFIX + 'preset']} {meta[PREFIX + 'bits']}-bit hashing model "
+    proto.doc_string = (f"hybridhash {meta[PREFIX + 'preset']} {meta[PREFIX + 'bits']}-bit hashing model "
                         f"{meta[PREFIX + 'fingerprint']}: images (B, 3, {size}, {size}) preprocessed as in "
                         f"{PREFIX}preprocess -> {OUTPUT_NAME} (B, bits) tanh, {CODES_NAME} (B, bits) int8 +-1")
     onnx.checker.check_model(proto)
@@ -199,9 +199,14 @@ def is_project_onnx(path: PathLike) -> bool:
 # inference
 
 def _parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
-    """Validated bits, fingerprint, preprocess and config of an export's metadata, else CheckpointError."""
+    """Validated bits, fingerprint, preprocess and config of an export's metadata, else CheckpointError.
+
+    The config is that of the architecture it names (HybridHash, a timm backbone, the small CNN),
+    checked as a config.json's is; the preprocessing is checked as every pipeline checks it (sizes
+    within :data:`hybridhash.limits.MAX_RESIZE`)."""
     from .data.transforms import build_transform
-    from .models import HybridHashConfig
+    from .fileio import loads_json
+    from .models import config_from_dict
 
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a hybridhash ONNX export (no {PREFIX}format metadata); "
@@ -210,10 +215,10 @@ def _parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
         version = int(meta.get("format_version", ""))
         bits = int(meta["bits"])
         fingerprint = meta["fingerprint"]
-        preprocess = json.loads(meta["preprocess"])
-        config = HybridHashConfig.from_dict(json.loads(meta["config"]))
+        preprocess = loads_json(meta["preprocess"], f"{path}: {PREFIX}preprocess")
+        config = config_from_dict(loads_json(meta["config"], f"{path}: {PREFIX}config"))
         build_transform(preprocess, train=False)  # validates the dict
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, DataError) as err:
         what = f"no {PREFIX}{err.args[0]}" if isinstance(err, KeyError) else str(err).splitlines()[0][:200]
         raise CheckpointError(f"{path}: malformed hybridhash metadata ({what})") from None
     if version > FORMAT_VERSION:
@@ -235,11 +240,17 @@ def _check_open(path: PathLike, threads: Optional[int]) -> Path:
     return path
 
 
-def _check_names(path: Path, inputs: list, outputs: list) -> None:
-    """A CheckpointError unless the graph has this project's input and output names."""
+def _check_graph(path: Path, inputs: list, outputs: list, input_shape: list, img_size: int) -> None:
+    """A CheckpointError unless the graph has this project's input and output names, and an input of
+    (batch, 3, img_size, img_size) as its metadata says (``input_shape``: ints, None where free)."""
     if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or CODES_NAME not in outputs:
         raise CheckpointError(f"{path}: the graph has inputs {inputs} and outputs {outputs}, a hybridhash "
                               f"export has {INPUT_NAME!r} -> {OUTPUT_NAME!r}, {CODES_NAME!r}")
+    want = [3, img_size, img_size]
+    if len(input_shape) != 4 or any(d is not None and d != w for d, w in zip(input_shape[1:], want)):
+        shown = ["?" if d is None else d for d in input_shape]
+        raise CheckpointError(f"{path}: the graph's input {INPUT_NAME!r} is {shown}, but its metadata says images of "
+                              f"{img_size}x{img_size} (B, 3, {img_size}, {img_size}); export the checkpoint again")
 
 
 class OnnxEncoder:
@@ -247,8 +258,9 @@ class OnnxEncoder:
 
     Attributes:
         path: the ONNX file.
-        bits, fingerprint, preprocess, config: read from the file's metadata (``config`` is a
-            :class:`~hybridhash.models.HybridHashConfig`, so ``config.preset`` names the model).
+        bits, fingerprint, preprocess, config: read from the file's metadata (``config`` is the model's
+            config, :class:`~hybridhash.models.HybridHashConfig` or another architecture's, so
+            ``config.preset`` names the model).
         session: the ``onnxruntime.InferenceSession`` (its ``run`` is thread-safe).
     """
 
@@ -298,7 +310,10 @@ class OnnxEncoder:
             raise CheckpointError(f"{path}: not a readable ONNX model ({first})") from None
         raw = session.get_modelmeta().custom_metadata_map
         meta = _parse_metadata(path, {k[len(PREFIX):]: v for k, v in raw.items() if k.startswith(PREFIX)})
-        _check_names(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        inputs = session.get_inputs()
+        shape = [d if isinstance(d, int) else None for d in inputs[0].shape] if len(inputs) == 1 else []
+        _check_graph(path, [i.name for i in inputs], [o.name for o in session.get_outputs()], shape,
+                     meta["config"].img_size)
         return cls(session, path, meta)
 
     # the torch model's interface ------------------------------------------------------------

@@ -43,10 +43,13 @@ def onnx_beside(checkpoint: PathLike) -> Optional[Path]:
 
 
 def _checkpoint_fingerprint(checkpoint: Path) -> Optional[str]:
-    from .models import read_config
+    """The fingerprint of the checkpoint's weights (not config.json's record, which a replaced weights
+    file leaves stale); None when they cannot be read."""
+    from .models import weights_fingerprint
+    from .models.weights import WEIGHTS_NAME
 
     try:
-        return read_config(checkpoint).get("fingerprint")
+        return weights_fingerprint((checkpoint if checkpoint.is_dir() else checkpoint.parent) / WEIGHTS_NAME)
     except CheckpointError:
         return None
 
@@ -116,7 +119,8 @@ def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu
     Raises:
         ConfigError, CheckpointError: as :func:`pick_runtime`.
         CheckpointMismatchError: an export runtime named and an export of other weights than the
-            checkpoint's beside it (``auto`` warns and runs PyTorch instead).
+            checkpoint's beside it (``auto`` warns and runs PyTorch instead, as it does over an
+            export it cannot open).
     """
     path = Path(checkpoint)
     chosen = pick_runtime(path, runtime, device)
@@ -129,16 +133,27 @@ def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu
         from .openvino_encoder import OpenVinoEncoder as Encoder
     else:
         from .export import OnnxEncoder as Encoder
-    enc = Encoder.open(onnx_file, threads=threads)
+    try:
+        enc = Encoder.open(onnx_file, threads=threads)
+    except CheckpointError as err:
+        if runtime != "auto" or path.suffix == ".onnx":
+            raise
+        # the checkpoint itself still works: an unusable export beside it must not stop it
+        return _pytorch_instead(path, "cannot use %s (%s)", onnx_file, err)
     if path.suffix != ".onnx":
         expected = _checkpoint_fingerprint(path)
         if expected is not None and enc.fingerprint != expected:
             if runtime != "auto":
                 raise CheckpointMismatchError(f"{onnx_file} was exported from other weights (fingerprint "
                                               f"{enc.fingerprint}) than {path} ({expected}); export it again")
-            _log.warning("%s is an export of other weights than %s; running PyTorch instead", onnx_file, path)
-            from .models import from_pretrained
-
-            return from_pretrained(path)
+            return _pytorch_instead(path, "%s is an export of other weights than %s", onnx_file, path)
     _log.info("running %s on %s", onnx_file, "OpenVINO" if chosen == "openvino" else "onnxruntime")
     return enc
+
+
+def _pytorch_instead(checkpoint: Path, why: str, *args):
+    """The checkpoint's PyTorch model, after a warning saying why ``auto`` passed its export over."""
+    from .models import from_pretrained
+
+    _log.warning(why + "; running PyTorch instead", *args)
+    return from_pretrained(checkpoint)

@@ -6,6 +6,10 @@ from __future__ import annotations
 # thumbnails alike, so an image that was encoded can always be shown. PIL's own bomb limit.
 MAX_PIXELS: int = 89_478_485
 
+# Longest edge an image is resized to before the centre crop (img_size / crop_pct, from a config
+# or an export's metadata): a square image resized to 8192 px takes 200 MB as 8-bit RGB.
+MAX_RESIZE: int = 8192
+
 # images per shard of an encoded collection (the unit of resume)
 SHARD_SIZE: int = 4096
 

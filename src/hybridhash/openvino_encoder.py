@@ -9,15 +9,30 @@ the codes would no longer equal the torch model's. The package is the optional e
 from __future__ import annotations
 
 import importlib.util
+import re
 import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError
-from .export import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, OnnxEncoder, PathLike, _check_names, _check_open,
+from .errors import CheckpointError, ConfigError, one_line
+from .export import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, OnnxEncoder, PathLike, _check_graph, _check_open,
                      _parse_metadata, read_metadata)
+
+# where in OpenVINO's C++ sources a check failed: "Exception from src/.../core.cpp:132:",
+# "Check 'x' failed at src/.../conv.cpp:63:"; the reason follows on later lines
+_SOURCE_LOCATION = re.compile(r"(Exception from|Check '.*?' failed at) \S+:\d+:?")
+
+
+def openvino_reason(err: BaseException) -> str:
+    """OpenVINO's message without its source locations, on one line: the summary when it gives one."""
+    lines = [_SOURCE_LOCATION.sub("", line).strip(" -\t") for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
+    if "Summary:" in lines:  # a conversion report: the summary names the operations
+        lines = lines[lines.index("Summary:") + 1:]
+    text = "".join(line + (" " if line.endswith(":") else "; ") for line in lines).rstrip("; ")
+    return one_line(text or type(err).__name__, 240)
 
 
 def openvino_available() -> bool:
@@ -64,9 +79,12 @@ class OpenVinoEncoder(OnnxEncoder):
         try:
             compiled = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as err:  # OpenVINO raises RuntimeError and its own types for foreign graphs
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise CheckpointError(f"{path}: OpenVINO could not compile it ({first})") from None
-        _check_names(path, [i.any_name for i in compiled.inputs], [o.any_name for o in compiled.outputs])
+            raise CheckpointError(f"{path}: OpenVINO could not compile it ({openvino_reason(err)})") from None
+        inputs = compiled.inputs
+        shape = [d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape()] \
+            if len(inputs) == 1 and inputs[0].get_partial_shape().rank.is_static else []
+        _check_graph(path, [i.any_name for i in inputs], [o.any_name for o in compiled.outputs], shape,
+                     meta["config"].img_size)
         return cls(compiled, path, meta)
 
     def _run(self, x: Any):

@@ -11,7 +11,7 @@ DESCRIPTION = (
     "free. The file's metadata_props carry what a consumer needs: hybridhash.bits, "
     "hybridhash.fingerprint (the model identity code collections record), hybridhash.preprocess "
     "(JSON: img_size, resize, mean, std, interpolation, pipeline) and the same fields as plain strings. "
-    "After writing, the graph is run on a few random images and compared with PyTorch. "
+    "Before the file is put in place, the graph is run on a few random images and compared with PyTorch. "
     "An existing --out is replaced only if it is an ONNX export of this project, or with --force. "
     "Needs the optional packages onnx and onnxruntime (pip install 'hybridhash[onnx]'); OpenVINO "
     "(pip install 'hybridhash[openvino]') runs the same file with --runtime openvino.")
@@ -92,11 +92,11 @@ def verify(model, path, n: int = 2, seed: int = 0):
 def run(args) -> int:
     from pathlib import Path
 
-    from hybridhash.errors import ConfigError
+    from hybridhash.errors import ConfigError, HybridHashError
     from hybridhash.export import MIN_OPSET, export_onnx
-    from hybridhash.models import from_pretrained
-
+    from hybridhash.fileio import atomic_path
     from hybridhash.inference import ONNX_NAME
+    from hybridhash.models import from_pretrained
 
     if args.opset < MIN_OPSET:
         raise ConfigError(f"--opset {args.opset} is too old; the export needs opset {MIN_OPSET} or later")
@@ -104,11 +104,17 @@ def run(args) -> int:
     out = Path(args.out) if args.out is not None else Path(ckpt) / ONNX_NAME
     _check_out(out, args.force)
     model = from_pretrained(ckpt).eval()
-    export_onnx(model, out, opset=args.opset)
     note = ""
-    if args.verify:
-        name, diff = verify(model, out)
-        note = f"; {name} matches PyTorch (max output difference {diff:.1e})"
+    # written and verified beside --out, then renamed onto it: a graph that fails verification is
+    # never where `--runtime auto` would find it
+    with atomic_path(out) as tmp:
+        export_onnx(model, tmp, opset=args.opset)
+        if args.verify:
+            try:
+                name, diff = verify(model, tmp)
+            except HybridHashError as err:  # named after the file it would have been
+                raise HybridHashError(f"{out} not written: {str(err).replace(f'{tmp}: ', '')}") from None
+            note = f"; {name} matches PyTorch (max output difference {diff:.1e})"
     size = out.stat().st_size / 2 ** 20
     print(f"wrote {out} ({model.config.preset}, {model.bits} bits, fingerprint {model.fingerprint}, "
           f"{size:.1f} MiB, opset {args.opset}){note}")

@@ -30,7 +30,10 @@ def run(args) -> int:
         print("any timm model name (e.g. resnet50, vit_base_patch16_224) also works: a timm backbone with a "
               "linear hash layer; `hybridhash models NAME` describes one")
         return 0
-    model = hybridhash.create_model(args.name, bits=args.bits)
+    import torch
+
+    with torch.device("meta"):  # shapes only: describing a 1B-parameter ViT allocates nothing
+        model = hybridhash.create_model(args.name, bits=args.bits)
     info = {"name": args.name, "arch": getattr(model.config, "arch", "hybridhash"), "params": model.num_params(),
             "config": model.config.to_dict(), "preprocess": model.preprocess}
     if args.json:

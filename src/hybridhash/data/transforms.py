@@ -19,12 +19,14 @@ digit files from any folder the way it was evaluated), else from the dataset nam
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable, Dict
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from ..errors import ConfigError
+from ..limits import MAX_RESIZE
 
 PIPELINES = ("standard", "cifar", "digits")
 INTERPOLATIONS = {
@@ -62,17 +64,21 @@ def _checked(preprocess: Dict[str, Any]) -> Dict[str, Any]:
         img_size = int(preprocess["img_size"])
         mean = [float(v) for v in preprocess["mean"]]
         std = [float(v) for v in preprocess["std"]]
+        resize = int(preprocess.get("resize") or img_size)
     except KeyError as err:
         raise ConfigError(f"preprocess lacks {err.args[0]!r} (needs img_size, mean, std)") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"preprocess: malformed img_size/mean/std ({err})") from None
-    resize = int(preprocess.get("resize") or img_size)
+    except (TypeError, ValueError, OverflowError) as err:  # int() of an infinity overflows
+        raise ConfigError(f"preprocess: malformed img_size/resize/mean/std ({err})") from None
     interpolation = preprocess.get("interpolation", "bilinear")
     pipeline = preprocess.get("pipeline")
     if img_size <= 0:
         raise ConfigError(f"preprocess: img_size must be positive, got {img_size}")
     if resize < img_size:
         raise ConfigError(f"preprocess: resize {resize} is smaller than img_size {img_size}")
+    if resize > MAX_RESIZE:  # every image is resized to this edge first: the memory it takes grows with its square
+        raise ConfigError(f"preprocess: resize {resize} is larger than the limit of {MAX_RESIZE} px")
+    if not all(math.isfinite(v) for v in mean + std):
+        raise ConfigError(f"preprocess: mean and std must be finite numbers; got {mean}, {std}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ConfigError(f"preprocess: mean and std need 3 values each, std positive; got {mean}, {std}")
     if preprocess.get("in_chans", 3) != 3:

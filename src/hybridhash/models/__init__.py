@@ -4,7 +4,7 @@
 by name and loading checkpoints (:mod:`.factory`), weights in and out (:mod:`.weights`)."""
 from .backbone import BackboneConfig, BackboneHash, LinearHashHead, load_timm_weights
 from .cnn import CnnConfig, CnnHash
-from .factory import build_config, create_model, from_pretrained
+from .factory import build_config, config_from_dict, create_model, from_pretrained
 from .hybridhash import (
     GlobalAttention,
     HashHead,
@@ -24,12 +24,13 @@ from .weights import (
     read_config,
     read_state_dict,
     save_pretrained,
+    weights_fingerprint,
 )
 
 __all__ = [
     "BackboneConfig", "BackboneHash", "CnnConfig", "CnnHash", "LinearHashHead", "list_presets", "load_timm_weights",
     "GlobalAttention", "HashHead", "HybridHash", "HybridHashConfig", "InteractionModule", "LoadReport",
-    "build_config", "check_state_dict", "convert_original_state_dict", "create_model", "fingerprint_state_dict",
-    "from_pretrained", "list_models", "load_checked", "load_nest_weights", "model_fingerprint", "read_config",
-    "read_state_dict", "save_pretrained",
+    "build_config", "check_state_dict", "config_from_dict", "convert_original_state_dict", "create_model",
+    "fingerprint_state_dict", "from_pretrained", "list_models", "load_checked", "load_nest_weights",
+    "model_fingerprint", "read_config", "read_state_dict", "save_pretrained", "weights_fingerprint",
 ]

@@ -3,9 +3,10 @@
 ``BackboneHash`` wraps ``timm.create_model(name, num_classes=0)`` (which returns pooled features
 (B, F)) and adds ``hash_head.to_bits`` = Linear(F, bits), so the methods of the field can be
 compared on ResNets, ViTs, ConvNeXts, ... with the same trainer, checkpoints and retrieval code as
-HybridHash. The pieces shared with the small CNN (:mod:`.cnn`) live here too: the linear hash head,
-the preprocessing dict, the checks of a config read from anywhere, and loading foreign weights by
-name with a :class:`~.weights.LoadReport`.
+HybridHash. The pieces shared with the other architectures live here too: the linear hash head (the
+small CNN's, :mod:`.cnn`), the preprocessing dict and the checks of the fields every config has (a
+config.json may come from anywhere), and loading foreign weights by name with a
+:class:`~.weights.LoadReport`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from ..codes import check_bits
 from ..configs import from_json_dict, to_json_dict
-from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..limits import MAX_RESIZE
 from .base import HashNetMixin
 from .cpu_gemm import adopt
 from .weights import LoadReport, PathLike, _imagenet_state_dict, load_matching, read_state_dict
@@ -28,7 +30,9 @@ from .weights import LoadReport, PathLike, _imagenet_state_dict, load_matching, 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what hybridhash.data.transforms can resize with
-MAX_IMG_SIZE = 4096  # as for HybridHash: a config.json asking for more is a mistake or an attack
+# largest image edge a config may ask for: a 4096 px HybridHash base model already holds half a GB of
+# position embeddings, and a config.json saying more is a mistake or an attempt to exhaust memory
+MAX_IMG_SIZE = 4096
 UNKNOWN_MODEL = "unknown model {name!r}: not a hybridhash preset and not a timm model; see `hybridhash models`"
 
 
@@ -37,14 +41,22 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: a NaN or an infinity in mean, std or an eps gives every image the same code."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def resize_edge(img_size: int, crop_pct: float) -> int:
+    """The edge images are resized to before the centre crop to ``img_size``."""
+    return int(math.floor(img_size / crop_pct + 0.5))
 
 
 def make_preprocess(img_size: int, crop_pct: float, mean, std, interpolation: str, in_chans: int) -> Dict[str, Any]:
-    """The ``preprocess`` dict of a model (the keys of ``HybridHashConfig.preprocess``)."""
+    """The ``preprocess`` dict of a model (see :mod:`hybridhash.data.transforms`)."""
     return {
         "img_size": img_size,
-        "resize": int(math.floor(img_size / crop_pct + 0.5)),
+        "resize": resize_edge(img_size, crop_pct),
         "mean": list(mean),
         "std": list(std),
         "interpolation": interpolation,
@@ -53,7 +65,8 @@ def make_preprocess(img_size: int, crop_pct: float, mean, std, interpolation: st
 
 
 def check_common(cfg: Any) -> None:
-    """Raise ConfigError (one line) on the fields every non-HybridHash config has; tuples made."""
+    """Raise ConfigError (one line) on the fields every model config has (code length, input and
+    preprocessing, dropout rates); tuples made. A config.json may come from anywhere."""
     cfg.mean, cfg.std = tuple(cfg.mean), tuple(cfg.std)
     cfg.bits = check_bits(cfg.bits)
     if not _is_int(cfg.img_size) or not 1 <= cfg.img_size <= MAX_IMG_SIZE:
@@ -62,9 +75,14 @@ def check_common(cfg: Any) -> None:
         raise ConfigError(f"in_chans must be a whole number from 1 to 16, got {cfg.in_chans!r}")
     if len(cfg.mean) != 3 or len(cfg.std) != 3 or not all(_is_number(v) for v in cfg.mean + cfg.std) \
             or min(cfg.std) <= 0:
-        raise ConfigError(f"mean and std need 3 numbers each, std positive; got {list(cfg.mean)}, {list(cfg.std)}")
+        raise ConfigError(f"mean and std need 3 finite numbers each, std positive; got {list(cfg.mean)}, "
+                          f"{list(cfg.std)}")
     if not _is_number(cfg.crop_pct) or not 0.1 <= cfg.crop_pct <= 2.0:
         raise ConfigError(f"crop_pct must be a number from 0.1 to 2, got {cfg.crop_pct!r}")
+    resize = resize_edge(cfg.img_size, cfg.crop_pct)
+    if resize > MAX_RESIZE:
+        raise ConfigError(f"img_size {cfg.img_size} with crop_pct {cfg.crop_pct} resizes images to {resize} px, more "
+                          f"than the limit of {MAX_RESIZE}; use a crop_pct of at least {cfg.img_size / MAX_RESIZE:.3g}")
     if cfg.interpolation not in INTERPOLATIONS:
         raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {cfg.interpolation!r}")
     for name in ("drop_rate", "drop_path_rate"):
@@ -243,21 +261,6 @@ class BackboneHash(HashNetMixin, nn.Module):
     def forward(self, x: torch.Tensor, activate: bool = True) -> torch.Tensor:
         """(B, in_chans, H, W) -> tanh outputs (B, bits); raw hash-layer outputs with ``activate=False``."""
         return self.hash_head(self.forward_features(x), activate)
-
-
-def check_timm_size(config: BackboneConfig, state: Dict[str, torch.Tensor], source: str) -> None:
-    """Raise CheckpointMismatchError unless the network of ``config`` holds as many values as ``state``.
-
-    The network is built on the meta device (no memory), so a config.json naming a far larger timm
-    model than its weights file holds is refused before anything is allocated.
-    """
-    with torch.device("meta"):
-        shapes = BackboneHash(config).state_dict()
-    need, have = sum(t.numel() for t in shapes.values()), sum(t.numel() for t in state.values())
-    if need != have:
-        raise CheckpointMismatchError(
-            f"{source}: config.json describes {config.backbone} with {need:,} weight values, but its weights file "
-            f"holds {have:,}; the config and the weights are not of the same model")
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,25 +6,26 @@ presets; this module depends on it and on :mod:`.weights`, never the reverse.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from torch import nn
 
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_line
-from .backbone import (
-    UNKNOWN_MODEL, BackboneConfig, BackboneHash, check_timm_size, is_timm_model, load_timm_weights,
-    no_imagenet,
-)
+from .backbone import UNKNOWN_MODEL, BackboneConfig, BackboneHash, is_timm_model, load_timm_weights, no_imagenet
 from .cnn import CnnConfig, CnnHash
 from .hybridhash import HybridHash, HybridHashConfig
 from .registry import arch_preset_kwargs, preset_arch, preset_kwargs
 from .weights import (
-    CONFIG_NAME, WEIGHTS_NAME, PathLike, fingerprint_state_dict, load_checked, load_matching, load_nest_weights,
-    read_config, read_state_dict,
+    CONFIG_NAME, WEIGHTS_NAME, PathLike, check_finite, check_state_dict, load_matching,
+    load_nest_weights, read_config, read_shapes, read_state_dict, weights_fingerprint,
 )
 
-__all__ = ["build_config", "create_model", "from_pretrained"]
+__all__ = ["build_config", "config_from_dict", "create_model", "from_pretrained"]
+
+_log = logging.getLogger(__name__)
 
 
 ModelConfig = Union[HybridHashConfig, BackboneConfig, CnnConfig]
@@ -96,6 +97,20 @@ def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Opti
     return model
 
 
+def config_from_dict(d: Any, arch: Optional[str] = None) -> ModelConfig:
+    """The config of a saved ``config.to_dict()``, of the architecture ``arch`` names (default: the
+    dict's own ``"arch"``, HybridHash when it has none). ConfigError (one line) if it is not one."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config is a {type(d).__name__}, not an object")
+    arch = d.get("arch", "hybridhash") if arch is None else arch
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise ConfigError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
+    try:
+        return ARCHS[arch][0].from_dict(d)
+    except TypeError as err:  # a field of the wrong JSON type, met before its own check
+        raise ConfigError(str(err)) from None
+
+
 def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optional[str] = None,
                     map_location: str = "cpu") -> nn.Module:
     """Load a model saved with :func:`~.weights.save_pretrained` (``HybridHash.save_pretrained``).
@@ -103,6 +118,11 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
     ``path`` is the directory (or its ``model.safetensors``). ``bits``/``preset``, when given, must
     match the checkpoint, else CheckpointMismatchError names both. The network is the one config.json's
     ``"arch"`` names (HybridHash when absent, as in checkpoints written before there were others).
+
+    Nothing large is allocated before the config is known to describe the weights: the network is
+    first built on the meta device and its tensor names and shapes compared with the weights file's
+    header. Weights holding NaN or infinities are refused. ``model.fingerprint`` is computed from the
+    weights themselves (:func:`~.weights.weights_fingerprint`), whatever config.json recorded.
     """
     path = Path(path)
     if not path.exists():
@@ -112,23 +132,28 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
     cfg_path = weights.with_name(CONFIG_NAME)
     try:  # checked before the model is built, so an absurd size never allocates anything
         arch = meta.get("arch", "hybridhash")
-        if not isinstance(arch, str) or arch not in ARCHS:
-            raise ConfigError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
-        cfg_cls, net = ARCHS[arch]
-        if not isinstance(meta["config"], dict):
-            raise ConfigError(f"config is a {type(meta['config']).__name__}, not an object")
-        cfg = cfg_cls.from_dict(meta["config"])
+        cfg = config_from_dict(meta["config"], arch)
+        net = ARCHS[arch][1]
+        with torch.device("meta"):  # sizes only: no memory, no initialisation
+            skeleton = net(cfg)
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: not a usable model config: {one_line(err)}") from None
     if bits is not None and cfg.bits != bits:
         raise CheckpointMismatchError(f"{path} makes {cfg.bits}-bit codes, {bits} bits were asked for")
     if preset is not None and cfg.preset != preset:
         raise CheckpointMismatchError(f"{path} is a {cfg.preset} checkpoint, {preset} was asked for")
+    try:
+        check_state_dict(skeleton, read_shapes(weights), str(weights))
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(f"{err}; {CONFIG_NAME} and {WEIGHTS_NAME} are not of the same model") from None
     state = read_state_dict(weights)
-    if arch == "timm":  # any timm name may be written there: its size is checked before it is allocated
-        check_timm_size(cfg, state, str(path))
+    check_finite(state, str(weights))  # before the network is built for real
     model = net(cfg)
-    load_checked(model, state, str(path))
-    model.fingerprint = meta.get("fingerprint") or fingerprint_state_dict(state)
+    model.load_state_dict(state, strict=True)  # names and shapes were checked on the skeleton
+    model.fingerprint = weights_fingerprint(weights, state)
+    recorded = meta.get("fingerprint")
+    if recorded and recorded != model.fingerprint:
+        _log.warning("%s records fingerprint %s, but its weights are %s (replaced since?); the weights' own is used",
+                     cfg_path, recorded, model.fingerprint)
     model.checkpoint_meta = meta
     return model.to(map_location)

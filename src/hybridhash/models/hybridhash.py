@@ -10,7 +10,6 @@ b block edge (G / 4, the same at every level), g = edge / b (blocks per edge at 
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import partial
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -22,23 +21,20 @@ from timm.models.nest import Attention, NestLevel
 from torch import nn
 
 from ..configs import from_json_dict, to_json_dict
-from ..codes import check_bits
 from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
 from .attention import BlockAttention, GlobalAttention
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, _is_int, _is_number, check_common, make_preprocess
 from .base import HashNetMixin
 from .cpu_gemm import adopt
 from .weights import LoadReport
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GLOBAL_TOKENS = ("original", "spatial")
-# largest image edge a config may ask for: a 4096 px base model already holds half a GB of position
-# embeddings, and a config.json saying more is a mistake or an attempt to exhaust memory
-MAX_IMG_SIZE = 4096
-# sanity bounds on the widths and depths a config may ask for, for the same reason
+# sanity bounds on the widths, depths and MLP widths a config may ask for: a config.json may come
+# from anywhere (its network is also sized against its weights before it is built, models.factory)
 MAX_EMBED_DIM = 8192
 MAX_DEPTH = 128
+MAX_MLP_RATIO = 16.0
 # Images per forward pass when a larger batch is evaluated on a CPU. Past about 8 images of
 # 224 px the activations (a 16x196x196 score matrix per head and image at level 0, the 56x56
 # feature maps and their blockify copies) stop fitting in cache and the per-image rate falls
@@ -47,10 +43,6 @@ MAX_DEPTH = 128
 # matmul rate, batch 8 at 59-67%). Chunks of 8 keep the batch-8 rate at any batch size; outputs
 # are the same per image.
 CPU_MICRO_BATCH = 8
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -114,20 +106,11 @@ class HybridHashConfig:
     @property
     def preprocess(self) -> Dict[str, Any]:
         """What an image pipeline needs: input size, resize edge, mean/std, interpolation."""
-        return {
-            "img_size": self.img_size,
-            "resize": int(math.floor(self.img_size / self.crop_pct + 0.5)),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "in_chans": self.in_chans,
-        }
+        return make_preprocess(self.img_size, self.crop_pct, self.mean, self.std, self.interpolation, self.in_chans)
 
     def validate(self) -> None:
         # sizes first, as whole numbers in a sane range: a config.json may come from anywhere
-        if not _is_int(self.img_size) or not 1 <= self.img_size <= MAX_IMG_SIZE:
-            raise ConfigError(f"img_size must be a whole number of pixels from 1 to {MAX_IMG_SIZE}, "
-                              f"got {self.img_size!r}")
+        check_common(self)  # bits, img_size, in_chans, mean/std, crop_pct and resize, dropout rates
         if not _is_int(self.patch_size) or not 1 <= self.patch_size <= self.img_size:
             raise ConfigError(f"patch_size must be a whole number from 1 to img_size ({self.img_size}), "
                               f"got {self.patch_size!r}")
@@ -136,9 +119,17 @@ class HybridHashConfig:
             values = getattr(self, name)
             if not all(_is_int(v) and low <= v <= high for v in values):
                 raise ConfigError(f"{name} must be whole numbers from {low} to {high}, got {list(values)}")
-        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) \
-                or not 0.1 <= self.crop_pct <= 2.0:  # images are resized to img_size / crop_pct first
-            raise ConfigError(f"crop_pct must be a number from 0.1 to 2, got {self.crop_pct!r}")
+        if not _is_number(self.mlp_ratio) or not 0 < self.mlp_ratio <= MAX_MLP_RATIO \
+                or int(min(self.embed_dims, default=1) * self.mlp_ratio) < 1:
+            raise ConfigError(f"mlp_ratio must be a number above 0 and at most {MAX_MLP_RATIO:g} that leaves the "
+                              f"MLPs at least one unit, got {self.mlp_ratio!r}")
+        if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
+            raise ConfigError(f"layer_norm_eps must be a number above 0 and below 1, got {self.layer_norm_eps!r}")
+        for name in ("qkv_bias", "fused_attn"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.pretrained_source is not None and not isinstance(self.pretrained_source, str):
+            raise ConfigError(f"pretrained_source must be a timm model name or null, got {self.pretrained_source!r}")
         if not _is_int(self.interaction_heads) or self.interaction_heads < 1:
             raise ConfigError(f"interaction_heads must be a positive whole number, got {self.interaction_heads!r}")
         n = len(self.embed_dims)
@@ -146,7 +137,6 @@ class HybridHashConfig:
             raise ConfigError(
                 f"embed_dims, num_heads and depths need one entry per level (at least 2), got "
                 f"{list(self.embed_dims)}, {list(self.num_heads)}, {list(self.depths)}")
-        self.bits = check_bits(self.bits)  # the project's one code-length rule (indexes need whole bytes)
         if self.img_size % self.patch_size:
             raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.grid_size % self.blocks_per_edge or self.block_size < 1:

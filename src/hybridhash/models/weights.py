@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models.nest import resize_pos_embed
 
@@ -49,7 +51,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+            raise _unreadable(path, err) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
@@ -64,6 +66,33 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors")
     return obj
+
+
+def read_shapes(path: PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file as meta tensors (names and shapes, no data): read from
+    its header only, so a network can be compared with a file before either is allocated."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _unreadable(path, err) from None
+
+
+def check_finite(state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError (one line) naming the first floating tensor holding a NaN or an infinity:
+    one such weight makes every image's code the same."""
+    for k, t in state_dict.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{source}: weight {k} holds {bad} values that are not finite (NaN or infinite); "
+                                  f"the model cannot be used, retrain it or load an earlier checkpoint")
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})")
 
 
 def _objects_message(path: Path, err: BaseException) -> str:
@@ -108,20 +137,60 @@ def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
 
 
 def load_checked(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` after :func:`check_state_dict`, so errors are one line."""
+    """``load_state_dict(strict=True)`` after :func:`check_state_dict` and :func:`check_finite`, so
+    errors are one line."""
     check_state_dict(model, state_dict, source)
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
 
-def fingerprint_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
-    """A short stable hash of tensor names, shapes, dtypes and values (identifies a trained model)."""
+def _digest(names: Iterable[str], tensor: Callable[[str], torch.Tensor]) -> str:
+    """The fingerprint of the tensors ``tensor(name)``, taken one at a time in name order."""
     h = hashlib.sha256()
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous()
+    for k in sorted(names):
+        t = tensor(k).detach().cpu().contiguous()
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
         # flattened first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def fingerprint_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
+    """A short stable hash of tensor names, shapes, dtypes and values (identifies a trained model)."""
+    return _digest(state_dict, state_dict.__getitem__)
+
+
+# (resolved path, device, inode, size, mtime_ns, ctime_ns) -> fingerprint: a file replaced or
+# rewritten changes one of them, so a cached value is always that of the file's current bytes
+_fingerprints: Dict[Tuple[Any, ...], str] = {}
+_fingerprints_lock = threading.Lock()
+
+
+def weights_fingerprint(path: PathLike, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> str:
+    """The fingerprint of the weights in a ``.safetensors`` file: what identifies the model a code
+    collection or an export was made with (config.json's record is only a note, as a file beside
+    the weights may be stale). ``state_dict``, the file's tensors when they are already loaded,
+    saves reading them again. Kept per process until the file changes (size, mtime, inode)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the weights ({err.strerror})") from None
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _fingerprints_lock:
+        if key in _fingerprints:
+            return _fingerprints[key]
+    if state_dict is not None:
+        fp = fingerprint_state_dict(state_dict)
+    else:
+        try:  # one tensor in memory at a time
+            with safe_open(str(path), framework="pt") as f:
+                fp = _digest(f.keys(), f.get_tensor)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise _unreadable(path, err) from None
+    with _fingerprints_lock:
+        _fingerprints[key] = fp
+    return fp
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -178,6 +247,12 @@ def read_config(directory: PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({_first_line(err)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{cfg_path}: not a hybridhash checkpoint config")
+    version = meta.get("format_version", FORMAT_VERSION)  # every version so far wrote it
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{cfg_path}: format_version must be a whole number from 1, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: checkpoint format version {version} is newer than this hybridhash reads "
+                              f"({FORMAT_VERSION}); upgrade hybridhash")
     return meta
 
 
@@ -264,6 +339,7 @@ def load_matching(model: torch.nn.Module, state: Dict[str, torch.Tensor], name: 
     difference, or no tensor in common, raises CheckpointMismatchError naming the culprit.
     """
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    check_finite(state, name)
     own = model.state_dict()
     report = LoadReport(source=name)
     new_state = dict(own)
