@@ -42,6 +42,8 @@ SKIPPED = "skipped.json"
 INDEX_FILE = "index.faiss"  # saved beside the manifest by `hybridhash index`
 STATS = "files.stat.npy"
 SHARDS = "shards"
+# every file name a collection can hold at its top level (the index is handled on its own)
+OWN_FILES = (CODES, PATHS, OFFSETS, LABELS, CLASSES, SKIPPED, STATS, MANIFEST)
 # label kinds a manifest may name
 LABEL_KINDS = ("class", "multi-hot")
 
@@ -52,6 +54,12 @@ def save_npy(path: PathLike, array: np.ndarray) -> None:
     """``np.save`` through a file object (so no ``.npy`` is appended to the temporary name), atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_npz(path: PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` of ``arrays`` through a file object, atomically (a full disk leaves no partial file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_paths(directory: PathLike, paths: Sequence[str]) -> None:
@@ -364,12 +372,13 @@ def read_manifest(directory: PathLike) -> Optional[Dict[str, Any]]:
 def written_files(manifest: Dict[str, Any]) -> List[str]:
     """Names of the files a project manifest says its collection consists of (the manifest last).
 
-    Manifests written before ``files`` was recorded: the files such a collection always had.
+    Only the collection's own file names count: a hand-edited manifest that lists other files
+    cannot make the project remove them. Manifests written before ``files`` was recorded: the
+    files such a collection always had.
     """
     files = manifest.get("files")
-    if isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f and f not in (".", "..")
-                                       for f in files):
-        return [f for f in files if f != MANIFEST] + [MANIFEST]
+    if isinstance(files, list):
+        return [f for f in OWN_FILES if f in files and f != MANIFEST] + [MANIFEST]
     base = [CODES, PATHS, OFFSETS, SKIPPED]
     if manifest.get("labels") in LABEL_KINDS:
         base += [LABELS, CLASSES]

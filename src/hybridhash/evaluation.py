@@ -237,25 +237,38 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
     """
     from pathlib import Path
 
+    from .fileio import disk_full
+    from .outdir import check_claim, claim
+
+    dev = pick_device(device)  # an unusable --device is refused before any work
+    ckpts = find_checkpoints(checkpoint)
+    out = Path(out)
+    check_claim(out, "evaluation", legacy=is_evaluation_dir)  # a folder of other files: refused before any work
+    if protocol is None:
+        protocol = load_eval_protocol(next(iter(ckpts.values())), dataset=dataset, root=root,
+                                      image_root=image_root, split_file=split_file, seed=seed, download=download)
+    claim(out, "evaluation", legacy=is_evaluation_dir)
+    # every file is written whole or not at all; a full disk names the directory and what is kept
+    with disk_full(out, "no file was left half written; files of an earlier evaluation there are as they were"):
+        return _evaluate_into(out, ckpts, protocol, dev, batch_size, workers, progress, n_queries, k)
+
+
+def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, progress: bool, n_queries: int,
+                   k: int) -> Dict[str, Any]:
+    """The body of :func:`evaluate_checkpoints` once ``out`` is claimed: evaluate, write, return the document."""
     from . import report
+    from .collection import save_npz
     from .data.transforms import eval_transform
     from .fileio import write_json
     from .models import from_pretrained
 
-    dev = pick_device(device)  # an unusable --device is refused before any work
-    ckpts = find_checkpoints(checkpoint)
-    if protocol is None:
-        protocol = load_eval_protocol(next(iter(ckpts.values())), dataset=dataset, root=root,
-                                      image_root=image_root, split_file=split_file, seed=seed, download=download)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     results: Dict[int, Dict[str, Any]] = {}
     for bits, ck in ckpts.items():
         model = from_pretrained(ck, map_location=str(dev))
         res = evaluate_model(model, protocol, batch_size=batch_size, device=str(dev), workers=workers,
                              progress=progress, transform=eval_transform(model))
         codes = res.pop("codes")
-        np.savez(out / f"codes_bits{bits}.npz", query=codes["query"], database=codes["database"])
+        save_npz(out / f"codes_bits{bits}.npz", query=codes["query"], database=codes["database"])
         extra = (getattr(model, "checkpoint_meta", {}) or {}).get("extra", {})
         res.update(checkpoint=str(ck), fingerprint=getattr(model, "fingerprint", None), epoch=extra.get("epoch"),
                    trained_on=extra.get("dataset"))
@@ -274,6 +287,19 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
                                  "tie-aware mAP": {b: r["map_tie_aware"] for b, r in results.items()}},
                                 out / "map_vs_bits.png", ylabel=f"mAP@{tk}", title=f"{protocol.name}: mAP@{tk}")
     return doc
+
+
+def is_evaluation_dir(directory) -> bool:
+    """True for a directory evaluation wrote before it marked its directories (its metrics.json)."""
+    from pathlib import Path
+
+    from .fileio import read_json
+
+    try:
+        doc = read_json(Path(directory) / "metrics.json")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("results"), dict) and "split_hash" in doc
 
 
 def _retrieval_figure(protocol, codes: Dict[str, np.ndarray], path, n_queries: int, k: int) -> None:

@@ -2,6 +2,7 @@
 never half written, and it keeps the mode a user would expect (the umask, or the replaced file's)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -56,6 +57,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextmanager
+def disk_full(what: str | os.PathLike, kept: str) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing ``what`` into a one-line DataError saying what was kept."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"no space left on device while writing {err.filename or what}: "
+                            f"free space and rerun; {kept}") from None
+        raise
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
@@ -65,6 +78,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` atomically; its own error for a failed write (a full disk)
+    becomes the ``OSError`` it stands for, naming ``path``, so callers see one kind of failure."""
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:
+            found = re.search(r"os error (\d+)", str(err))
+            code = int(found.group(1)) if found else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def loads_json(text: str | bytes, what: str) -> Any:

@@ -295,6 +295,9 @@ class HashIndex:
         index = self._index if self._index is not None else faiss.IndexBinaryFlat(self.bits)
         path = Path(path)
         mpath = self.manifest_path(path)
+        if (os.path.lexists(path) or os.path.lexists(mpath)) and not _saved_here(mpath):
+            raise DataError(f"{path} or {mpath.name} beside it exists and is not an index hybridhash saved; "
+                            f"move it away or save the index elsewhere (--out)")
         with atomic_path(mpath) as tmp_side:
             with atomic_path(path) as tmp:
                 try:
@@ -384,19 +387,24 @@ class HashIndex:
         return f"HashIndex(bits={self.bits}, kind={self.kind!r}, ntotal={self.ntotal}{extra})"
 
 
+def _saved_here(mpath: Path) -> bool:
+    """True when ``mpath`` is the sidecar of an index this project saved (so the pair may be replaced)."""
+    try:
+        m = read_json(mpath)
+    except (OSError, ValueError, UnicodeDecodeError, DataError):
+        return False
+    return isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT
+
+
 def remove_saved_index(path: Union[str, os.PathLike], keep_sha256: Optional[str] = None) -> bool:
     """Remove the index saved at ``path`` (file and sidecar), unless it was built from the codes of
     digest ``keep_sha256``. Only an index whose sidecar is this project's is touched (never a file
     the project did not write). Returns whether one was removed."""
     path = Path(path)
     side = HashIndex.manifest_path(path)
-    try:
-        m = read_json(side)
-    except (OSError, ValueError, UnicodeDecodeError):
+    if not _saved_here(side):
         return False
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        return False
-    if keep_sha256 is not None and m.get("codes_sha256") == keep_sha256:
+    if keep_sha256 is not None and read_json(side).get("codes_sha256") == keep_sha256:
         return False
     path.unlink(missing_ok=True)
     side.unlink(missing_ok=True)

@@ -12,11 +12,15 @@ leaves one half-written. Used by training and by evaluation; imports nothing hea
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
+
+from .errors import CheckpointError
 
 SPLIT_NAME = "split.json"
 RUN_NAME = "run.json"
@@ -63,12 +67,41 @@ def fresh_tmp(final: Path) -> Path:
     return tmp
 
 
+@contextmanager
+def saving(final: Path) -> Iterator[Path]:
+    """Yield an empty directory to write the next version of checkpoint directory ``final`` into, and
+    swap it in when the block ends. On a failed write the partial directory is removed and the
+    previous ``final`` stays as it was; a full disk becomes one line naming ``final``."""
+    tmp = fresh_tmp(final)
+    try:
+        yield tmp
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {final.name}/ is kept" if resolve_ckpt_dir(final) else f"no {final.name}/ was saved"
+            raise CheckpointError(f"no space left on device while saving {final}: free space and continue with "
+                                  f"--resume; {kept}") from None
+        raise  # another failure names its own file
+    replace_dir(tmp, final)
+
+
 def pick_checkpoint(bits_directory: Path) -> Optional[Path]:
     """``best/`` of a code length's directory, else ``last/``, else None."""
     for name in (BEST, LAST):
         if (bits_directory / name / CONFIG_NAME).is_file():
             return bits_directory / name
     return None
+
+
+def is_run_dir(directory: Path) -> bool:
+    """True for a run directory training wrote (its ``run.json`` records the options), marked or not."""
+    from .fileio import read_json
+
+    try:
+        record = read_json(Path(directory) / RUN_NAME)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("config"), dict) and "hybridhash" in record
 
 
 def find_run_dir(checkpoint: Path) -> Optional[Path]:
@@ -101,7 +134,9 @@ def trim_log(directory: Path, epoch: int, write: bool = True) -> List[Dict[str, 
     kept = [r for r in read_log(directory) if r.get("epoch", 0) <= epoch]
     path = Path(directory) / LOG_NAME
     if write and path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        from .fileio import write_bytes
+
+        write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return kept
 
 

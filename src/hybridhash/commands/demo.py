@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,12 +18,16 @@ DESCRIPTION = (
     "of the pixels and a small MLP hash trained with the same loss; writes OUT/report.html.")
 
 QUICK_BITS = (16, 32)
+# what the demo writes at the top of its --out; only these are ever removed, and only when the demo made them
+ENTRIES = ("train", "eval", "data", "codes", "report.html")
+TITLE = "hybridhash demo: digits"
 
 
 def configure(p) -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 48, 64], help="code lengths")
     p.add_argument("--epochs", type=int, help="training epochs (default: the preset's recipe)")
-    p.add_argument("--out", default="runs/demo", help="output directory (replaced)")
+    p.add_argument("--out", default="runs/demo",
+                   help="output directory: new, empty, or an earlier demo's (whose results are replaced)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="1 epoch at 16 and 32 bits: a smoke test, not a result")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -100,6 +103,7 @@ def run(args) -> int:
     from hybridhash.data import load_protocol
     from hybridhash.errors import ConfigError
     from hybridhash.evaluation import evaluate_checkpoints
+    from hybridhash.outdir import note_made
     from hybridhash.train import TrainConfig, train
     from hybridhash.runtime import usable_cores
 
@@ -109,10 +113,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
-    for sub in ("train", "eval", "data"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-    out.mkdir(parents=True, exist_ok=True)
+    _take_out(out)
 
     protocol = load_protocol("digits", seed=args.seed)
     sizes = {k: len(v) for k, v in protocol.sets.items()}
@@ -121,6 +122,7 @@ def run(args) -> int:
           flush=True)
 
     t0 = time.perf_counter()
+    note_made(out, ["train"])
     config = TrainConfig(dataset="digits", model="hybridhash_cpu", bits=bits_list, out=str(out / "train"),
                          seed=args.seed, epochs=epochs, quiet=args.quiet or not sys.stderr.isatty())
     results = train(config, protocol=protocol, callbacks=[] if args.quiet else [_EpochPrinter()])
@@ -132,6 +134,7 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        note_made(out, ["eval"])
         doc = evaluate_checkpoints(out / "train", out / "eval", protocol=protocol, device="cpu")
         floors = _floors(protocol, bits_list, args.seed, args.quick)
     finally:
@@ -154,7 +157,9 @@ def run(args) -> int:
     for b, m, ta, _, _, _, lsh, mlp in rows:
         print(f"{b:>4}  {m:8.4f}  {ta:9.4f}  {lsh:9.4f}  {mlp:9.4f}")
 
+    note_made(out, ["data"])
     protocol.export_images(out / "data", sets=("query", "train", "database"))
+    note_made(out, ["codes"])
     extra = _index_and_search(out, protocol)
 
     total = time.perf_counter() - t_start
@@ -182,10 +187,41 @@ def run(args) -> int:
     ]
     if extra:
         sections.append({"heading": "Index and search", "pre": extra})
-    report.write_html(out / "report.html", "hybridhash demo: digits", sections)
+    note_made(out, ["report.html"])
+    report.write_html(out / "report.html", TITLE, sections)
     print(f"\n{facts}")
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _earlier_demo(out: Path) -> bool:
+    """An output of the demo from before its directories were marked: its report is there."""
+    page = out / "report.html"
+    try:
+        if not page.is_file():  # a FIFO or a device would block or never end
+            return False
+        with open(page, "rb") as f:
+            return f"<title>{TITLE}</title>".encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def _take_out(out: Path) -> None:
+    """Claim ``out`` for the demo and remove what an earlier demo made there, and only that; refuse a
+    directory of other files, or an entry the demo would write that it did not make. Each entry is
+    noted in the marker just before the demo makes it."""
+    from hybridhash.errors import DataError
+    from hybridhash.outdir import claim, note_made, read_marker, remove_made
+
+    earlier = out.is_dir() and read_marker(out) is None and _earlier_demo(out)
+    claim(out, "demo", legacy=_earlier_demo)
+    if earlier:
+        note_made(out, [n for n in ENTRIES if (out / n).exists()])
+    remove_made(out, ENTRIES)
+    left = [n for n in ENTRIES if (out / n).exists() or (out / n).is_symlink()]
+    if left:
+        raise DataError(f"--out {out} holds {out / left[0]}, which the demo did not write; move it away or "
+                        f"choose another --out")
 
 
 def _load() -> str:

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import read_json, write_bytes
+from ..fileio import atomic_path, read_json, write_bytes
 from .protocols import LIST_FILES, ProtocolSpec, get_spec
 from .sets import Pool, RetrievalSet
 from .splits import STREAM_SPLIT, STREAM_VAL, decode_rows, draw_val, encode_rows, rng_for, split_per_class
@@ -127,6 +127,8 @@ class Protocol:
     def save_split(self, path) -> dict:
         """Write :meth:`split_record` as JSON (atomically) and return it."""
         record = self.split_record()
+        if os.path.lexists(path) and not _is_split_record(path):  # never replace a file of someone else's
+            raise DataError(f"{path} exists and is not a split record of hybridhash; choose another path")
         write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
         return record
 
@@ -142,13 +144,18 @@ class Protocol:
         Returns:
             {set name: absolute image paths in the set's row order}.
         """
+        from ..outdir import claim
+
         directory = os.path.abspath(os.fspath(directory))
+        sets = list(sets)
+        unknown = [s for s in sets if s not in SET_NAMES]
+        if unknown:
+            raise DataError(f"unknown set {unknown[0]!r}; sets are {', '.join(SET_NAMES)}")
+        claim(directory, "data export")  # a folder of other files is refused, never written into
         written: Dict[int, str] = {}
         made: set = set()
         out: Dict[str, List[str]] = {}
         for set_name in sets:
-            if set_name not in SET_NAMES:
-                raise DataError(f"unknown set {set_name!r}; sets are {', '.join(SET_NAMES)}")
             rs = self.sets[set_name]
             if rs.pool.on_disk:
                 raise DataError(f"{self.name}: the {set_name} images are already files; use its list files")
@@ -163,14 +170,15 @@ class Protocol:
                         rel = f"images/{sub}/{row:0{digits}d}.png"
                     else:
                         rel = f"images/{row:0{digits}d}.png"
-                    # plain writes: the list files, written atomically after their images, are what
-                    # make the export usable, so an interrupted export is never taken for a whole one
+                    # the list files, written after their images, are what make the export usable, so
+                    # an interrupted export is never taken for a whole one
                     target = os.path.join(directory, rel)
                     parent = os.path.dirname(target)
                     if parent not in made:
                         os.makedirs(parent, exist_ok=True)
                         made.add(parent)
-                    rs.image(i).save(target, format="PNG")
+                    with atomic_path(target) as tmp:
+                        rs.image(i).save(tmp, format="PNG")
                     written[row] = rel
                 rel = written[row]
                 rels.append(os.path.join(directory, rel))
@@ -178,6 +186,14 @@ class Protocol:
             write_bytes(os.path.join(directory, LIST_FILES.get(set_name, f"{set_name}.txt")), ("\n".join(lines) + "\n").encode())
             out[set_name] = rels
         return out
+
+
+def _is_split_record(path) -> bool:
+    try:
+        record = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError, DataError):
+        return False
+    return isinstance(record, dict) and record.get("format") == SPLIT_FORMAT
 
 
 def _safe_name(name: str) -> str:

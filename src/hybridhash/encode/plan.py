@@ -3,14 +3,12 @@ earlier run can be kept (same plan, same files, complete and of this run), and c
 what the project wrote before."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,7 +18,7 @@ from ..data.imagelist import ImageList, file_stats
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..data.transforms import model_preprocess
 from ..errors import DataError, IndexMismatchError
-from ..fileio import read_json, write_json
+from ..fileio import disk_full, read_json, write_json  # noqa: F401  (disk_full re-exported)
 from ..index import remove_saved_index
 from ..limits import SHARD_SIZE
 from ..models.weights import fingerprint_of
@@ -41,18 +39,6 @@ _SHARD_NAME = re.compile(r"shard-\d{5}\.npz")
 # arrays every shard file holds ("stat" since file sizes and times are recorded)
 _SHARD_ARRAYS = ("index", "codes", "skipped_index", "skipped_reason", "fingerprint", "images_sha256")
 
-
-
-@contextmanager
-def disk_full(what: PathLike, kept: str) -> Iterator[None]:
-    """Turn a full disk (or quota) while writing ``what`` into a one-line DataError saying what was kept."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(f"no space left on device while writing {err.filename or what}: "
-                            f"free space and rerun; {kept}") from None
-        raise
 
 
 @dataclass
@@ -135,19 +121,14 @@ def _read_plan(plan_file: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]
 
 
 def _clear(out: Path, old_plan: Optional[Dict[str, Any]], manifest: Optional[Dict[str, Any]]) -> None:
-    """Remove what an earlier run wrote to ``out``: exactly the files its plan and manifest name.
-
-    A plan that cannot be read names nothing; then only files under ``shards/`` with the names this
-    module gives them go (that folder and those names are the encoder's own).
+    """Remove what an earlier run wrote to ``out``: the files under ``shards/`` with the names this
+    module gives them (that folder and those names are the encoder's own), and of the files the
+    manifest lists only those a collection can hold (:func:`~hybridhash.collection.written_files`).
     """
     shards = out / coll.SHARDS
-    if shards.is_dir():
-        if old_plan is not None:
-            plan = EncodePlan.from_dict(old_plan)
-            names = [shard_path(out, s).name for s in range(plan.num_shards)] + [ITEMS, ITEM_LABELS, PLAN]
-            for name in names:
-                (shards / name).unlink(missing_ok=True)
-        elif not (out / coll.SHARDS / PLAN).is_file() or _read_plan(shards / PLAN)[1] is not None:
+    if shards.is_dir() and not shards.is_symlink():  # a link would lead outside the collection
+        # names, not the plan's numbers: a plan can claim any count, and only these names are the encoder's
+        if old_plan is not None or not (shards / PLAN).is_file() or _read_plan(shards / PLAN)[1] is not None:
             for f in shards.iterdir():
                 if f.is_file() and (f.name in (PLAN, ITEMS, ITEM_LABELS) or _SHARD_NAME.fullmatch(f.name)):
                     f.unlink()

@@ -81,10 +81,9 @@ def _write_shard(out: Path, s: int, plan: EncodePlan, index: List[np.ndarray], c
                  bad: List[Tuple[int, str]], stats: np.ndarray) -> None:
     nbytes = (plan.bits + 7) // 8
     bad.sort()
-    with disk_full(shard_path(out, s), "finished shards are kept"), \
-            coll.atomic_path(shard_path(out, s)) as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
+    with disk_full(shard_path(out, s), "finished shards are kept"):
+        coll.save_npz(
+            shard_path(out, s),
             index=np.concatenate(index) if index else np.zeros(0, np.int64),  # (m,) list positions
             codes=np.concatenate(codes) if codes else np.zeros((0, nbytes), np.uint8),  # (m, bits/8)
             skipped_index=np.asarray([i for i, _ in bad], dtype=np.int64),  # (s,)
@@ -146,7 +145,13 @@ def encode_shards(out: PathLike, model: torch.nn.Module, rank: int = 0, world_si
                 raise DataError(f"{printable(str(images.root / images.paths[i]))}: {reason} (strict: stopping)")
             if batch["images"] is not None:
                 x = batch["images"].to(device, non_blocking=True)  # (b, 3, H, W)
-                codes.append(pack_codes(model.encode(x).cpu().numpy()))  # (b, bits/8)
+                out_codes = model.encode(x).cpu().numpy()  # (b, width)
+                if out_codes.shape[1] != plan.bits:  # encoding again would write the same wrong shard
+                    raise IndexMismatchError(
+                        f"{plan.checkpoint or 'the model'}: the encoder gives {out_codes.shape[1]}-bit codes, "
+                        f"the model says {plan.bits} bits; its export does not match it: encode with "
+                        f"--runtime torch, or export the checkpoint again (hybridhash export)")
+                codes.append(pack_codes(out_codes))  # (b, bits/8)
                 index.append(batch["index"].numpy())
             bad += batch["bad"]
             n = len(batch["index"]) + len(batch["bad"])
@@ -176,7 +181,9 @@ def merge_shards(out: PathLike) -> "coll.Collection":
     for s in range(plan.num_shards):
         problem, z = check_shard(out, plan, s)
         if problem is not None:
-            hint = ("encode with --no-resume" if problem == "belongs to another encoding run"
+            # a shard of another run or of the wrong width would be kept or written the same way again
+            hint = ("encode again with --no-resume, or into another --out"
+                    if problem == "belongs to another encoding run" or problem.startswith("holds codes of shape")
                     else "run the same encode command again to re-encode it")
             raise DataError(f"{shard_path(out, s)}: {problem}; {hint}")
         index.append(z["index"])

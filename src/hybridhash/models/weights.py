@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.models.nest import resize_pos_embed
 
 from ..errors import CheckpointError, CheckpointMismatchError
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import read_json, write_json, write_safetensors
 
 if TYPE_CHECKING:  # the model file imports this one, never the reverse
     from .hybridhash import HybridHash, HybridHashConfig
@@ -219,8 +219,7 @@ def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+    write_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": FORMAT})
     write_json(directory / CONFIG_NAME, {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import rundir as R
-from ..errors import ConfigError
+from ..errors import ConfigError, HybridHashError
 from ..fileio import read_json, write_json
+from ..outdir import claim
 from .recipe import RESUME_KEYS, TrainConfig, check_bits_list
 
 GRID_NAME = "grid.json"  # the grid's options, so that --report-only knows what to tabulate
@@ -193,6 +194,7 @@ class Grid:
         ``callbacks``: passed to ``train`` (see :class:`~.loop.Trainer`). ``echo``: progress lines.
         """
         self.check()
+        claim_grid(self.out)  # before any cell of a folder of other files is read
         cells = self.cells(shard)
         protocols = {} if protocols is None else protocols
         for cell in cells:  # every started cell must be the run this grid asks for: refused now, not hours later
@@ -232,6 +234,8 @@ class Grid:
             return {"cell": cell.name, "skipped": True, "seconds": 0.0, "metrics": read_json(cell.metrics_path)}
         echo(("resuming" if state == "partial" else "training") + f" {' '.join(map(str, self.bits))} bits")
         record = {"method": cell.method, "seed": cell.seed, "same_optimizer": self.same_optimizer}
+        claim(cell.directory, "train",
+              legacy=lambda d: R.is_run_dir(d) or _written(d / CELL_NAME, ("method", "seed")))
         write_json(cell.directory / CELL_NAME, record)
         t0 = time.perf_counter()
         train(dataclasses.replace(config, resume=saved is not None), protocol=protocol, callbacks=callbacks)
@@ -249,6 +253,21 @@ class Grid:
         write_json(cell.directory / CELL_NAME, {**record, "train_wall_seconds": round(t1 - t0, 3),
                                                 "eval_seconds": round(t2 - t1, 3)})
         return {"cell": cell.name, "skipped": False, "seconds": t2 - t0, "metrics": doc}
+
+
+def _written(path: Path, keys: Sequence[str]) -> bool:
+    """True when ``path`` is a JSON object holding ``keys``: a record the grid wrote before it marked
+    its directories (a file of that name with other content is someone else's)."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError, HybridHashError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in keys)
+
+
+def claim_grid(out) -> None:
+    """Make ``out`` the grid's directory, or refuse a folder of other files (see :mod:`hybridhash.outdir`)."""
+    claim(out, "compare", legacy=lambda d: _written(d / GRID_NAME, ("methods", "bits", "seeds")))
 
 
 def run_config(cell: Cell) -> Optional[Dict[str, Any]]:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import rundir as R
 from ..errors import ConfigError, DataError, HybridHashError
 from ..fileio import atomic_path, read_json, write_json
-from .compare import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state
+from .compare import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid
 
 FLOOR = "floor: LSH (pixels)"
 FLOOR_DIR = "floor-lsh"
@@ -311,6 +311,7 @@ def write_report(grid: Grid, protocols: Optional[Dict[int, Any]] = None, floor: 
     ``grid.out``; returns the table document."""
     from .. import report
 
+    claim_grid(grid.out)
     doc = build_table(grid, protocols, floor)
     out = Path(grid.out)
     write_json(out / "table.json", doc)

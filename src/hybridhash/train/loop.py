@@ -287,21 +287,17 @@ class Trainer:
                 "train_config": self.config.to_dict()}
 
     def save_last(self) -> None:
-        final = self.out / R.LAST
-        tmp = R.fresh_tmp(final)
-        self.model.save_pretrained(str(tmp), **self._meta())
-        fingerprint = read_json(tmp / R.CONFIG_NAME)["fingerprint"]
-        save_training_state(tmp / STATE_NAME, optimizer=self.optimizer, loss=self.method, counters={
-            "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "elapsed": self.elapsed, "fingerprint": fingerprint, "bits": self.bits,
-        })
-        R.replace_dir(tmp, final)
+        with R.saving(self.out / R.LAST) as tmp:
+            self.model.save_pretrained(str(tmp), **self._meta())
+            fingerprint = read_json(tmp / R.CONFIG_NAME)["fingerprint"]
+            save_training_state(tmp / STATE_NAME, optimizer=self.optimizer, loss=self.method, counters={
+                "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "elapsed": self.elapsed, "fingerprint": fingerprint, "bits": self.bits,
+            })
 
     def save_best(self) -> None:
-        final = self.out / R.BEST
-        tmp = R.fresh_tmp(final)
-        self.model.save_pretrained(str(tmp), **self._meta())
-        R.replace_dir(tmp, final)
+        with R.saving(self.out / R.BEST) as tmp:
+            self.model.save_pretrained(str(tmp), **self._meta())
 
     def resume_from(self, directory: Path) -> None:
         """Load ``directory`` (a ``last/``): weights, optimizer, the method's state, counters."""

@@ -17,6 +17,7 @@ import torch
 from .. import rundir as R
 from ..errors import ConfigError
 from ..fileio import read_json, write_json
+from ..outdir import check_claim, claim
 from ..runtime import device_option, pick_device, usable_cores
 from . import distributed as D
 from .build import method_params
@@ -34,6 +35,7 @@ def _check_resume(run_dir: Path, config: TrainConfig, keys: Sequence[str] = RESU
     saved_path = run_dir / R.RUN_NAME
     if not saved_path.exists():  # run.json is written before the first epoch, so no run was started here
         raise ConfigError(f"--resume: no run in {run_dir}; drop --resume to start a new run")
+    check_claim(run_dir, "train", legacy=R.is_run_dir)  # before reading a run.json that may be anyone's
     saved = read_json(saved_path).get("config", {})
     now = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists, like the saved side
     for k in keys:
@@ -136,6 +138,8 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     if config.tensorboard and dist_info.is_main:
         tensorboard_writer(None)  # fails now, not after the data is loaded, when tensorboard is missing
     # every rank checks (read-only), so that a refusal stops them all rather than leaving some waiting
+    if not config.resume:  # --resume: _check_resume says so when there is no run to resume
+        check_claim(run_dir, "train", legacy=R.is_run_dir)
     existing = [b for b in config.bits if R.resolve_ckpt_dir(R.bits_dir(run_dir, b) / R.LAST) is not None]
     if existing and not config.resume:
         raise ConfigError(f"{run_dir} already holds a run ({R.bits_dir(run_dir, existing[0]).name}); "
@@ -156,7 +160,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
         _log.debug("memory bank sized to the %d training images (the original used %d rows)",
                    len(protocol.train), protocol.original_bank_rows)
     if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim(run_dir, "train", legacy=R.is_run_dir)
         record = protocol.split_record()
         split_path = run_dir / R.SPLIT_NAME
         if split_path.exists() and read_json(split_path).get("hash") != record["hash"]:

@@ -14,11 +14,11 @@ from typing import Any, Dict, Tuple, Union
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors import safe_open
 
 from ..errors import CheckpointError
-from ..fileio import atomic_path
+from ..fileio import write_safetensors
 
 STATE_NAME = "training_state.safetensors"
 STATE_FORMAT = "hybridhash-training-state"
@@ -136,8 +136,7 @@ def save_training_state(path: PathLike, *, optimizer: torch.optim.Optimizer, los
     tensors.update(rng_tensors)
     meta = {"format": STATE_FORMAT, "version": STATE_VERSION, "optimizer": optim_meta, "rng": rng_meta,
             "counters": counters}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"hybridhash": json.dumps(meta)})
+    write_safetensors(path, tensors, metadata={"hybridhash": json.dumps(meta)})
     return path
 
 
