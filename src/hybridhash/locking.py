@@ -25,6 +25,17 @@ class LockedError(HybridHashError):
     """Another process is writing the same directory."""
 
 
+def _ours(text: str) -> bool:
+    """Whether ``text`` is empty or a record this module wrote (so truncating it loses nothing)."""
+    if not text.strip():
+        return True
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(info, dict) and set(info) == {"pid", "started", "command"}
+
+
 def _owner(handle) -> str:
     try:
         handle.seek(0)
@@ -44,13 +55,19 @@ def exclusive(directory: str | os.PathLike, what: str = "directory") -> Iterator
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    handle = open(path, "a+", encoding="utf-8")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise LockedError(f"{path} is not a lock file of hybridhash; move it away, or write this {what} elsewhere")
+    handle = open(path, "a+", encoding="utf-8", errors="replace")
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(f"{directory} is being written by another process ({_owner(handle)}): "
                               f"wait for it to finish, or write this {what} elsewhere") from None
+        handle.seek(0)
+        if not _ours(handle.read(4096)):
+            raise LockedError(f"{path} is not a lock file of hybridhash; move it away, "
+                              f"or write this {what} elsewhere")
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "started": time.time(),
