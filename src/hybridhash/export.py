@@ -29,7 +29,7 @@ import torch
 from .codes import binarize
 from .limits import ONNX_OPSET
 from .errors import CheckpointError, ConfigError, DataError, HybridHashError
-from .fileio import atomic_path
+from .fileio import atomic_path, loads_json
 
 PathLike = Union[str, os.PathLike]
 
@@ -210,8 +210,8 @@ def _parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
         version = int(meta.get("format_version", ""))
         bits = int(meta["bits"])
         fingerprint = meta["fingerprint"]
-        preprocess = json.loads(meta["preprocess"])
-        config = HybridHashConfig.from_dict(json.loads(meta["config"]))
+        preprocess = loads_json(meta["preprocess"], f"{path}: {PREFIX}preprocess")
+        config = HybridHashConfig.from_dict(loads_json(meta["config"], f"{path}: {PREFIX}config"))
         build_transform(preprocess, train=False)  # validates the dict
     except (KeyError, ValueError, TypeError) as err:
         what = f"no {PREFIX}{err.args[0]}" if isinstance(err, KeyError) else str(err).splitlines()[0][:200]

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .fileio import loads_json
+
 SPLIT_NAME = "split.json"
 RUN_NAME = "run.json"
 SUMMARY_NAME = "summary.json"
@@ -90,7 +92,7 @@ def read_log(directory: Path) -> List[Dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            out.append(loads_json(line, str(path)))
         except ValueError:
             pass
     return out
