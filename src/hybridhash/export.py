@@ -29,7 +29,7 @@ import torch
 from .codes import binarize
 from .limits import ONNX_OPSET
 from .errors import CheckpointError, ConfigError, DataError, HybridHashError
-from .fileio import atomic_path
+from .fileio import atomic_path, loads_json
 
 PathLike = Union[str, os.PathLike]
 
@@ -205,7 +205,6 @@ def _parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
     checked as a config.json's is; the preprocessing is checked as every pipeline checks it (sizes
     within :data:`hybridhash.limits.MAX_RESIZE`)."""
     from .data.transforms import build_transform
-    from .fileio import loads_json
     from .models import config_from_dict
 
     if meta.get("format") != FORMAT:

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import HybridHashError
+from .errors import DataError, HybridHashError
+from .fileio import loads_json
 
 LOCK_NAME = ".hybridhash.lock"
 
@@ -39,10 +40,10 @@ def _ours(text: str) -> bool:
 def _owner(handle) -> str:
     try:
         handle.seek(0)
-        info = json.loads(handle.read() or "{}")
+        info = loads_json(handle.read() or "{}", str(handle.name))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
         return f"pid {int(info['pid'])}, started {started}"
-    except (ValueError, KeyError, TypeError, OverflowError):
+    except (ValueError, KeyError, TypeError, OverflowError, DataError):
         return "owner unknown"
 
 

@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import CheckpointError
 
+from .fileio import loads_json
+
 SPLIT_NAME = "split.json"
 RUN_NAME = "run.json"
 SUMMARY_NAME = "summary.json"
@@ -123,7 +125,7 @@ def read_log(directory: Path) -> List[Dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
         try:
-            out.append(json.loads(line))
+            out.append(loads_json(line, str(path)))
         except ValueError:
             pass
     return out

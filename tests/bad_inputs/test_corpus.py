@@ -401,7 +401,7 @@ def test_encode_of_a_list_skips_a_bad_entry_with_its_reason(listed, ckpt, capsys
     secret = root.parent / "secret.png"
     opened = []
     real = images_mod._read_source
-    monkeypatch.setattr(images_mod, "_read_source", lambda s, n: opened.append(str(s)) or real(s, n))
+    monkeypatch.setattr(images_mod, "_read_source", lambda s, n, *rest: opened.append(str(s)) or real(s, n, *rest))
     before = snapshot(root.parent)
     assert run_cli(encode_argv(list_file, root.parent / "codes", ckpt)) == 0
     capsys.readouterr()

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from typing import Any, Dict, Iterable, Optional, Union, get_args, get_origin
+
+from hybridhash.errors import DataError
+from hybridhash.fileio import loads_json
 
 
 def _number(kind, text: str):
@@ -37,7 +39,10 @@ def positive_float(text: str) -> float:
 
 def json_object(text: str) -> dict:
     try:
-        value = json.loads(text)
+        value = loads_json(text, "option value")
+    except DataError:  # nested past the parser's recursion limit
+        raise argparse.ArgumentTypeError("JSON nested too deeply to read; pass a JSON object such as "
+                                         "'{\"name\": 1}'") from None
     except ValueError:
         value = None
     if not isinstance(value, dict):

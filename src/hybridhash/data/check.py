@@ -180,7 +180,7 @@ def _check_cifar(spec, name, root, verify_images, sizes, val_fraction) -> CheckR
 
 
 def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val_fraction) -> CheckReport:
-    from .folder import folder_pool, scan_folder
+    from .folder import folder_pool, scan_folder, usable_images
 
     report = CheckReport(name, f"class folders under {root}")
     try:
@@ -189,6 +189,8 @@ def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val
         report.errors.append(Problem(name, str(err)))
         return report
     root = os.path.abspath(os.fspath(root))
+    rel_paths, classes, left_out = usable_images(root, rel_paths, classes)
+    report.warnings += left_out
     paths = [os.path.join(root, p) for p in rel_paths]
     s = SetReport("all", "folders", len(paths), len(class_names))
     bad = _stat_files(paths)
@@ -204,7 +206,7 @@ def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val
     if skipped:
         report.warnings.append(Problem(root, f"{skipped} file(s) without an image extension ignored"))
     if not report.errors:
-        pool = folder_pool(root)
+        pool = folder_pool(root, left_out=[])  # the images it leaves out are reported above
         _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
     return report
 

@@ -1,15 +1,18 @@
 """A folder with one sub-folder per class (sorted names are class ids 0, 1, ...) as a pool."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import DataError
-from .images import is_image_file
+from .images import is_image_file, printable, unusable_name
 from .listfile import Problem
 from .sets import FilePool
+
+_log = logging.getLogger(__name__)
 
 
 def scan_folder(root, problems: Optional[List[Problem]] = None) -> Tuple[List[str], List[str], np.ndarray, int]:
@@ -50,9 +53,35 @@ def scan_folder(root, problems: Optional[List[Problem]] = None) -> Tuple[List[st
     return class_names, rel_paths, np.asarray(classes, dtype=np.int64), skipped
 
 
-def folder_pool(root) -> FilePool:
-    """Every image under ``root/<class>/`` as one pool; the fingerprint hashes the file listing."""
+def usable_images(root, rel_paths: List[str], classes: np.ndarray) -> Tuple[List[str], np.ndarray, List[Problem]]:
+    """The images whose names a listing can hold (the rule encoding keeps, :func:`.images.unusable_name`).
+
+    Returns:
+        (relative paths kept, their classes int64 (n,), one :class:`Problem` per image left out).
+    """
+    keep, left_out = [], []
+    for j, rel in enumerate(rel_paths):
+        reason = unusable_name(rel)
+        if reason is None:
+            keep.append(j)
+        else:
+            left_out.append(Problem(printable(os.path.join(os.fspath(root), rel)), f"{reason}; left out"))
+    return [rel_paths[j] for j in keep], classes[keep], left_out
+
+
+def folder_pool(root, left_out: Optional[List[Problem]] = None) -> FilePool:
+    """Every image under ``root/<class>/`` as one pool; the fingerprint hashes the file listing.
+
+    Images whose names cannot be listed are left out: reported to ``left_out`` when given, else
+    logged as warnings (as encoding does).
+    """
     class_names, rel_paths, classes, _ = scan_folder(root)
+    rel_paths, classes, dropped = usable_images(os.path.abspath(os.fspath(root)), rel_paths, classes)
+    if left_out is None:
+        for problem in dropped:
+            _log.warning("%s", problem)
+    else:
+        left_out += dropped
     labels = np.eye(len(class_names), dtype=np.float32)[classes]  # (N, n_class)
     listing = "\n".join(f"{p}\t{c}" for p, c in zip(rel_paths, classes)).encode()
     return FilePool("folder", os.path.abspath(os.fspath(root)), rel_paths, labels, listing, class_names)

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError
-from .images import is_image_file
+from .images import is_image_file, unusable_name
 
 _log = logging.getLogger(__name__)
 
@@ -55,17 +55,6 @@ class ImageList:
         return h.hexdigest()
 
 
-def _storable(rel: str) -> Optional[str]:
-    """Why ``rel`` cannot be stored as a line of paths.txt, or None when it can."""
-    if "\n" in rel or "\r" in rel:
-        return "file name contains a line break"
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return "file name is not valid UTF-8"
-    return None
-
-
 def file_stats(root: PathLike, paths: Sequence[str]) -> np.ndarray:
     """int64 (n, 2): size and mtime_ns of each file (through links), (-1, -1) where it cannot be read.
 
@@ -79,11 +68,6 @@ def file_stats(root: PathLike, paths: Sequence[str]) -> np.ndarray:
             continue
         out[i] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def printable(name: str) -> str:
-    """``name`` as it can stand on one line of an error message (quoted and escaped when needed)."""
-    return name if name.isprintable() else repr(name)
 
 
 def _walk_images(root: Path) -> List[str]:
@@ -161,7 +145,7 @@ def read_image_list(list_file: PathLike, root: Optional[PathLike] = None) -> Ima
 
 
 def _drop_unstorable(images: ImageList) -> ImageList:
-    bad = [(i, r) for i, r in ((i, _storable(p)) for i, p in enumerate(images.paths)) if r]
+    bad = [(i, r) for i, r in ((i, unusable_name(p)) for i, p in enumerate(images.paths)) if r]
     if bad:
         for i, reason in bad:
             images.rejected.append({"path": images.paths[i].encode("utf-8", "replace").decode("utf-8"),

@@ -243,6 +243,11 @@ def _check_sizes(spec: ProtocolSpec, sizes: Optional[dict]) -> Optional[dict]:
         if key not in out:
             raise DataError(f"sizes: unknown key {key!r}; use 'query' and 'train' (per-class counts or fractions)")
         out[key] = value
+    q, t = (sizes or {}).get("query"), (sizes or {}).get("train")
+    if all(isinstance(v, float) for v in (q, t)) and q + t > 1:
+        # counts that ask for more than a class holds are refused when drawn; fractions are refused here
+        raise DataError(f"--sizes query={q:g},train={t:g}: fractions of a class summing to {q + t:g}, over 1; give "
+                        f"fractions that sum to at most 1 (train is then taken from what the queries leave)")
     return out
 
 

@@ -134,17 +134,20 @@ def decode_rows(text: str, size: int, what: str = "rows") -> np.ndarray:
         raise DataError(f"{what}: expected a string of row ranges, got {type(text).__name__}")
     if not text:
         return np.zeros(0, np.int64)
-    chunks = []
+    ranges = []
     try:
         for part in text.split(","):
             a, sep, b = part.partition("-")
             lo, hi = int(a), int(b) if sep else int(a)
             if hi < lo:
                 raise ValueError(part)
-            chunks.append(np.arange(lo, hi + 1, dtype=np.int64))
+            ranges.append((lo, hi))
     except ValueError:
         raise DataError(f"{what}: malformed row range {part!r}") from None
-    rows = np.concatenate(chunks)
-    if np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= size:
-        raise DataError(f"{what}: rows out of order or outside 0..{size - 1}")
-    return rows
+    # checked before anything is expanded: ascending ranges inside range(size) hold at most size rows
+    last = -1
+    for lo, hi in ranges:
+        if lo <= last or hi >= size:
+            raise DataError(f"{what}: rows out of order or outside 0..{size - 1}")
+        last = hi
+    return np.concatenate([np.arange(lo, hi + 1, dtype=np.int64) for lo, hi in ranges])

@@ -22,8 +22,8 @@ from typing import Callable, List, Optional
 import torch
 
 from .. import collection as coll
-from ..data.imagelist import ImageList, file_stats, find_images, printable, read_image_list, scan_image_folder
-from ..data.images import DEFAULT_MAX_PIXELS
+from ..data.imagelist import ImageList, file_stats, find_images, read_image_list, scan_image_folder
+from ..data.images import DEFAULT_MAX_PIXELS, printable
 from ..data.transforms import eval_transform, model_preprocess
 from ..errors import DataError, HybridHashError
 from ..runtime import dist_env

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import collection as coll
-from ..data.imagelist import file_stats, printable
-from ..data.images import DEFAULT_MAX_PIXELS, open_image
+from ..data.imagelist import file_stats
+from ..data.images import DEFAULT_MAX_PIXELS, open_image, printable
 from ..codes import pack_pm1 as pack_codes
 from ..data.transforms import eval_transform
 from ..errors import ConfigError, DataError, IndexMismatchError

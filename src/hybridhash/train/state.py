@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from safetensors import safe_open
 
 from ..errors import CheckpointError
-from ..fileio import write_safetensors
+from ..fileio import loads_json, write_safetensors
 
 STATE_NAME = "training_state.safetensors"
 STATE_FORMAT = "hybridhash-training-state"
@@ -152,7 +152,7 @@ def read_training_state(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[s
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable training state ({str(err).splitlines()[0][:200]})") from None
     try:
-        meta = json.loads(raw) if raw else None
+        meta = loads_json(raw, f"{path}: its metadata") if raw else None
     except ValueError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
