@@ -217,7 +217,9 @@ def _parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
         preprocess = loads_json(meta["preprocess"], f"{path}: {PREFIX}preprocess")
         config = config_from_dict(loads_json(meta["config"], f"{path}: {PREFIX}config"))
         build_transform(preprocess, train=False)  # validates the dict
-    except (KeyError, ValueError, TypeError, DataError) as err:
+    except DataError as err:  # already names the file and the field
+        raise CheckpointError(str(err)) from None
+    except (KeyError, ValueError, TypeError) as err:
         what = f"no {PREFIX}{err.args[0]}" if isinstance(err, KeyError) else str(err).splitlines()[0][:200]
         raise CheckpointError(f"{path}: malformed hybridhash metadata ({what})") from None
     if version > FORMAT_VERSION:

@@ -10,6 +10,11 @@ MAX_PIXELS: int = 89_478_485
 # or an export's metadata): a square image resized to 8192 px takes 200 MB as 8-bit RGB.
 MAX_RESIZE: int = 8192
 
+# Most bytes read from one image file on disk. The bound is for files that never end (a link to
+# /dev/zero, a file still growing), not for real photos: an uncompressed 8-bit RGBA image at the
+# pixel limit (a TIFF, a BMP) still fits, with room for its metadata.
+MAX_FILE_BYTES: int = 4 * MAX_PIXELS + 2**20
+
 # images per shard of an encoded collection (the unit of resume)
 SHARD_SIZE: int = 4096
 

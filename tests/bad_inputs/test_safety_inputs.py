@@ -27,8 +27,8 @@ from hybridhash import cli
 from hybridhash.data import images as images_module
 from hybridhash.data import load_protocol, splits
 from hybridhash.data.images import decode_image, open_image
-from hybridhash.errors import DataError
-from hybridhash.limits import MAX_UPLOAD_BYTES
+from hybridhash.errors import CheckpointError, DataError
+from hybridhash.limits import MAX_FILE_BYTES, MAX_PIXELS
 from tests.helpers.fakes import tiny_image, write_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -160,10 +160,10 @@ def test_a_pipe_swapped_in_after_the_check_is_refused_once_open(tmp_path, monkey
     assert str(err.value) == f"{pipe}: is a named pipe (FIFO), {NOT_REGULAR}"
 
 
-def test_the_byte_limit_is_the_upload_limit_and_bounds_every_read(tmp_path):
+def test_the_byte_limit_fits_the_largest_image_and_bounds_every_read(tmp_path):
     from hybridhash.data.images import DEFAULT_MAX_BYTES, TooManyBytesError
 
-    assert DEFAULT_MAX_BYTES == MAX_UPLOAD_BYTES
+    assert DEFAULT_MAX_BYTES == MAX_FILE_BYTES >= 4 * MAX_PIXELS  # an uncompressed RGBA image at the pixel limit fits
     path = tmp_path / "a.png"
     tiny_image(7).save(path)
     size = path.stat().st_size
@@ -202,7 +202,7 @@ def test_encode_skips_a_named_pipe_and_an_oversized_file(tmp_path, ckpt, capsys,
     names = sorted(p for ps in write_folder(images, {"a": 2, "b": 2}).values() for p in ps)
     pipe = fifo(images / "a" / "pipe.png")
     with open(images / "b" / "big.png", "wb") as f:
-        f.truncate(MAX_UPLOAD_BYTES + 1)
+        f.truncate(MAX_FILE_BYTES + 1)
     source = images
     if listed:
         source = images / "all.txt"
@@ -211,8 +211,8 @@ def test_encode_skips_a_named_pipe_and_an_oversized_file(tmp_path, ckpt, capsys,
     assert rc == 0, err
     skipped = {s["path"]: s["reason"] for s in json.loads((out / "skipped.json").read_text())}
     assert skipped == {"a/pipe.png": f"is a named pipe (FIFO), {NOT_REGULAR}",
-                       "b/big.png": f"larger than the limit of {MAX_UPLOAD_BYTES} bytes "
-                                    f"({MAX_UPLOAD_BYTES / 2**20:g} MiB) for an image file"}
+                       "b/big.png": f"larger than the limit of {MAX_FILE_BYTES} bytes "
+                                    f"({MAX_FILE_BYTES / 2**20:g} MiB) for an image file"}
 
 
 def test_search_refuses_a_named_pipe_as_a_query(tmp_path, ckpt, capsys):
@@ -385,7 +385,7 @@ def test_deeply_nested_onnx_metadata_is_one_line(tmp_path, ckpt):
     path = tmp_path / "model.onnx"
     meta = {"format": FORMAT, "format_version": "1", "bits": str(BITS), "fingerprint": "x",
             "preprocess": json.dumps(hybridhash.from_pretrained(ckpt).config.preprocess), "config": DEEP}
-    with pytest.raises(DataError) as err:
+    with pytest.raises(CheckpointError) as err:
         _parse_metadata(path, meta)
     assert str(err.value) == f"{path}: {PREFIX}config: JSON nested too deeply to read; is this the right file?"
 

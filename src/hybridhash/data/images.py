@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError, one_line
-from ..limits import MAX_PIXELS, MAX_UPLOAD_BYTES
+from ..limits import MAX_FILE_BYTES, MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "NotAnImageError", "TooManyPixelsError",
@@ -42,10 +42,10 @@ _log = logging.getLogger(__name__)
 # and the service. Above it an image is refused before it is decoded.
 DEFAULT_MAX_PIXELS: int = MAX_PIXELS
 
-# The most bytes read from an image file: the service's upload limit, so an image that can be
-# encoded can also be uploaded as a query, and a file that never ends (a link to /dev/zero, a file
-# still growing) costs at most this much memory.
-DEFAULT_MAX_BYTES: int = MAX_UPLOAD_BYTES
+# The most bytes read from an image file (hybridhash.limits.MAX_FILE_BYTES): a file that never ends
+# (a link to /dev/zero, a file still growing) costs at most this much memory. Uploads have their
+# own, smaller limit in the service.
+DEFAULT_MAX_BYTES: int = MAX_FILE_BYTES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
