@@ -267,7 +267,7 @@ def divergence_hint(c: TrainConfig, defaults: Dict[str, Any], method: str,
     if not causes:
         return f"no option is above its default: try a lower --lr (now {c.lr:g}) or a --grad-clip"
     return (f"likely cause{'s' if len(causes) > 1 else ''}, set beyond the defaults: {', '.join(causes)}; "
-            f"bring {'them' if len(causes) > 1 else 'it'} back towards the default")
+            f"bring {'them back towards their defaults' if len(causes) > 1 else 'it back towards its default'}")
 
 
 # options whose change makes a saved run another run: --resume refuses them
