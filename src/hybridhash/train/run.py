@@ -155,13 +155,13 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     """
     from ..models import build_config
 
-    check_numbers(config)  # before --threads reaches torch
+    check_numbers(config)  # named as the options they are, before the method checks its share of them
     check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
-    if config.threads:
-        torch.set_num_threads(config.threads)
     img_size = build_config(config.model, 16, **config.model_overrides).img_size
     config = resolve(config, img_size, published_settings(config))
+    if config.threads:
+        torch.set_num_threads(config.threads)
     run_dir = Path(config.out)
     if config.tensorboard and dist_info.is_main:
         tensorboard_writer(None)  # fails now, not after the data is loaded, when tensorboard is missing
