@@ -63,8 +63,9 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, groups: Dict[str
 
     Metadata keys: ``help``, ``group`` (one of ``groups``, in that order), ``choices``, ``nargs``,
     ``metavar``, ``parse`` (``"json_object"``; ``"tristate"`` for ``--x/--no-x`` over None),
-    ``hidden``; ``bounds`` is left to the config's own checks. ``groups`` maps group keys to their titles, in display order. Booleans become
+    ``hidden``. ``groups`` maps group keys to their titles, in display order. Booleans become
     ``store_true`` flags; the field default is the option default. Returns the groups by key.
+    A ``bounds`` key (the range of a number) is left to the config's own checks.
     """
     import typing
 
