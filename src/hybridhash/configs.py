@@ -1,8 +1,11 @@
-"""Helpers shared by the project's typed configs (model, training, methods): JSON in and out."""
+"""Helpers shared by the project's typed configs (model, training, methods): JSON in and out, and
+the range of a numeric setting."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Type, TypeVar
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Type, TypeVar
 
 from .errors import ConfigError
 
@@ -22,3 +25,43 @@ def from_json_dict(cls: Type[T], d: Dict[str, Any], what: str) -> T:
     if unknown:
         raise ConfigError(f"unknown {what}: {', '.join(unknown)}")
     return cls(**d)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric setting: a finite number (an ``int`` when ``integer``) with
+    ``low <= value <= high``; ``low_open`` / ``high_open`` make an end strict, ``None`` leaves it open."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        """E.g. "an integer from 1 to 1024", "a finite number > 0"."""
+        if self.integer and self.low is not None and self.high is not None and not (self.low_open or self.high_open):
+            return f"an integer from {self.low} to {self.high}"
+        ends = []
+        if self.low is not None:
+            ends.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            ends.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return ("an integer" if self.integer else "a finite number") + (" " + " and ".join(ends) if ends else "")
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise ConfigError "NAME must be <range>, got VALUE" unless ``value`` lies in the range."""
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and self.integer:
+            ok = isinstance(value, int)
+        if ok and not self.integer:  # nan, inf, and ints too large for a float
+            try:
+                ok = math.isfinite(float(value))
+            except OverflowError:
+                ok = False
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if not ok:
+            raise ConfigError(f"{name} must be {self.describe()}, got {value!r}")

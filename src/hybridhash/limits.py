@@ -28,3 +28,13 @@ KEEP_ALIVE_TIMEOUT: int = 5  # seconds an idle keep-alive connection stays open
 
 # the oldest ONNX opset the export writes (and its default)
 ONNX_OPSET: int = 17
+
+# training and evaluation options
+MAX_INT_OPTION: int = 2**32 - 1  # seeds, epochs, sizes, intervals, methods' integer hyper-parameters:
+# NumPy's legacy seeding stops here, and no count of images or steps comes near it
+MAX_THREADS: int = 1024  # torch threads per process
+MAX_WORKERS: int = 256  # data-loading processes
+# rows of HybridHash's memory bank per training image: rows beyond the training set are never written
+# and only weigh the dissimilar pairs; the original's 10000 rows for CIFAR-10's 4500-5000 training
+# images are about 2.2 per image
+BANK_ROWS_PER_IMAGE: int = 4

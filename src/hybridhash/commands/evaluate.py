@@ -32,7 +32,12 @@ def run(args) -> int:
 
     from hybridhash.evaluation import evaluate_checkpoints
     from hybridhash.rundir import find_run_dir
+    from hybridhash.train.recipe import COUNT, NONNEGATIVE_INT, WORKERS
 
+    # the ranges of train's --eval-batch-size, --workers and --seed
+    for name, bounds in (("batch_size", COUNT), ("workers", WORKERS), ("seed", NONNEGATIVE_INT),
+                         ("queries", NONNEGATIVE_INT), ("top", COUNT)):
+        bounds.check("--" + name.replace("_", "-"), getattr(args, name))
     ck = Path(args.checkpoint)
     out = args.out
     if out is None:

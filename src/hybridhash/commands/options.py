@@ -70,6 +70,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, groups: Dict[str
     ``metavar``, ``parse`` (``"json_object"``; ``"tristate"`` for ``--x/--no-x`` over None),
     ``hidden``. ``groups`` maps group keys to their titles, in display order. Booleans become
     ``store_true`` flags; the field default is the option default. Returns the groups by key.
+    A ``bounds`` key (the range of a number) is left to the config's own checks.
     """
     import typing
 
@@ -86,6 +87,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, groups: Dict[str
         help_text = argparse.SUPPRESS if meta.pop("hidden", False) else meta.pop("help")
         meta.pop("help", None)
         parse: Optional[str] = meta.pop("parse", None)
+        meta.pop("bounds", None)  # the config checks its own ranges, with one-line errors
         kind = _base_type(hints[f.name])
         if parse == "tristate":
             both = group.add_mutually_exclusive_group()

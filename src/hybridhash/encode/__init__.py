@@ -16,6 +16,7 @@ may be kept), :mod:`.shards` (decoding, encoding and merging shards); this modul
 from __future__ import annotations
 
 import datetime
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -26,9 +27,10 @@ from ..data.imagelist import ImageList, file_stats, find_images, read_image_list
 from ..data.images import DEFAULT_MAX_PIXELS, printable
 from ..data.transforms import eval_transform, model_preprocess
 from ..errors import DataError, HybridHashError
+from ..locking import exclusive
 from ..runtime import dist_env
 from .plan import (DEFAULT_SHARD_SIZE, EncodePlan, PathLike, check_shard, done_shards, load_plan, plan_encode,
-                   shard_path, shards_of_rank, _mismatch)
+                   read_output, shard_path, shards_of_rank, _mismatch)
 from .shards import EncodeDataset, ShardBatches, collate_drop_bad, encode_shards, merge_shards
 
 __all__ = [
@@ -85,6 +87,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
             # gloo only carries the barriers; a long timeout lets a slow rank finish its shards
             dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
             created_group = True
+    writer = ExitStack()  # rank 0 holds the collection's writer's lock from planning to merging
     try:
         error: Optional[BaseException] = None
         if rank == 0:
@@ -94,6 +97,8 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
                     first = found.rejected[0]
                     raise DataError(f"{printable(str(found.root / first['path']))}: {first['reason']} "
                                     f"(strict: stopping)")
+                read_output(out)  # a directory that is not ours is refused before the lock's file is put in it
+                writer.enter_context(exclusive(out, what="code collection"))
                 plan_encode(out, found, model, checkpoint, shard_size=shard_size,
                             max_pixels=max_pixels, resume=resume)
             except HybridHashError as err:
@@ -112,6 +117,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
             return coll.open_collection(out)
         return merge_shards(out)
     finally:
+        writer.close()
         if created_group:
             import torch.distributed as dist
 

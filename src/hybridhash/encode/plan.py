@@ -21,6 +21,7 @@ from ..errors import DataError, IndexMismatchError
 from ..fileio import disk_full, read_json, write_json  # noqa: F401  (disk_full re-exported)
 from ..index import remove_saved_index
 from ..limits import SHARD_SIZE
+from ..locking import LOCK_NAME
 from ..models.weights import fingerprint_of
 
 
@@ -140,11 +141,16 @@ def _clear(out: Path, old_plan: Optional[Dict[str, Any]], manifest: Optional[Dic
             (out / name).unlink(missing_ok=True)
 
 
+def _entries(out: Path) -> List[Path]:
+    """What ``out`` holds besides the writer's lock file (:mod:`hybridhash.locking`)."""
+    return [e for e in out.iterdir() if e.name != LOCK_NAME]
+
+
 def _encoder_leftovers_only(out: Path) -> bool:
     """True when ``out`` holds nothing but a ``shards/`` folder of files named as the encoder names them
     (a first run stopped before its plan was written)."""
     shards = out / coll.SHARDS
-    if any(e.name != coll.SHARDS for e in out.iterdir()) or not shards.is_dir():
+    if any(e.name != coll.SHARDS for e in _entries(out)) or not shards.is_dir():
         return False
     return all(f.is_file() and (f.name in (ITEMS, ITEM_LABELS) or _SHARD_NAME.fullmatch(f.name)
                                 or (f.name.startswith(".") and f.name.endswith(".tmp")))
@@ -154,6 +160,22 @@ def _encoder_leftovers_only(out: Path) -> bool:
 def _not_ours(out: Path) -> DataError:
     return DataError(f"--out {out} is not empty and is not a hybridhash collection (not a code collection this "
                      f"project wrote); choose an empty or new directory")
+
+
+def read_output(out: PathLike) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]], Optional[str]]:
+    """(manifest, earlier plan, why that plan is unreadable) of the encoding output ``out``, read only;
+    DataError when ``out`` is not a directory, or holds files this project did not write."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory")
+    manifest = coll.read_manifest(out) if out.is_dir() else None
+    old_plan, plan_error, foreign_plan = _read_plan(out / coll.SHARDS / PLAN)
+    foreign = foreign_plan or ((out / coll.MANIFEST).exists() and manifest is None)
+    ours = manifest is not None or old_plan is not None or plan_error is not None \
+        or (out.is_dir() and _encoder_leftovers_only(out))
+    if out.is_dir() and _entries(out) and (foreign or not ours):
+        raise _not_ours(out)
+    return manifest, old_plan, plan_error
 
 
 def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkpoint: Optional[PathLike] = None,
@@ -180,15 +202,7 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
         preset=getattr(getattr(model, "config", None), "preset", None))
     new = plan.to_dict()
     plan_file = out / coll.SHARDS / PLAN
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory")
-    manifest = coll.read_manifest(out) if out.is_dir() else None
-    old_plan, plan_error, foreign_plan = _read_plan(plan_file)
-    foreign = foreign_plan or ((out / coll.MANIFEST).exists() and manifest is None)
-    ours = manifest is not None or old_plan is not None or plan_error is not None \
-        or (out.is_dir() and _encoder_leftovers_only(out))
-    if out.is_dir() and any(out.iterdir()) and (foreign or not ours):
-        raise _not_ours(out)
+    manifest, old_plan, plan_error = read_output(out)
     if plan_error is not None and resume:
         raise DataError(f"{plan_file}: {plan_error}; pass --no-resume to start over")
     old = old_plan if old_plan is not None else manifest

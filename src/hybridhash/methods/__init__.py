@@ -65,6 +65,7 @@ over samples of ``min(num_samples, n)`` images; ``adsh.iterations_for(image_step
 """
 from . import adsh, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, hashnet, hybridhash  # noqa: F401  (registers)
 from .base import Method, MethodConfig, MethodDefaults
-from .registry import create_method, list_methods, register_method
+from .registry import create_method, list_methods, method_defaults, register_method
 
-__all__ = ["Method", "MethodConfig", "MethodDefaults", "create_method", "list_methods", "register_method"]
+__all__ = ["Method", "MethodConfig", "MethodDefaults", "create_method", "list_methods", "method_defaults",
+           "register_method"]

@@ -88,10 +88,10 @@ class ADSH(Method):
     def rows_per_epoch(self) -> int:
         return int(self.sample.shape[0])
 
-    @property
-    def defaults(self) -> MethodDefaults:
+    @classmethod
+    def published(cls, config: ADSHConfig) -> MethodDefaults:
         return MethodDefaults("adam", 1e-4, 1e-5, batch_size=64,
-                              epochs=self.config.iterations * self.config.epochs_per_iteration)
+                              epochs=config.iterations * config.epochs_per_iteration)
 
     def prepare(self, train_labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
         if tuple(train_labels.shape) != (self.num_train, self.n_class):

@@ -14,11 +14,16 @@ from typing import Any, ClassVar, Dict, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
+from ..configs import Bounds
 from ..errors import CheckpointMismatchError, ConfigError, DataError
+from ..limits import MAX_INT_OPTION
 
 __all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "promote"]
 
 FAMILIES = ("symmetric", "asymmetric", "central")
+# the range of every hyper-parameter (a method's own ``positive`` / ``nonnegative`` narrow it)
+INTEGER = Bounds(0, MAX_INT_OPTION, integer=True)
+REAL = Bounds()
 
 
 @dataclass(frozen=True)
@@ -49,15 +54,20 @@ def _coerce(method: str, name: str, value: Any, default: Any) -> Any:
     if isinstance(value, bool):
         raise bad
     if isinstance(default, int):
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT_OPTION:
             value = int(value)
+        if isinstance(value, float):  # 1.5, 1e100, nan: the range says what is wanted
+            INTEGER.check(f"{method}: hyper-parameter {name}", value)
         if not isinstance(value, int):
             raise bad
         return value
     if isinstance(default, float):
         if not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int past the largest float
+            raise bad from None
     if not isinstance(value, type(default)):
         raise bad
     return value
@@ -91,6 +101,11 @@ class MethodConfig:
         return config
 
     def check(self, method: str) -> None:
+        for f in dataclasses.fields(self):  # every number finite, every integer within the limit
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                bounds = INTEGER if isinstance(value, int) else REAL
+                bounds.check(f"{method}: hyper-parameter {f.name}", value)
         for name, allowed in self.choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{method}: {name} must be one of {', '.join(allowed)}, "
@@ -144,9 +159,14 @@ class Method(nn.Module):
         self.bits, self.n_class, self.num_train = bits, n_class, num_train
         self.config = config if config is not None else self.Config()
 
+    @classmethod
+    def published(cls, config: MethodConfig) -> MethodDefaults:
+        """The published training settings under hyper-parameters ``config`` (``DEFAULTS`` here)."""
+        return cls.DEFAULTS
+
     @property
     def defaults(self) -> MethodDefaults:
-        return self.DEFAULTS
+        return self.published(self.config)
 
     @property
     def rows_per_epoch(self) -> int:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..limits import BANK_ROWS_PER_IMAGE
 from ..losses import PairwiseLikelihoodLoss
 from .base import Method, MethodConfig, MethodDefaults
 from .registry import register_method
@@ -38,6 +39,10 @@ class HybridHashMethod(Method):
         rows = self.config.bank_rows or num_train
         if rows < num_train:
             raise ConfigError(f"hybridhash: bank_rows {rows} is smaller than the {num_train} training images")
+        if rows > BANK_ROWS_PER_IMAGE * num_train:  # checked before the bank (rows x bits floats) is allocated
+            raise ConfigError(f"hybridhash: bank_rows {rows} is more than {BANK_ROWS_PER_IMAGE} rows per training "
+                              f"image ({num_train} images): rows beyond the training set are never written; use at "
+                              f"most {BANK_ROWS_PER_IMAGE * num_train}, or leave it unset for one row per image")
         self.criterion = PairwiseLikelihoodLoss(rows, bits, n_class, alpha=self.config.alpha,
                                                 bank_dtype=torch.float16 if self.config.bank_fp16 else torch.float32)
 

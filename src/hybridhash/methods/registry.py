@@ -5,9 +5,9 @@ import fnmatch
 from typing import Any, Dict, Type
 
 from ..errors import ConfigError
-from .base import FAMILIES, Method
+from .base import FAMILIES, Method, MethodDefaults
 
-__all__ = ["register_method", "list_methods", "create_method"]
+__all__ = ["register_method", "list_methods", "create_method", "method_defaults"]
 
 _METHODS: Dict[str, Type[Method]] = {}
 
@@ -25,9 +25,21 @@ def list_methods(pattern: str = "*") -> list[str]:
     return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
 
 
-def create_method(name: str, bits: int, n_class: int, num_train: int, **hparams: Any) -> Method:
-    """The method ``name`` with its published hyper-parameters, overridden by ``hparams``."""
+def _method_class(name: str) -> Type[Method]:
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
-    cls = _METHODS[name]
+    return _METHODS[name]
+
+
+def create_method(name: str, bits: int, n_class: int, num_train: int, **hparams: Any) -> Method:
+    """The method ``name`` with its published hyper-parameters, overridden by ``hparams``."""
+    cls = _method_class(name)
     return cls(bits, n_class, num_train, cls.Config.from_dict(hparams, name))
+
+
+def method_defaults(name: str, **hparams: Any) -> MethodDefaults:
+    """The published training settings of method ``name`` under ``hparams``, which are checked (a
+    one-line error for an unknown name or a bad value) without building the method: no bank or
+    learned codes are allocated, whatever sizes they name."""
+    cls = _method_class(name)
+    return cls.published(cls.Config.from_dict(hparams, name))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -28,8 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .. import rundir as R
 from ..errors import ConfigError, HybridHashError
 from ..fileio import read_json, write_json
+from ..locking import LockedError, exclusive
 from ..outdir import claim
-from .recipe import RESUME_KEYS, TrainConfig, check_bits_list
+from .recipe import NONNEGATIVE_INT, RESUME_KEYS, TrainConfig, check_bits_list
 
 GRID_NAME = "grid.json"  # the grid's options, so that --report-only knows what to tabulate
 CELL_NAME = "cell.json"  # inside a cell: how the grid ran it (same-optimizer, times)
@@ -37,6 +39,7 @@ METRICS_NAME = "metrics.json"
 EVAL_DIR = "eval"
 # the optimiser settings --same-optimizer imposes on every method
 SHARED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size")
+LOCK_POLL_SECONDS = 1.0  # how often a grid looks again at a cell another process is training
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,10 @@ class Grid:
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"--methods lists a method twice: {' '.join(self.methods)}")
         check_bits_list(self.bits)
-        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds needs distinct seeds >= 0, got {list(self.seeds)}")
+        for seed in self.seeds:
+            NONNEGATIVE_INT.check("--seeds", seed)  # the range of train's --seed
         for m, params in self.method_params.items():
             if m not in known:
                 raise ConfigError(f"--method-params: unknown method {m!r}; known: {', '.join(known)}")
@@ -206,39 +211,77 @@ class Grid:
         Path(self.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(self.out) / GRID_NAME, {k: v for k, v in self.to_dict().items() if k != "out"})
         t_grid = time.perf_counter()
-        outcomes = []
-        for k, cell in enumerate(cells, 1):
-            tag = f"[{k}/{len(cells)}] {cell.name}"
-            outcome = self.run_cell(cell, protocols[cell.seed], callbacks, lambda text: echo(f"{tag}: {text}"))
-            maps = ", ".join(f"{b} bits {outcome['metrics']['results'][str(b)]['map']:.4f}" for b in self.bits)
-            what = "finished earlier, skipped" if outcome["skipped"] else f"done in {outcome['seconds']:.0f} s"
-            echo(f"{tag}: {what}; mAP {maps} (grid {time.perf_counter() - t_grid:.0f} s)")
-            outcomes.append(outcome)
-        return outcomes
+        outcomes: Dict[int, Dict[str, Any]] = {}
+        queue, wait = cells, False
+        while queue:  # cells another process holds come back, waited for, after the others
+            held = []
+            for cell in queue:
+                tag = f"[{cells.index(cell) + 1}/{len(cells)}] {cell.name}"
+                if wait:
+                    echo(f"{tag}: waiting for the other process that holds it")
+                outcome = self.run_cell(cell, protocols[cell.seed], callbacks, lambda text: echo(f"{tag}: {text}"),
+                                        wait=wait)
+                if outcome is None:
+                    echo(f"{tag}: another process is training it; back to it after the other cells")
+                    held.append(cell)
+                    continue
+                maps = ", ".join(f"{b} bits {outcome['metrics']['results'][str(b)]['map']:.4f}" for b in self.bits)
+                what = "finished earlier, skipped" if outcome["skipped"] else f"done in {outcome['seconds']:.0f} s"
+                echo(f"{tag}: {what}; mAP {maps} (grid {time.perf_counter() - t_grid:.0f} s)")
+                outcomes[cell.index] = outcome
+            queue, wait = held, True
+        return [outcomes[cell.index] for cell in cells]
 
     def run_cell(self, cell: Cell, protocol, callbacks: Sequence[Callable[..., None]] = (),
-                 echo: Callable[[str], None] = print) -> Dict[str, Any]:
-        """Train ``cell`` (resuming a half-trained one) and evaluate it; a finished one is only read."""
+                 echo: Callable[[str], None] = print, *, wait: bool = True) -> Optional[Dict[str, Any]]:
+        """Train ``cell`` (resuming a half-trained one) and evaluate it, as the one writer of its
+        directory (:mod:`hybridhash.locking`); a finished one is only read.
+
+        Another process writing the cell is waited for (its cell then found finished, or resumed
+        if it died) with ``wait``; without, None is returned at once.
+        """
+        outcome = self._finished(cell, protocol)
+        if outcome is not None:
+            return outcome
+        while True:
+            lock = ExitStack()
+            try:
+                lock.enter_context(exclusive(cell.directory, what="comparison cell"))
+                break
+            except LockedError:
+                if not wait:
+                    return None
+                time.sleep(LOCK_POLL_SECONDS)
+        with lock:  # the other process may have finished the cell meanwhile
+            return self._finished(cell, protocol) or self._train_cell(cell, protocol, callbacks, echo)
+
+    def _finished(self, cell: Cell, protocol) -> Optional[Dict[str, Any]]:
+        """The outcome of ``cell`` when it is finished (only read), else None; a started cell must be
+        the run this grid asks for."""
+        saved = run_config(cell)
+        if saved is not None:  # a half-trained or finished cell must be the run this grid asks for
+            check_same_run(cell, saved, self.resolved(self.config_for(cell), len(protocol.train)))
+        if cell_state(cell, self.bits, protocol.split_record()["hash"]) != "done":
+            return None
+        return {"cell": cell.name, "skipped": True, "seconds": 0.0, "metrics": read_json(cell.metrics_path)}
+
+    def _train_cell(self, cell: Cell, protocol, callbacks: Sequence[Callable[..., None]],
+                    echo: Callable[[str], None]) -> Dict[str, Any]:
+        """Train and evaluate ``cell``, whose directory's lock the caller holds."""
         import torch
 
         from ..evaluation import evaluate_checkpoints
         from . import train
 
-        split_hash = protocol.split_record()["hash"]
-        config = self.config_for(cell)
-        saved = run_config(cell)
-        if saved is not None:  # a half-trained or finished cell must be the run this grid asks for
-            check_same_run(cell, saved, self.resolved(config, len(protocol.train)))
-        state = cell_state(cell, self.bits, split_hash)
-        if state == "done":
-            return {"cell": cell.name, "skipped": True, "seconds": 0.0, "metrics": read_json(cell.metrics_path)}
-        echo(("resuming" if state == "partial" else "training") + f" {' '.join(map(str, self.bits))} bits")
+        resume = run_config(cell) is not None
+        echo(("resuming" if resume else "training") + f" {' '.join(map(str, self.bits))} bits")
         record = {"method": cell.method, "seed": cell.seed, "same_optimizer": self.same_optimizer}
         claim(cell.directory, "train",
               legacy=lambda d: R.is_run_dir(d) or _written(d / CELL_NAME, ("method", "seed")))
         write_json(cell.directory / CELL_NAME, record)
         t0 = time.perf_counter()
-        train(dataclasses.replace(config, resume=saved is not None), protocol=protocol, callbacks=callbacks)
+        train(dataclasses.replace(self.config_for(cell), resume=resume), protocol=protocol, callbacks=callbacks,
+              locked=True)
         t1 = time.perf_counter()
         # one thread unless told: small models on a shared CPU encode faster on one than on two
         threads = torch.get_num_threads()

@@ -23,6 +23,7 @@ epoch ends with the same weights as one that was never interrupted.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -46,7 +47,7 @@ from . import distributed as D
 from .augment import BatchAugment
 from .build import build_method, build_model
 from .optim import build_optimizer, lr_factor
-from .recipe import TrainConfig
+from .recipe import TrainConfig, divergence_hint, recipe_defaults
 from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
 
 _log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class Trainer:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise ConfigError(f"the loss became {value} at epoch {epoch + 1}, step {self.step}; "
-                                  f"try a lower --lr (now {c.lr})")
+                                  f"{self.divergence_hint()}")
             total += value * x.shape[0]
             count += x.shape[0]
             if hasattr(batches, "set_postfix"):
@@ -256,6 +257,20 @@ class Trainer:
             self._emit("step_end", epoch=epoch, step=self.step)
         _hook(self.method, "on_epoch_end")(epoch)
         return total / max(count, 1)
+
+    def divergence_hint(self) -> str:
+        """The options and hyper-parameters of this run most likely to have made its loss diverge."""
+        c, m = self.config, self.method
+        published = getattr(m, "defaults", None)
+        defaults = recipe_defaults(c.recipe, self.preprocess["img_size"], c.method,
+                                   published.to_dict() if published is not None else None)
+        params = {}
+        config = getattr(m, "config", None)
+        if dataclasses.is_dataclass(config):  # real-valued hyper-parameters: weights and scales
+            base = type(config)()
+            params = {f.name: (getattr(config, f.name), getattr(base, f.name)) for f in dataclasses.fields(config)
+                      if type(getattr(base, f.name)) is float}
+        return divergence_hint(c, defaults, getattr(m, "name", c.method), params)
 
     # ----------------------------------------------------------------------------------------
     def _encode(self, name: str) -> np.ndarray:

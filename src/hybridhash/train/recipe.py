@@ -19,9 +19,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..configs import from_json_dict, to_json_dict
+from ..configs import Bounds, from_json_dict, to_json_dict
 from ..codes import check_bits
 from ..errors import ConfigError
+from ..limits import MAX_INT_OPTION, MAX_THREADS, MAX_WORKERS
 
 OPTIMIZERS = ("rmsprop", "adamw", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -31,9 +32,20 @@ SELECT_ON = ("val", "query")
 SCRATCH_MAX_IMG = 64
 
 
-def _opt(default: Any, help: str, group: str, **argparse_kw: Any) -> Any:
-    """A field that is also a ``hybridhash train`` option (see :func:`hybridhash.commands.train.configure`)."""
+# the ranges of numeric options
+COUNT = Bounds(1, MAX_INT_OPTION, integer=True)  # epochs, sizes, intervals
+NONNEGATIVE_INT = Bounds(0, MAX_INT_OPTION, integer=True)
+POSITIVE = Bounds(0, low_open=True)
+NONNEGATIVE = Bounds(0)
+WORKERS = Bounds(0, MAX_WORKERS, integer=True)  # data-loading processes
+
+
+def _opt(default: Any, help: str, group: str, bounds: Optional[Bounds] = None, **argparse_kw: Any) -> Any:
+    """A field that is also a ``hybridhash train`` option (see :func:`hybridhash.commands.train.configure`);
+    ``bounds``: the range of a numeric one, checked by :func:`check_numbers`."""
     meta = {"help": help, "group": group, **argparse_kw}
+    if bounds is not None:
+        meta["bounds"] = bounds
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -63,49 +75,53 @@ class TrainConfig:
                                          "(see `hybridhash methods NAME`)", "method", metavar="JSON",
                                          parse="json_object")
     out: str = _opt("runs/train", "run directory", "run")
-    seed: int = _opt(0, "seed of the split, the init and every random draw", "run")
-    val_fraction: float = _opt(0.1, "share of the training images held out for selection", "data")
+    seed: int = _opt(0, "seed of the split, the init and every random draw", "run", NONNEGATIVE_INT)
+    val_fraction: float = _opt(0.1, "share of the training images held out for selection", "data",
+                               Bounds(0, 1, high_open=True))
     select_on: str = _opt("val", "split that picks the best epoch; 'query' reproduces the original (not a fair "
                           "protocol)", "run", choices=SELECT_ON)
     # recipe-filled
-    epochs: Optional[int] = _opt(None, "training epochs", "optimisation")
-    batch_size: Optional[int] = _opt(None, "images per step (per process)", "optimisation")
+    epochs: Optional[int] = _opt(None, "training epochs", "optimisation", COUNT)
+    batch_size: Optional[int] = _opt(None, "images per step (per process)", "optimisation", COUNT)
     optimizer: Optional[str] = _opt(None, "optimiser", "optimisation", choices=OPTIMIZERS)
-    lr: Optional[float] = _opt(None, "peak learning rate", "optimisation")
+    lr: Optional[float] = _opt(None, "peak learning rate", "optimisation", POSITIVE)
     weight_decay: Optional[float] = _opt(None, "weight decay of weights (not of biases, norms, embeddings)",
-                                         "optimisation")
-    momentum: Optional[float] = _opt(None, "RMSprop momentum", "optimisation")
+                                         "optimisation", NONNEGATIVE)
+    momentum: Optional[float] = _opt(None, "RMSprop momentum", "optimisation", Bounds(0, 1, high_open=True))
     schedule: Optional[str] = _opt(None, "learning-rate schedule after the warm-up", "optimisation",
                                    choices=SCHEDULES)
-    warmup_epochs: Optional[float] = _opt(None, "linear warm-up length", "optimisation")
-    head_init_std: Optional[float] = _opt(None, "std of the init of the layer that makes the bits", "optimisation")
+    warmup_epochs: Optional[float] = _opt(None, "linear warm-up length", "optimisation", NONNEGATIVE)
+    head_init_std: Optional[float] = _opt(None, "std of the init of the layer that makes the bits", "optimisation",
+                                          POSITIVE)
     data_mode: Optional[str] = _opt(None, "stream: per-image transforms in a DataLoader; cache: images "
                                     "preprocessed once, held in memory, shifted per batch", "data",
                                     choices=DATA_MODES)
-    shift: Optional[int] = _opt(None, "cache mode: largest random shift in pixels", "data")
-    eval_every: Optional[int] = _opt(None, "evaluate for selection every N epochs (and at the end)", "run")
+    shift: Optional[int] = _opt(None, "cache mode: largest random shift in pixels (less than the image size)", "data",
+                                 NONNEGATIVE_INT)
+    eval_every: Optional[int] = _opt(None, "evaluate for selection every N epochs (and at the end)", "run", COUNT)
     amp: Optional[bool] = _opt(None, "mixed precision (bf16 autocast on CUDA; CPU runs stay float32)",
                                "optimisation", parse="tristate")
-    grad_clip: Optional[float] = _opt(None, "clip the gradient norm at this value", "optimisation")
+    grad_clip: Optional[float] = _opt(None, "clip the gradient norm at this value", "optimisation", POSITIVE)
     # the hybridhash method's loss (other methods take --method-params)
-    alpha: float = _opt(0.5, "hybridhash: the loss's inner-product scale", "method")
+    alpha: float = _opt(0.5, "hybridhash: the loss's inner-product scale", "method", POSITIVE)
     bank_rows: Optional[int] = _opt(None, "hybridhash: rows of the loss's memory bank (default: the training set "
-                                    "size; the original used 10000 on CIFAR-10)", "method")
+                                    "size; the original used 10000 on CIFAR-10)", "method", COUNT)
     bank_fp16: bool = _opt(False, "hybridhash: keep the bank in float16 as the original", "method")
     # machinery
     device: str = _opt("auto", "cpu, cuda, cuda:1, or auto", "run")
-    workers: int = _opt(0, "data-loading processes", "data")
-    eval_batch_size: int = _opt(256, "images per forward when encoding for selection", "run")
-    save_every: int = _opt(1, "save last/ every N epochs", "run")
+    workers: int = _opt(0, "data-loading processes", "data", WORKERS)
+    eval_batch_size: int = _opt(256, "images per forward when encoding for selection", "run", COUNT)
+    save_every: int = _opt(1, "save last/ every N epochs", "run", COUNT)
     resume: bool = _opt(False, "continue the run in --out from its last saved epoch", "run")
     tensorboard: bool = _opt(False, "also log to OUT/bits{N}/tensorboard", "run")
     quiet: bool = _opt(False, "no progress bars or per-epoch lines", "run")
-    threads: Optional[int] = _opt(None, "torch CPU threads (per process)", "run")
+    threads: Optional[int] = _opt(None, "torch CPU threads (per process)", "run", Bounds(1, MAX_THREADS, integer=True))
     # code lengths trained at once in separate CPU processes (0: as many as cores and code lengths)
     parallel: Optional[int] = _opt(None, "CPU only: code lengths trained at once in separate processes (0: one per "
-                                   "core; default: by recipe, 0 for small presets, 1 otherwise)", "run")
+                                   "core; default: by recipe, 0 for small presets, 1 otherwise)", "run",
+                                   Bounds(0, MAX_THREADS, integer=True))
     # test hook: return after this many epochs have been saved, as a killed run would leave it
-    stop_after_epochs: Optional[int] = _opt(None, "", "run", hidden=True)
+    stop_after_epochs: Optional[int] = _opt(None, "", "run", COUNT, hidden=True)
     recipe: Optional[str] = _opt(None, "force a recipe (default: by model)", "optimisation",
                                  choices=("original", "scratch"))
 
@@ -152,6 +168,15 @@ def choose_recipe(img_size: int, pretrained: Optional[str]) -> str:
 METHOD_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs")
 
 
+def recipe_defaults(name: str, img_size: int, method: str,
+                    method_defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The settings recipe ``name`` gives ``method`` on images of ``img_size`` px (see :func:`resolve`)."""
+    defaults = original_recipe() if name == "original" else scratch_recipe(img_size, method)
+    if name == "original" and method_defaults:
+        defaults.update({k: method_defaults[k] for k in METHOD_SETTINGS if k in method_defaults})
+    return defaults
+
+
 def resolve(config: TrainConfig, img_size: int, method_defaults: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """A copy of ``config`` with every recipe-filled option set, checked.
 
@@ -160,15 +185,16 @@ def resolve(config: TrainConfig, img_size: int, method_defaults: Optional[Dict[s
     full-size models) they replace HybridHash's, so each method keeps its own published settings.
     The ``scratch`` recipe is shared by every method.
     """
+    check_numbers(config)  # before the recipe's values hide a nan or a negative number given
     name = config.recipe or choose_recipe(img_size, config.pretrained)
     if name not in ("original", "scratch"):
         raise ConfigError(f"unknown recipe {name!r}; use original or scratch")
-    defaults = original_recipe() if name == "original" else scratch_recipe(img_size, config.method)
-    if name == "original" and method_defaults:
-        defaults.update({k: method_defaults[k] for k in METHOD_SETTINGS if k in method_defaults})
+    defaults = recipe_defaults(name, img_size, config.method, method_defaults)
     filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in defaults.items()}
     out = dataclasses.replace(config, recipe=name, **filled)
     check(out)
+    if out.shift >= img_size:
+        raise ConfigError(f"--shift must be less than the model's image size {img_size}, got {out.shift}")
     return out
 
 
@@ -182,18 +208,28 @@ def check_bits_list(bits: Sequence[int]) -> None:
         raise ConfigError(f"--bits lists a code length twice: {list(bits)}")
 
 
+def option_name(field_name: str) -> str:
+    """``--warmup-epochs`` for ``warmup_epochs``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def check_numbers(c: TrainConfig) -> None:
+    """Raise ConfigError naming the first numeric option outside the ``bounds`` of its field (nan and
+    infinities included); unset ones (None) are left to the recipe."""
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if "bounds" in f.metadata and value is not None:
+            f.metadata["bounds"].check(option_name(f.name), value)
+
+
 def check(c: TrainConfig) -> None:
-    """Raise ConfigError naming the first option that cannot work."""
+    """Raise ConfigError naming the first option that cannot work (``c`` resolved: every recipe-filled
+    option set)."""
     check_bits_list(c.bits)
-    positive = dict(epochs=c.epochs, batch_size=c.batch_size, eval_every=c.eval_every, save_every=c.save_every,
-                    eval_batch_size=c.eval_batch_size)
-    for name, v in positive.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-    if not c.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {c.lr}")
-    if c.weight_decay < 0:
-        raise ConfigError(f"--weight-decay must be >= 0, got {c.weight_decay}")
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "shift", "eval_every", "parallel"):
+        if getattr(c, name) is None:
+            raise ConfigError(f"{option_name(name)} must be set")
+    check_numbers(c)
     if c.optimizer not in OPTIMIZERS:
         raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
     if c.schedule not in SCHEDULES:
@@ -202,26 +238,36 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"--data-mode must be one of {', '.join(DATA_MODES)}, got {c.data_mode!r}")
     if c.select_on not in SELECT_ON:
         raise ConfigError(f"--select-on must be one of {', '.join(SELECT_ON)}, got {c.select_on!r}")
-    if c.warmup_epochs < 0:
-        raise ConfigError(f"--warmup-epochs must be >= 0, got {c.warmup_epochs}")
-    if c.shift < 0:
-        raise ConfigError(f"--shift must be >= 0, got {c.shift}")
-    if c.head_init_std is not None and c.head_init_std <= 0:
-        raise ConfigError(f"--head-init-std must be positive, got {c.head_init_std}")
-    if c.grad_clip is not None and c.grad_clip <= 0:
-        raise ConfigError(f"--grad-clip must be positive, got {c.grad_clip}")
-    if c.alpha <= 0:
-        raise ConfigError(f"--alpha must be positive, got {c.alpha}")
-    if c.bank_rows is not None and c.bank_rows < 1:
-        raise ConfigError(f"--bank-rows must be positive, got {c.bank_rows}")
-    if c.parallel < 0:
-        raise ConfigError(f"--parallel must be >= 0, got {c.parallel}")
-    if c.threads is not None and c.threads < 1:
-        raise ConfigError(f"--threads must be positive, got {c.threads}")
-    if c.workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {c.workers}")
-    if c.stop_after_epochs is not None and c.stop_after_epochs < 1:
-        raise ConfigError(f"stop_after_epochs must be positive, got {c.stop_after_epochs}")
+
+
+# Options that make a loss diverge when set above the recipe's value (+1) or below it (-1): the
+# first to name when the loss of a run becomes nan or infinite.
+RISKY_SETTINGS: Dict[str, int] = {"lr": 1, "head_init_std": 1, "grad_clip": 1, "warmup_epochs": -1}
+
+
+def divergence_hint(c: TrainConfig, defaults: Dict[str, Any], method: str,
+                    method_params: Dict[str, Tuple[float, float]]) -> str:
+    """What to try when the loss of run ``c`` became nan or infinite.
+
+    ``defaults``: the recipe's settings for the run (:func:`recipe_defaults`); ``method_params``:
+    {name: (value, default)} of the method's real-valued hyper-parameters. Names the options set on
+    the risky side of the recipe's value and the hyper-parameters set above their defaults (in
+    magnitude); when there are none, a lower learning rate.
+    """
+    causes = []
+    for name, side in RISKY_SETTINGS.items():
+        value, default = getattr(c, name), defaults.get(name)
+        if value is None or default is None:
+            continue
+        if (value - default) * side > 0:
+            causes.append(f"{option_name(name)} {value:g} (the recipe's {default:g})")
+    for name, (value, default) in method_params.items():
+        if abs(value) > abs(default):
+            causes.append(f"{method}'s {name} {value:g} (its default {default:g})")
+    if not causes:
+        return f"no option is above its default: try a lower --lr (now {c.lr:g}) or a --grad-clip"
+    return (f"likely cause{'s' if len(causes) > 1 else ''}, set beyond the defaults: {', '.join(causes)}; "
+            f"bring {'them back towards their defaults' if len(causes) > 1 else 'it back towards its default'}")
 
 
 # options whose change makes a saved run another run: --resume refuses them

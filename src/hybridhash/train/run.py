@@ -9,26 +9,50 @@ import dataclasses
 import json
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from .. import rundir as R
 from ..errors import ConfigError
 from ..fileio import read_json, write_json
+from ..locking import exclusive
 from ..outdir import check_claim, claim
 from ..runtime import device_option, pick_device, usable_cores
 from . import distributed as D
-from .build import method_params
+from .build import build_method, method_params
 from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
-from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, resolve
+from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, check_numbers, resolve
 from .state import STATE_NAME, read_training_state
 
 _log = logging.getLogger(__name__)
 
 # cached training images above this many bytes fall back to streaming
 CACHE_LIMIT_BYTES = 2 << 30
+
+
+def held_run(run_dir: Path) -> List[str]:
+    """What in ``run_dir`` says it holds a run: its ``run.json``, ``summary.json``, ``bits{N}`` with a
+    saved epoch."""
+    names = [n for n in (R.RUN_NAME, R.SUMMARY_NAME) if (run_dir / n).exists()]
+    if run_dir.is_dir():
+        names += sorted(d.name for d in run_dir.glob("bits*") if R.resolve_ckpt_dir(d / R.LAST) is not None)
+    return names
+
+
+def _check_out(run_dir: Path, config: TrainConfig, keys: Sequence[str] = RESUME_KEYS) -> None:
+    """Refuse a run that would mix with the one ``run_dir`` holds: a new one (its run.json and
+    summary.json would be replaced, and evaluation would mix both), or a resumed one whose ``keys``
+    options differ."""
+    if config.resume:
+        _check_resume(run_dir, config, keys)
+        return
+    held = held_run(run_dir)
+    if held:
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume and the "
+                          f"same options, or choose another --out")
 
 
 def _check_resume(run_dir: Path, config: TrainConfig, keys: Sequence[str] = RESUME_KEYS) -> None:
@@ -51,9 +75,9 @@ FITTED_KEYS = ("epochs", "method_params")
 def published_settings(config: TrainConfig) -> Dict[str, Any]:
     """The published optimiser settings of ``config``'s method (and a one-line error for an unknown
     method or hyper-parameter now, before any data is read)."""
-    from ..methods import create_method
+    from ..methods import method_defaults
 
-    return create_method(config.method, 8, 1, 1, **method_params(config)).defaults.to_dict()
+    return method_defaults(config.method, **method_params(config)).to_dict()
 
 
 def fit_method(config: TrainConfig, n_train: int) -> TrainConfig:
@@ -113,7 +137,8 @@ def load_run_protocol(config: TrainConfig, run_dir: Path):
     return load_protocol(config.dataset, seed=config.seed, val_fraction=config.val_fraction, **kw)
 
 
-def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] = ()) -> Dict[int, BitsResult]:
+def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] = (),
+          locked: bool = False) -> Dict[int, BitsResult]:
     """Train one model per code length of ``config.bits`` into ``config.out/bits{N}/``.
 
     Args:
@@ -121,36 +146,37 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
         protocol: an already loaded ``Protocol`` (default: ``load_protocol(config.dataset, ...)``,
             or the run's recorded split when resuming).
         callbacks: see :class:`~.loop.Trainer`.
+        locked: the caller holds the writer's lock of ``config.out`` (:mod:`hybridhash.locking`), as
+            a comparison grid does for its cells; otherwise the main process takes it here.
 
     Returns:
         {bits: BitsResult}. Code lengths already trained to the end are skipped under ``resume``.
+
+    Raises:
+        LockedError: another process is writing ``config.out``.
     """
-    import hybridhash
     from ..models import build_config
 
+    check_numbers(config)  # named as the options they are, before the method checks its share of them
     check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
-    if config.threads:
-        torch.set_num_threads(config.threads)
     img_size = build_config(config.model, 16, **config.model_overrides).img_size
     config = resolve(config, img_size, published_settings(config))
+    if config.threads:
+        torch.set_num_threads(config.threads)
     run_dir = Path(config.out)
     if config.tensorboard and dist_info.is_main:
         tensorboard_writer(None)  # fails now, not after the data is loaded, when tensorboard is missing
-    # every rank checks (read-only), so that a refusal stops them all rather than leaving some waiting
-    if not config.resume:  # --resume: _check_resume says so when there is no run to resume
+    # every rank checks (read-only), so that a refusal stops them all rather than leaving some waiting;
+    # the options a method's fitting to the data changes are compared once the data is read
+    if not config.resume:  # a foreign directory first: nothing of it is a run to speak of
         check_claim(run_dir, "train", legacy=R.is_run_dir)
-    existing = [b for b in config.bits if R.resolve_ckpt_dir(R.bits_dir(run_dir, b) / R.LAST) is not None]
-    if existing and not config.resume:
-        raise ConfigError(f"{run_dir} already holds a run ({R.bits_dir(run_dir, existing[0]).name}); "
-                          f"pass --resume to continue it or choose another --out")
-    if config.resume:  # the options a method's fitting to the data changes are compared below
-        _check_resume(run_dir, config, [k for k in RESUME_KEYS if k not in FITTED_KEYS])
+    _check_out(run_dir, config, [k for k in RESUME_KEYS if k not in FITTED_KEYS])
     if protocol is None:
         protocol = load_run_protocol(config, run_dir)
     config = fit_method(config, len(protocol.train))
-    if config.resume:
-        _check_resume(run_dir, config, FITTED_KEYS)
+    # the method's own checks against the training set (e.g. a bank's rows), before images are cached
+    build_method(config, config.bits[0], protocol.n_class, len(protocol.train))
     if config.select_on == "val" and len(protocol.val) == 0:
         raise ConfigError(_no_val_message(protocol))
     if config.select_on == "query" and dist_info.is_main:
@@ -159,6 +185,18 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     if config.bank_rows is None and protocol.original_bank_rows and dist_info.is_main:
         _log.debug("memory bank sized to the %d training images (the original used %d rows)",
                    len(protocol.train), protocol.original_bank_rows)
+    writer = nullcontext() if locked or not dist_info.is_main else exclusive(run_dir, what="run directory")
+    with writer:
+        _check_out(run_dir, config)  # again, as the one writer: another process may have started a run here
+        return _train_run(config, protocol, run_dir, callbacks, dist_info)
+
+
+def _train_run(config: TrainConfig, protocol, run_dir: Path, callbacks: Sequence[Callback],
+               dist_info: D.DistInfo) -> Dict[int, BitsResult]:
+    """Record the run in ``run_dir`` and train its code lengths (the checks of :func:`train` passed)."""
+    import hybridhash
+
+    previous: Dict[str, Any] = {}  # what a resumed run holds of code lengths not trained now
     if dist_info.is_main:
         claim(run_dir, "train", legacy=R.is_run_dir)
         record = protocol.split_record()
@@ -167,7 +205,13 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
             raise ConfigError(f"{split_path} records another split of the data than this run's; use another --out")
         if not split_path.exists():
             protocol.save_split(split_path)
-        write_json(run_dir / R.RUN_NAME, {"config": config.to_dict(), "protocol": protocol.summary(),
+        recorded = config.to_dict()
+        if config.resume:
+            saved = read_json(run_dir / R.RUN_NAME).get("config", {})
+            recorded["bits"] = sorted(set(saved.get("bits", [])) | set(config.bits))
+            if (run_dir / R.SUMMARY_NAME).exists():
+                previous = read_json(run_dir / R.SUMMARY_NAME).get("results", {})
+        write_json(run_dir / R.RUN_NAME, {"config": recorded, "protocol": protocol.summary(),
                                           "torch": torch.__version__, "hybridhash": hybridhash.__version__,
                                           "world_size": dist_info.world_size})
     D.barrier()
@@ -186,7 +230,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
             if config.stop_after_epochs is not None and results[bits].epochs < config.epochs:
                 break
     if dist_info.is_main:
-        done = {str(b): r.to_dict() for b, r in results.items()}
+        done = {**previous, **{str(b): r.to_dict() for b, r in results.items()}}
         write_json(run_dir / R.SUMMARY_NAME, {"dataset": protocol.name, "select_on": config.select_on,
                                               "results": done})
     return results
