@@ -57,23 +57,25 @@ class DecodePool:
 
     At most ``workers`` images are decoded at once, always on the same threads (so in the same few
     malloc arenas); the rest wait their turn in order. When the last queued job finishes, freed
-    memory is released to the system.
+    memory is released to the system. ``close()`` stops the threads; a later ``run`` starts them
+    again (an app may be started more than once, as tests do).
     """
 
     def __init__(self, workers: int):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hybridhash-decode")
+        self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
         self._pending = 0
-        self.peak_pending = 0  # most jobs queued or running at once (a test reads it)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="hybridhash-decode")
             self._pending += 1
-            self.peak_pending = max(self.peak_pending, self._pending)
-        return self._pool.submit(self._job, fn, args).result()
+            future = self._pool.submit(self._job, fn, args)
+        return future.result()
 
     def _job(self, fn: Callable[..., T], args: tuple) -> T:
         try:
@@ -86,4 +88,7 @@ class DecodePool:
                 release_memory()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)  # queued jobs still run: their callers are waiting
