@@ -11,6 +11,7 @@ import logging
 import sys
 
 from .errors import HybridHashError
+from .terminal import EscapingFormatter, printable
 
 # (sub-command, module under hybridhash.commands)
 COMMANDS = [
@@ -53,19 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
     except HybridHashError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)
         return 1
     except OSError as err:  # the system's own reason and the file, not a traceback
         reason = err.strerror or str(err) or type(err).__name__
-        print(f"error: {reason}: {err.filename}" if err.filename else f"error: {reason}", file=sys.stderr)
+        print(printable(f"error: {reason}: {err.filename}" if err.filename else f"error: {reason}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .collection_check import check_fields, check_paths_file, manifest_int as _manifest_int
 from .errors import DataError
 from .fileio import atomic_path, read_json, write_json
 
@@ -124,13 +125,6 @@ def codes_digest(codes: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _manifest_int(mpath: Path, m: Dict[str, Any], key: str, least: int) -> int:
-    value = m.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise DataError(f"{mpath}: {key} is {value!r}, expected an integer of at least {least}")
-    return value
-
-
 class Collection:
     """A merged code collection, opened read-only.
 
@@ -163,6 +157,7 @@ class Collection:
         self.manifest: Dict[str, Any] = m
         self.bits = _manifest_int(mpath, m, "bits", 1)
         self.count = _manifest_int(mpath, m, "count", 0)
+        check_fields(mpath, m)
         self.fingerprint: Optional[str] = m.get("fingerprint")
         if root is None and not isinstance(m.get("image_root"), str):
             raise DataError(f"{mpath}: no image_root (where the item paths start); pass the image root explicitly "
@@ -199,7 +194,8 @@ class Collection:
         self._fd: Optional[int] = os.open(self._paths_file, os.O_RDONLY)
 
     def _check_offsets(self, mpath: Path) -> None:
-        """paths.offsets.npy must be (count + 1,), start at 0, never decrease and end at the size of paths.txt."""
+        """paths.offsets.npy must be (count + 1,), start at 0, never decrease and end at the size of
+        paths.txt; then the lines themselves (:func:`~hybridhash.collection_check.check_paths_file`)."""
         off = self._offsets
         size = self._paths_file.stat().st_size
         why = None
@@ -212,6 +208,8 @@ class Collection:
             why = f"{self.directory / OFFSETS} is not increasing"
         if why:
             raise DataError(f"{mpath}: says {self.count} items, but {why}; encode the images again")
+        if self.count:
+            check_paths_file(self._paths_file, self.directory / OFFSETS, np.asarray(off))
 
     def _load(self, name: str, dtype, shape) -> np.ndarray:
         path = self.directory / name

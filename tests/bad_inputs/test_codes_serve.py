@@ -182,7 +182,7 @@ def fake_service(tmp_path, **kwargs):
 def _client(app):
     from fastapi.testclient import TestClient
 
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")  # a Host name the service answers
 
 
 @pytest.mark.parametrize("where", ["form", "query"])

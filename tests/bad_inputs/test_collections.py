@@ -454,7 +454,7 @@ def test_symlinked_image_is_served_and_only_while_it_is_the_encoded_file(tmp_pat
     r = Retriever.open(out)
     ids = {r.collection.path(i): i for i in range(r.count)}
     assert sorted(ids) == ["img_0.png", "img_1.png", "linked.png"]
-    with TestClient(create_app(r)) as c:
+    with TestClient(create_app(r), base_url="http://127.0.0.1") as c:
         resp = c.get(f"/items/{ids['linked.png']}")
         assert resp.status_code == 200 and resp.content == (store / "kept.png").read_bytes()
         assert c.get(f"/items/{ids['linked.png']}?thumb=1").status_code == 200

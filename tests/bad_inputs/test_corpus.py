@@ -261,7 +261,7 @@ def service(serve_collection):
     from hybridhash.serve import create_app
 
     before = snapshot(serve_collection["codes"]), snapshot(serve_collection["images"])
-    with TestClient(create_app(Retriever.open(serve_collection["codes"]))) as client:
+    with TestClient(create_app(Retriever.open(serve_collection["codes"])), base_url="http://127.0.0.1") as client:
         yield client
     assert (snapshot(serve_collection["codes"]), snapshot(serve_collection["images"])) == before
 
@@ -307,7 +307,7 @@ def raw_get(app, path: str) -> tuple:
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
     sent, received = [], []
 
     async def receive():  # the (empty) request body, then the client leaves

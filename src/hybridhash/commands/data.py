@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..errors import DataError
+from ..terminal import printable
 
 HELP = "list, describe, check or export datasets and their retrieval protocols"
 DESCRIPTION = (
@@ -103,16 +104,16 @@ def _info(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{proto.name}: {summary['description']}")
+    print(printable(f"{proto.name}: {summary['description']}"))
     labels = "multi-label" if proto.multi_label else "single-label"
     print(f"  {proto.n_class} classes, {labels}, mAP@{summary['topk']}, seed {proto.seed}, "
           f"val_fraction {proto.val_fraction}, pipeline {summary['pipeline']}")
     if proto.root:
-        print(f"  root {proto.root}" + (f", images under {proto.image_root}" if proto.image_root else ""))
+        print(printable(f"  root {proto.root}" + (f", images under {proto.image_root}" if proto.image_root else "")))
     for name, size in summary["sizes"].items():
         print(f"  {name:<9} {size:>8}")
     if args.save_split:
-        print(f"  split written to {args.save_split} (hash {summary['split_hash'][:12]})")
+        print(printable(f"  split written to {args.save_split} (hash {summary['split_hash'][:12]})"))
     return 0
 
 
@@ -137,7 +138,7 @@ def _export(args) -> int:
     written = proto.export_images(args.out, sets)
     for name, paths in written.items():
         print(f"{name:<9} {len(paths):>8} images")
-    print(f"written to {args.out}")
+    print(printable(f"written to {args.out}"))
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..terminal import printable
 from .options import add_runtime_option
 
 HELP = "search an indexed collection with query images"
@@ -20,7 +21,9 @@ def configure(p):
 
 
 def format_table(rows: list) -> str:
-    """Rows of equal length (the first is the header) as aligned columns; numbers right-aligned."""
+    """Rows of equal length (the first is the header) as aligned columns; numbers right-aligned; text
+    cells :func:`~hybridhash.terminal.printable`."""
+    rows = [[v if isinstance(v, int) else printable(v) for v in r] for r in rows]
     widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]))]
     numeric = [all(isinstance(r[c], int) for r in rows[1:]) for c in range(len(rows[0]))]
     lines = []

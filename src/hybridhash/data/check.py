@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..errors import DataError
+from ..terminal import printable
 from .images import open_image
 from .listfile import Problem
 from .protocols import LIST_FILES, get_spec
@@ -51,7 +52,8 @@ class CheckReport:
         return not self.errors
 
     def format(self, max_problems: int = 20) -> str:
-        """Human-readable report: a table of sets, then the problems (at most ``max_problems`` each)."""
+        """Human-readable report: a table of sets, then the problems (at most ``max_problems`` each),
+        each line :func:`~hybridhash.terminal.printable` (file names come from the data)."""
         out = [f"{self.name}: {self.location}"]
         head = f"  {'set':<9} {'source':<14} {'images':>8} {'classes':>7} {'missing':>7} {'empty':>6} " \
                f"{'corrupt':>7} {'dup':>5} {'badline':>7} {'nolabel':>7}"
@@ -67,7 +69,7 @@ class CheckReport:
                 if len(items) > max_problems:
                     out.append(f"  ... and {len(items) - max_problems} more")
         out.append("OK" if self.ok else f"FAILED: {len(self.errors)} problem(s)")
-        return "\n".join(out)
+        return "\n".join(printable(line) for line in out)
 
 
 def _verify(paths: List[str], progress: bool, workers: int) -> Dict[str, str]:

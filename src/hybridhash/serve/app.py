@@ -8,11 +8,15 @@ Routes::
     GET  /                the web page (static files under /static, no external resource)
     GET  /docs, /openapi.json
 
+Only requests whose Host header names this service (``allowed_hosts``: the loopback names by
+default) are answered, and every response carries the same security headers (:mod:`.headers`).
+
 Items are addressed by id only; a file is served only when the collection's own path check
 (:meth:`~hybridhash.collection.Collection.served_path`) allows it (the listed file, inside the image root
 or the very file encoded through a link) and it is an image.
 Uploads are bounded in bytes (before they are buffered) and in pixels (before they are decoded);
-at most ``max_decodes`` images are decoded at once (a small PNG can decode to hundreds of MB), and
+images are decoded on ``max_decodes`` threads of their own (a small PNG can decode to hundreds of
+MB; see :mod:`.decodes`), at most ``max_requests`` requests are answered at once (503 beyond), and
 a client that stops sending its request body for ``body_timeout`` seconds gets 408 and a closed
 connection. Images are decoded by :mod:`hybridhash.data.images`, the decoder the encoder uses,
 under the project's one pixel limit; thumbnails too, so every encoded image has one.
@@ -20,27 +24,31 @@ under the project's one pixel limit; thumbnails too, so every encoded image has 
 # no ``from __future__ import annotations``: FastAPI must evaluate the endpoint annotations, whose
 # bounds (``le=max_k``) are closure variables of create_app
 
+import html
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, List, Optional, Sequence
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..data.images import DEFAULT_MAX_PIXELS
-from ..errors import DataError, one_line
-from ..limits import MAX_DECODES, MAX_K, MAX_UPLOAD_BYTES
+from ..errors import ConfigError, DataError, one_line
+from ..index import MAX_K as K_CAP
+from ..limits import MAX_DECODES, MAX_K, MAX_REQUESTS, MAX_UPLOAD_BYTES
 from .batching import DEFAULT_MAX_BATCH, SearchBatcher
+from .decodes import DecodePool
+from .headers import DOCS_PATH, LOOPBACK_HOSTS, SecurityHeadersMiddleware, host_pattern
 from .thumbnails import THUMB_SIZE, ThumbnailCache
-from .uploads import DEFAULT_BODY_TIMEOUT, ENVELOPE_BYTES, BodyLimitMiddleware, TooLarge, decode_upload
+from .uploads import (DEFAULT_BODY_TIMEOUT, ENVELOPE_BYTES, BodyLimitMiddleware, RequestLimitMiddleware, TooLarge,
+                      decode_upload)
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +57,7 @@ DEFAULT_MAX_UPLOAD_BYTES = MAX_UPLOAD_BYTES
 # DEFAULT_MAX_PIXELS is the project's one pixel limit (hybridhash.limits), re-exported here
 DEFAULT_MAX_K = MAX_K
 DEFAULT_MAX_DECODES = MAX_DECODES
-
-# the page and its files load nothing from outside this server
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+DEFAULT_MAX_REQUESTS = MAX_REQUESTS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,6 +115,19 @@ def _validation_detail(exc: RequestValidationError) -> str:
 # the Swagger UI files /docs needs, served from an installed package instead of a CDN
 _SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
 
+# Swagger UI with no inline script: its start-up is static/docs.js, so the page's CSP allows
+# scripts from this server only
+_SWAGGER_DOCS = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link type="text/css" rel="stylesheet" href="{root}/docs/assets/swagger-ui.css">
+<link rel="shortcut icon" href="{root}/docs/assets/favicon.png">
+<title>hybridhash - API docs</title></head>
+<body><div id="swagger-ui"></div>
+<script src="{root}/docs/assets/swagger-ui-bundle.js"></script>
+<script src="{root}/static/docs.js" data-openapi='{root}/openapi.json'></script>
+</body></html>
+"""
+
 _OFFLINE_DOCS = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>hybridhash - API docs</title></head>
 <body><h1>hybridhash API</h1>
@@ -134,7 +152,8 @@ def _swagger_assets() -> Optional[Path]:
 def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_k: int = DEFAULT_MAX_K, max_batch: int = DEFAULT_MAX_BATCH, thumb_size: int = THUMB_SIZE,
                thumb_cache_items: int = 4096, max_decodes: int = DEFAULT_MAX_DECODES,
-               body_timeout: Optional[float] = DEFAULT_BODY_TIMEOUT) -> FastAPI:
+               body_timeout: Optional[float] = DEFAULT_BODY_TIMEOUT, max_requests: int = DEFAULT_MAX_REQUESTS,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
     """The service for ``retriever`` (a :class:`~hybridhash.retrieval.Retriever` or the same shape).
 
     Args:
@@ -143,19 +162,26 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         max_upload_bytes: the largest accepted upload (413 above it).
         max_pixels: the largest accepted image, width * height, checked before decoding (413); at most
             the retriever's own ``max_pixels``.
-        max_k: the most results one search may ask for (422 above it).
+        max_k: the most results one search may ask for (422 above it), at most the index's cap.
         max_batch: the most queued queries run in one model forward.
         thumb_size: the longest side of a thumbnail, in pixels.
         thumb_cache_items: thumbnails kept in memory (also bounded to 64 MB).
-        max_decodes: the most images (uploads and thumbnails) decoded at once; the others wait.
+        max_decodes: the threads decoding images (uploads and thumbnails); the others wait.
         body_timeout: seconds a request body may stall before the request gets 408 and its
             connection is closed (None: no limit).
+        max_requests: the most requests answered at once; more get 503 with Retry-After.
+        allowed_hosts: the Host header names answered (see :func:`.headers.allowed_hosts`); other
+            requests get 400, so a web page that rebinds its own domain to this address cannot
+            read the service.
 
     Thumbnails are made under the pixel limit the collection was encoded with (not the upload
     limit), so every item that has a code has a thumbnail.
     """
-    if max_upload_bytes < 1 or max_pixels < 1 or max_k < 1 or max_decodes < 1:
-        raise ValueError("max_upload_bytes, max_pixels, max_k and max_decodes must be positive")
+    if max_upload_bytes < 1 or max_pixels < 1 or max_k < 1 or max_decodes < 1 or max_requests < 1:
+        raise ValueError("max_upload_bytes, max_pixels, max_k, max_decodes and max_requests must be positive")
+    if max_k > K_CAP:
+        raise ValueError(f"max_k must be at most {K_CAP}, got {max_k}")
+    hosts = [host_pattern(h, "allowed host") for h in allowed_hosts]
     if body_timeout is not None and not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive or None, got {body_timeout!r}")
     retriever_limit = getattr(retriever, "max_pixels", None)
@@ -163,11 +189,11 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         max_pixels = min(max_pixels, int(retriever_limit))
     collection = retriever.collection
     batcher = SearchBatcher(retriever, max_batch=max_batch)
-    decode_slots = threading.BoundedSemaphore(max_decodes)
+    decoder = DecodePool(max_decodes)
     encoded_limit = getattr(collection, "manifest", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
     thumbs = ThumbnailCache(size=thumb_size, max_items=thumb_cache_items, max_pixels=encoded_limit,
-                            decode_slots=decode_slots)
-    # the query's own preprocessing (to the model's small input) runs under the decode slot too,
+                            decoder=decoder)
+    # the query's own preprocessing (to the model's small input) runs on the decoding thread too,
     # so no full-size decoded image waits in the batcher's queue
     prepare = getattr(retriever, "prepare", None)
     model = getattr(retriever, "model", None)
@@ -187,6 +213,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     async def lifespan(app: FastAPI):
         yield
         batcher.close()
+        decoder.close()
 
     app = FastAPI(
         title="hybridhash",
@@ -200,9 +227,13 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     app.state.retriever = retriever
     app.state.batcher = batcher
     app.state.thumbnails = thumbs
-    app.state.decode_slots = decode_slots
+    app.state.decoder = decoder
+    # the last added runs first: headers on every answer, then the Host check, then the bounds
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + ENVELOPE_BYTES,
                        reported_limit=max_upload_bytes, timeout=body_timeout)
+    app.add_middleware(RequestLimitMiddleware, limit=max_requests, timeout=body_timeout)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+    app.add_middleware(SecurityHeadersMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -216,6 +247,20 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         422: {"model": Problem, "description": "corrupt image, or k out of range"},
     }
 
+    def _decode_query(file, name: str):
+        data = file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise TooLarge(max_upload_bytes)
+        img = decode_upload(data, max_pixels, name=name)
+        del data
+        width, height = img.size
+        try:
+            return width, height, (prepare(img) if prepare is not None else img)
+        except DataError as err:
+            detail = str(err)
+        del img  # not kept alive by the exception's traceback while the answer is sent
+        raise HTTPException(422, detail)
+
     @app.post("/search", response_model=SearchResponse, responses=upload_errors, tags=["search"])
     def search(
         image: Annotated[UploadFile, File(description="the query image (any format PIL reads)")],
@@ -225,21 +270,13 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         """The k items nearest to the uploaded image, nearest first (ties by id)."""
         start = time.perf_counter()
         k = k_form if k_form is not None else (k_query if k_query is not None else min(10, max_k))
-        data = image.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise TooLarge(max_upload_bytes)
         name = _display_name(image.filename)
-        with decode_slots:  # bounds the full-size decoded images alive at once
-            img = decode_upload(data, max_pixels, name=name)
-            width, height = img.size
-            try:
-                query = prepare(img) if prepare is not None else img
-            except DataError as err:
-                raise HTTPException(422, str(err)) from None
-            del img, data
+        # read, decoded and prepared on a decoding thread: only max_decodes uploads are in memory
+        # in full at once, the others wait spooled
+        width, height, query = decoder.run(_decode_query, image.file, name)
         try:
             hits = batcher.search(query, k)
-        except DataError as err:
+        except (DataError, ConfigError) as err:
             raise HTTPException(422, str(err)) from None
         results = []
         for hit in hits:
@@ -258,7 +295,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     def item(item_id: int, thumb: Annotated[bool, Query(description="a small thumbnail instead")] = False):
         """The stored image of item ``item_id``, or its thumbnail (longest side ``thumb_size`` px)."""
         path = _item_path(collection, item_id)
-        headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        headers = {"Cache-Control": "public, max-age=3600"}
         if thumb:
             try:
                 data, media_type = thumbs.get(item_id, path)
@@ -278,18 +315,12 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         return {**health, "stats": {"searches": batcher.queries, "forwards": batcher.batches,
                                     "thumbnails_cached": len(thumbs)}}
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(DOCS_PATH, include_in_schema=False)
     def docs(request: Request):
-        root = request.scope.get("root_path", "")
+        root = html.escape(request.scope.get("root_path", ""))
         if swagger_assets is None:
             return HTMLResponse(_OFFLINE_DOCS.format(openapi=f"{root}/openapi.json"))
-        return get_swagger_ui_html(
-            openapi_url=f"{root}/openapi.json", title="hybridhash - API docs",
-            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
-            swagger_favicon_url=f"{root}/docs/assets/favicon.png",
-            # no spec validator badge: it would send the spec to an outside service
-            swagger_ui_parameters={"validatorUrl": None})
+        return HTMLResponse(_SWAGGER_DOCS.format(root=root))
 
     @app.get("/docs/assets/{name}", include_in_schema=False)
     def docs_asset(name: str):
@@ -300,8 +331,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
     @app.get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

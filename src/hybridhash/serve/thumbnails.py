@@ -5,11 +5,14 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from PIL import Image
 
 from ..data.images import DEFAULT_MAX_PIXELS, decode_image
+
+if TYPE_CHECKING:
+    from .decodes import DecodePool
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,10 @@ class ThumbnailCache:
     """
 
     def __init__(self, size: int = THUMB_SIZE, max_items: int = 4096, max_bytes: int = 64 * 2**20,
-                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, decode_slots: Optional[threading.Semaphore] = None):
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, decoder: Optional["DecodePool"] = None):
         self.size, self.max_items, self.max_bytes = size, max_items, max_bytes
         self.max_pixels = max_pixels  # the limit the collection was encoded under: each item gets a thumbnail
-        self._slots = decode_slots  # shared with the uploads: bounds the images decoded at once
+        self._decoder = decoder  # shared with the uploads: the threads images are decoded on
         self._items: "OrderedDict[int, Tuple[bytes, str]]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -59,10 +62,9 @@ class ThumbnailCache:
         return entry
 
     def _make(self, path: Path) -> Tuple[bytes, str]:
-        if self._slots is None:
+        if self._decoder is None:
             return self._render(path)
-        with self._slots:
-            return self._render(path)
+        return self._decoder.run(self._render, path)
 
     def _render(self, path: Path) -> Tuple[bytes, str]:
         # the project's decoder: the same pixel limit and EXIF orientation as the codes; JPEGs are

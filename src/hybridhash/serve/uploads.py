@@ -1,5 +1,6 @@
-"""Upload limits of the service: a body-size and stall guard in front of the app, and the decode of
-an uploaded image with its error types mapped to HTTP statuses."""
+"""Request and upload limits of the service: a bound on the requests answered at once and a
+body-size and stall guard, both in front of the app, and the decode of an uploaded image with its
+error types mapped to HTTP statuses."""
 import asyncio
 import logging
 from typing import Optional
@@ -40,6 +41,64 @@ class _Stalled(HTTPException):
                          headers={"Connection": "close"})
 
 
+async def _receive_within(receive, timeout: Optional[float]):
+    """The next message, or _Stalled when none comes within ``timeout`` seconds (None: no limit)."""
+    if timeout is None:
+        return await receive()
+    try:
+        return await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
+        raise _Stalled(timeout) from None
+
+
+async def drain_body(receive, seen: int, limit: int, timeout: Optional[float]) -> None:
+    """Read and drop the rest of a request body (until ``limit`` bytes in all, or a stall), so a
+    client still sending receives the refusal instead of a connection reset."""
+    while seen <= limit:
+        try:
+            message = await _receive_within(receive, timeout)
+        except _Stalled:  # the refusal is sent all the same, and the connection closed
+            return
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class RequestLimitMiddleware:
+    """ASGI middleware: at most ``limit`` HTTP requests are answered at once; one more gets 503
+    with ``Retry-After`` before its body is buffered or any work is queued for it.
+
+    Each request in progress holds a worker thread, sockets and a spooled upload; this bounds them
+    (and the wait behind the decoders) whatever the number of clients.
+    """
+
+    def __init__(self, app, limit: int, retry_after: int = 1, drain: int = _DRAIN_BYTES,
+                 timeout: Optional[float] = DEFAULT_BODY_TIMEOUT):
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.app, self.limit, self.retry_after, self.drain, self.timeout = app, limit, retry_after, drain, timeout
+        self.active = 0  # changed on the event loop only: no lock
+        self.refused = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            self.refused += 1
+            await drain_body(receive, 0, self.drain, self.timeout)
+            response = JSONResponse(
+                {"detail": f"busy: {self.limit} requests are being answered; retry in {self.retry_after} s"},
+                status_code=503, headers={"Retry-After": str(self.retry_after)})
+            return await response(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class BodyLimitMiddleware:
     """ASGI middleware: a POST body over ``limit`` bytes gets 413 before the app buffers it, and a
     body that stalls gets 408.
@@ -57,13 +116,7 @@ class BodyLimitMiddleware:
         self.reported_limit = reported_limit or limit  # the upload limit the message names
 
     async def _receive(self, receive):
-        """The next message, or _Stalled when none comes within the timeout."""
-        if self.timeout is None:
-            return await receive()
-        try:
-            return await asyncio.wait_for(receive(), self.timeout)
-        except asyncio.TimeoutError:
-            raise _Stalled(self.timeout) from None
+        return await _receive_within(receive, self.timeout)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -93,16 +146,7 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
     async def _drain(self, receive, seen: int) -> None:
-        while seen <= self.drain:
-            try:
-                message = await self._receive(receive)
-            except _Stalled:  # the refusal is sent all the same, and the connection closed
-                return
-            if message["type"] != "http.request":
-                return
-            seen += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
+        await drain_body(receive, seen, self.drain, self.timeout)
 
     async def _reject(self, scope, receive, send) -> None:
         response = JSONResponse({"detail": TooLarge(self.reported_limit).detail}, status_code=413)
