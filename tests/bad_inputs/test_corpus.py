@@ -230,9 +230,11 @@ def test_encode_strict_stops_at_a_bad_image_and_leaves_nothing(tmp_path, ckpt, c
     assert run_cli(encode_argv(images, tmp_path / "codes", ckpt, "--strict")) == 1
     line = one_error_line(capsys, name, SKIPPED[kind], "strict")
     assert line.startswith(f"error: {images / name}: {SKIPPED[kind]}") and line.endswith(" (strict: stopping)")
-    # no collection: only the resume plan of the run (a later run without --strict picks it up)
+    # no collection: only the resume plan of the run (a later run without --strict picks it up),
+    # and the writer's lock file
     after = snapshot(tmp_path)
-    assert sorted(set(after) - set(before)) == ["codes/shards/items.txt", "codes/shards/plan.json"]
+    assert sorted(set(after) - set(before)) == ["codes/.hybridhash.lock", "codes/shards/items.txt",
+                                                "codes/shards/plan.json"]
     assert {k: v for k, v in after.items() if k in before} == before
     assert run_cli(["index", "--codes", tmp_path / "codes"]) == 1
     one_error_line(capsys, str(tmp_path / "codes"), "encoding has not finished")
