@@ -1,6 +1,7 @@
 """The web page end to end in real headless Chromium (Debian's ``chromium``, driven by playwright):
 upload an image, see the nearest images with their distances; a bad upload shows the reason.
-The page runs under its own Content-Security-Policy and may load nothing from elsewhere."""
+The page runs under its own Content-Security-Policy and may load nothing from elsewhere; so does the
+API documentation at /docs (Swagger UI), under its policy, and neither page's policy refuses anything."""
 from __future__ import annotations
 
 import base64
@@ -44,16 +45,43 @@ def browser():
         b.close()
 
 
+# what the page's Content-Security-Policy refused, as the page itself is told: an init script runs
+# before the page's own and whatever its policy says
+_CSP_LISTENER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", e => window.__cspViolations.push(
+    `${e.violatedDirective} refused ${e.blockedURI || "(inline)"} at ${e.sourceFile}:${e.lineNumber}`));
+"""
+
+
+def _watched_page(browser):
+    """A new page that records its script errors, the URLs it requests, the requests that failed or
+    were answered with an error, and the console's messages."""
+    context = browser.new_context(viewport={"width": 1200, "height": 820})
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(_CSP_LISTENER)
+    page = context.new_page()
+    page.js_errors, page.requested, page.failed, page.console = [], [], [], []
+    page.on("pageerror", lambda err: page.js_errors.append(str(err)))
+    page.on("request", lambda req: page.requested.append(req.url))
+    page.on("requestfailed", lambda req: page.failed.append(f"{req.url}: {req.failure}"))
+    page.on("response", lambda r: r.status >= 400 and page.failed.append(f"{r.url}: HTTP {r.status}"))
+    page.on("console", lambda msg: page.console.append(f"{msg.type}: {msg.text}"))
+    return context, page
+
+
+def _csp_violations(page):
+    """The violations of the page's Content-Security-Policy: its securitypolicyviolation events and
+    any console message about the policy (Chromium logs a refusal there too)."""
+    reported = page.evaluate("window.__cspViolations")
+    logged = [m for m in page.console if "content security policy" in m.lower()]
+    return reported + logged
+
+
 @pytest.fixture
 def page(browser, served):
     _, server = served
-    context = browser.new_context(viewport={"width": 1200, "height": 820})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.js_errors = []
-    page.requested = []
-    page.on("pageerror", lambda err: page.js_errors.append(str(err)))
-    page.on("request", lambda req: page.requested.append(req.url))
+    context, page = _watched_page(browser)
     page.goto(server.url + "/")
     yield page
     context.close()
@@ -67,6 +95,7 @@ def test_upload_shows_the_nearest_images(page, served, tmp_path):
     from playwright.sync_api import expect
 
     built, server = served
+    assert _csp_violations(page) == []  # the page has loaded: its script ran, or was refused
     expect(page.locator("#collection")).to_have_attribute("data-count", str(len(built["paths"])))
     expect(page.locator("#collection")).to_contain_text("24 images")
     expect(page.locator("#collection")).to_contain_text("32-bit codes")
@@ -101,6 +130,8 @@ def test_upload_shows_the_nearest_images(page, served, tmp_path):
     assert (tmp_path / "results.png").stat().st_size > 10_000
 
     assert page.js_errors == []
+    assert _csp_violations(page) == []
+    assert page.failed == []
     foreign = [u for u in page.requested if not u.startswith((server.url + "/", "blob:", "data:"))]
     assert foreign == []
 
@@ -145,3 +176,40 @@ def test_a_bad_upload_shows_the_reason(page, served, tmp_path):
     expect(_tiles(page)).to_have_count(0)  # the old results do not pass for this query's
     page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
     assert page.js_errors == []
+
+
+def test_api_docs_render_under_their_policy(browser, served):
+    """/docs is Swagger UI from this server's own files, started by a script file rather than an
+    inline one: under its Content-Security-Policy it renders the API, refused nothing and loaded
+    nothing from elsewhere."""
+    from playwright.sync_api import expect
+
+    _, server = served
+    context, page = _watched_page(browser)
+    try:
+        response = page.goto(server.url + "/docs")  # returns once loaded: its scripts have run or been refused
+        assert _csp_violations(page) == []
+        search = page.locator(".opblock-post", has=page.locator(".opblock-summary-path[data-path='/search']"))
+        expect(search).to_have_count(1)  # Swagger UI ran and read /openapi.json
+        expect(page.locator(".info .title")).to_contain_text("hybridhash")
+        search.locator(".opblock-summary").click()  # the operation opens, its form and answers shown
+        expect(search.locator(".opblock-body")).to_be_visible()
+        expect(search.locator(".responses-wrapper")).to_contain_text("200")
+        health = page.locator(".opblock-get", has=page.locator(".opblock-summary-path[data-path='/health']"))
+        health.locator(".opblock-summary").click()  # and "Try it out" sends a request and shows the answer
+        health.locator("button.try-out__btn").click()
+        health.locator("button.execute").click()
+        expect(health.locator(".live-responses-table .response .response-col_status")).to_have_text("200")
+        expect(health.locator(".live-responses-table .response .response-col_description")).to_contain_text('"count": 24')
+
+        assert page.js_errors == []
+        assert _csp_violations(page) == []
+        assert page.failed == []
+        assert server.url + "/openapi.json" in page.requested and server.url + "/health" in page.requested
+        foreign = [u for u in page.requested if not u.startswith((server.url + "/", "blob:", "data:"))]
+        assert foreign == []
+        # and it was the strict policy that held: no inline or eval'd script allowed
+        policy = dict(d.strip().partition(" ")[::2] for d in response.headers["content-security-policy"].split(";"))
+        assert "'unsafe-inline'" not in policy["script-src"] and "'unsafe-eval'" not in policy["script-src"]
+    finally:
+        context.close()
