@@ -53,7 +53,7 @@ def _links(page: Path) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# the helpers themselves
+# the readers themselves
 
 
 def test_the_link_reader_skips_code_and_urls():
