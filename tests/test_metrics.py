@@ -23,7 +23,7 @@ from hybridhash.metrics import (
 )
 
 # ------------------------------------------------------------------------------------------------
-# naive references: one query at a time, a full stable argsort, the formulas of SPEC.md section 7
+# naive references: one query at a time, a full stable argsort, the definitions in docs/faithfulness.md ("Metrics")
 
 
 def naive_distances(q, db):

@@ -1,5 +1,5 @@
-"""Retrieval metrics on binary codes (SPEC.md section 7): Hamming ranking, mAP@K, tie-aware mAP,
-precision-recall over Hamming radius, precision@N and precision within a radius.
+"""Retrieval metrics on binary codes: Hamming ranking, mAP@K, tie-aware mAP, precision-recall over
+Hamming radius, precision@N and precision within a radius (defined in docs/faithfulness.md, "Metrics").
 
 Conventions shared by every function here:
 
