@@ -1,4 +1,4 @@
-"""Encode a protocol's sets with a model and score the retrieval (SPEC section 7).
+"""Encode a protocol's sets with a model and score the retrieval (the metrics are defined in docs/faithfulness.md, "Metrics").
 
 ``encode_images`` turns images (a cached tensor or a data set) into +-1 codes; ``retrieval_metrics``
 computes every figure of ``metrics.json`` from codes and labels; ``evaluate_model`` does both for a

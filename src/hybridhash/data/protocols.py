@@ -1,6 +1,6 @@
 """The retrieval protocols as data: which images are queries, which train, which form the database.
 
-One row per protocol of the benchmark table (SPEC sec 6), plus the embedded ``digits`` default and
+One row per protocol of the benchmark table (listed in docs/usage.md, "Protocols"), plus the embedded ``digits`` default and
 two generic layouts, ``list:<dir>`` (DeepHash-style list files) and ``folder:<dir>`` (one
 sub-folder per class). Nothing here touches the disk; :mod:`hybridhash.data.load` builds the sets.
 """
