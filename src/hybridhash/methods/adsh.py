@@ -4,7 +4,7 @@ bit column at a time in closed form."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -92,6 +92,29 @@ class ADSH(Method):
     def published(cls, config: ADSHConfig) -> MethodDefaults:
         return MethodDefaults("adam", 1e-4, 1e-5, batch_size=64,
                               epochs=config.iterations * config.epochs_per_iteration)
+
+    @classmethod
+    def fit_schedule(cls, params: Dict[str, Any], recipe: str, epochs: int,
+                     n_train: int) -> Tuple[Dict[str, Any], int]:
+        """Under the shared scratch recipe, the outer iterations that see as many images as the other
+        methods' ``epochs`` passes over the whole set (unless ``iterations`` is given); the run's
+        epochs become iterations * epochs_per_iteration, so that it ends on a V update."""
+        config = cls.Config.from_dict(params, cls.name)
+        params = dict(params)
+        if "iterations" not in params and recipe == "scratch":
+            params["iterations"] = iterations_for(epochs * n_train, n_train, config.num_samples,
+                                                  config.epochs_per_iteration)
+        return params, params.get("iterations", config.iterations) * config.epochs_per_iteration
+
+    @classmethod
+    def table_note(cls, config: ADSHConfig, run: Mapping[str, Any], given: Mapping[str, Any],
+                   n_train: int, wall_record: str) -> Optional[str]:
+        scaled = run.get("recipe") == "scratch" and "iterations" not in given
+        return (f"{cls.name}: {config.iterations} outer iterations x {config.epochs_per_iteration} epochs over "
+                f"samples of {min(config.num_samples, n_train)} of the {n_train} training images = "
+                f"{run.get('epochs')} trainer epochs"
+                + (" (iterations scaled to the other methods' image-steps)" if scaled else "")
+                + "; queries and database encoded by the network")
 
     def prepare(self, train_labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
         if tuple(train_labels.shape) != (self.num_train, self.n_class):

@@ -3,7 +3,7 @@ coordinate descent on |H H^T - K S|^2; stage 2 regresses the network's outputs o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -75,6 +75,13 @@ class CNNH(Method):
         self.register_buffer("H", torch.zeros(num_train, bits))  # (n, bits) target codes
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
         self.stage_one_errors: List[float] = []
+
+    @classmethod
+    def table_note(cls, config: CNNHConfig, run: Mapping[str, Any], given: Mapping[str, Any],
+                   n_train: int, wall_record: str) -> Optional[str]:
+        return (f"{cls.name}: stage 1 with {config.sweeps} coordinate-descent sweeps over the {n_train} training "
+                f"images (cost n^2 x bits each), then {run.get('epochs')} epochs of stage 2; its train s counts "
+                f"stage 2 only ({wall_record}'s train_wall_seconds holds both)")
 
     def prepare(self, train_labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
         """Stage 1 on the (n, C) training labels; skipped when H was restored by load_state_tensors."""

@@ -41,6 +41,9 @@ class DPSH(BankMethod):
     activation = "none"
     Config = DPSHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=128, epochs=150)
+    # with in-batch pairs (the scratch recipe's) it reaches val mAP 0.46 at lr 2e-3, 0.66 at 2e-4
+    # (digits, 32 bits, 20 epochs)
+    scratch_lr_scale = 0.1
 
     def pair_loss(self, h: Tensor, y: Tensor, U: Tensor, Y: Tensor) -> Tensor:
         return dpsh_loss(h, U, y, Y, self.config.eta)

@@ -33,6 +33,7 @@ class HybridHashMethod(Method):
     activation = "tanh"
     Config = HybridHashMethodConfig
     DEFAULTS = MethodDefaults("rmsprop", 2.5e-5, 1e-5, batch_size=64, epochs=15)
+    run_options = ("alpha", "bank_rows", "bank_fp16")  # `hybridhash train --alpha` etc.
 
     def __init__(self, bits, n_class, num_train, config=None):
         super().__init__(bits, n_class, num_train, config)
