@@ -217,7 +217,7 @@ def test_dsh_in_batch_pairs_match_naive_loop(K, kind):
     assert got.item() == pytest.approx(naive_dsh(L(h), L(h), L(y), L(y), 0.1), rel=1e-5, abs=1e-6)
     got.backward()
     assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
-    assert not method.U.any()  # the bank is not used
+    assert not method.bank.U.any()  # the bank is not used
 
 
 @pytest.mark.parametrize("K", [8, 16])

@@ -10,13 +10,13 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import Method, MethodConfig, MethodDefaults, pairwise_similarity, promote
 from .registry import register_method
 
 
 def soft_similarity(y: Tensor, Y: Tensor) -> Tuple[Tensor, float]:
     """S~ = S (1 + r) - r with S = [y . Y > 0] (m, n) and r = sum(S) / sum(1 - S); returns (S~, r)."""
-    S = (y @ Y.t() > 0).to(Y.dtype)
+    S = pairwise_similarity(y, Y).to(Y.dtype)
     r = float(S.sum() / (S.numel() - S.sum()).clamp(min=1))  # all-similar: no re-weighting needed
     return S * (1 + r) - r, r
 
@@ -150,7 +150,7 @@ class ADSH(Method):
         with torch.no_grad():
             self.U_bar[index_w] = torch.tanh(h_w.detach()).to(self.U_bar.dtype)
         r = float(self.r)
-        S_soft = (y.to(u.dtype) @ self.labels.to(u.device, u.dtype).t() > 0).to(u.dtype) * (1 + r) - r
+        S_soft = pairwise_similarity(y.to(u.dtype), self.labels.to(u.device)).to(u.dtype) * (1 + r) - r
         V = self.V.to(u.device)
         return adsh_loss(u, V, S_soft, V[index.to(V.device)], self.config.gamma, self.num_train)
 

@@ -18,7 +18,7 @@ from ..configs import Bounds
 from ..errors import CheckpointMismatchError, ConfigError, DataError
 from ..limits import MAX_INT_OPTION
 
-__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "promote"]
+__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "pairwise_similarity", "promote"]
 
 FAMILIES = ("symmetric", "asymmetric", "central")
 # the range of every hyper-parameter (a method's own ``positive`` / ``nonnegative`` narrow it)
@@ -124,6 +124,12 @@ def promote(h: Tensor) -> Tensor:
     return h.to(torch.promote_types(h.dtype, torch.float32))
 
 
+def pairwise_similarity(y: Tensor, Y: Tensor) -> Tensor:
+    """s (A, B) bool: whether label rows y_i of y (A, C) and Y_j of Y (B, C) share a label, y_i . Y_j > 0
+    (multi-hot rows; the product is taken in y's dtype)."""
+    return y @ Y.to(y.dtype).t() > 0
+
+
 def _activate(name: str, h: Tensor) -> Tensor:
     if name == "tanh":
         return torch.tanh(h)
@@ -154,6 +160,8 @@ class Method(nn.Module):
     activation: ClassVar[str] = "none"
     Config: ClassVar[Type[MethodConfig]] = MethodConfig
     DEFAULTS: ClassVar[MethodDefaults]
+    # state keys of earlier versions -> their names now, so that older runs still resume
+    renamed_state: ClassVar[Dict[str, str]] = {}
     # its config has a ``seed`` field that a training run fills with the run's seed unless given
     uses_seed: ClassVar[bool] = False
     # training options (fields of the run's options) passed as the hyper-parameters of the same name
@@ -255,6 +263,7 @@ class Method(nn.Module):
 
     def load_state_tensors(self, tensors: Dict[str, Tensor]) -> None:
         own = dict(self.named_buffers())
+        tensors = {self.renamed_state.get(k, k): v for k, v in tensors.items()}
         if set(tensors) != set(own):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
             raise CheckpointMismatchError(f"{self.name} state: missing {missing}, unexpected {extra}")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import Method, MethodConfig, MethodDefaults, pairwise_similarity, promote
 from .registry import register_method
 
 
@@ -91,7 +91,7 @@ class CNNH(Method):
             raise ConfigError(f"cnnh: train_labels must be ({self.num_train}, {self.n_class}), "
                               f"got {tuple(train_labels.shape)}")
         y = train_labels.to(self.H.device, torch.float32)
-        S = 2 * (y @ y.t() > 0).float() - 1  # (n, n) in {-1, 1}
+        S = 2 * pairwise_similarity(y, y).float() - 1  # (n, n) in {-1, 1}
         H, self.stage_one_errors = cnnh_stage_one(S, self.bits, self.config.sweeps, generator)
         self.H.copy_(torch.where(H >= 0, 1.0, -1.0))
         self.prepared.fill_(True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bank import BankMethod
-from .base import MethodConfig, MethodDefaults
+from .base import MethodConfig, MethodDefaults, pairwise_similarity
 from .registry import register_method
 
 
@@ -16,7 +16,7 @@ def dpsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, eta: float = 0.1) -> T
 
     theta = 0.5 h_i . U_j; mean over B x n of softplus(theta) - s theta, + eta mean((h - sign h)^2).
     """
-    s = (y.to(h.dtype) @ Y.to(h.dtype).t() > 0).to(h.dtype)  # (B, n)
+    s = pairwise_similarity(y.to(h.dtype), Y).to(h.dtype)  # (B, n)
     theta = 0.5 * (h @ U.to(h.dtype).t())  # (B, n)
     likelihood = (F.softplus(theta) - s * theta).mean()
     return likelihood + eta * (h - h.sign()).pow(2).mean()
