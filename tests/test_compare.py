@@ -203,7 +203,7 @@ def test_same_optimizer_imposes_one_setting_and_the_table_says_so():
         return [tuple(getattr(grid.resolved(grid.config_for(c), 450), k)
                       for k in ("optimizer", "lr", "weight_decay", "batch_size")) for c in grid.cells()]
 
-    # published settings under the original recipe (METHODS.md), one imposed setting with --same-optimizer
+    # published settings under the original recipe (docs/methods.md), one imposed setting with --same-optimizer
     published = Grid(methods=methods, seeds=(0,), train_options={"recipe": "original"})
     assert settings(published) == [("rmsprop", 2.5e-5, 1e-5, 64), ("rmsprop", 1e-5, 1e-5, 64),
                                    ("adam", 1e-4, 1e-5, 64), ("adam", 1e-5, 0.0, 128)]

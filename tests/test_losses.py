@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 from hybridhash.errors import ConfigError, DataError
-from hybridhash.losses import PairwiseLikelihoodLoss, pairwise_likelihood_loss
+from hybridhash.methods.hybridhash import PairwiseLikelihoodLoss, pairwise_likelihood_loss
 
 DATA = Path(__file__).parent / "data"
 
 
 def naive_loss(u, U, y, Y, alpha):
-    """Double Python loop over pairs, in float64, straight from SPEC.md section 5."""
+    """Double Python loop over pairs, in float64, straight from the paper (docs/methods.md, hybridhash)."""
     B, M = u.shape[0], U.shape[0]
     s = [[1.0 if float(y[i].double() @ Y[j].double()) > 0 else 0.0 for j in range(M)] for i in range(B)]
     S1 = sum(map(sum, s))

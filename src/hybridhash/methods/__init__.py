@@ -1,4 +1,4 @@
-"""Deep-hashing methods of the field as pluggable pieces (METHODS.md), timm-style:
+"""Deep-hashing methods of the field as pluggable pieces (docs/methods.md), timm-style:
 
     >>> from hybridhash.methods import create_method, list_methods
     >>> list_methods()
@@ -21,7 +21,7 @@ returns a module to use instead of the model's linear hash layer, or None (only 
 
 Fresh run::
 
-    method = create_method(name, bits, n_class, num_train, **hparams)  # CSQ: pass seed=<run seed>
+    method = create_method(name, bits, n_class, num_train, **hparams)  # uses_seed: pass seed=<run seed>
     method.prepare(train_labels, generator)      # once; (n, C) float labels of the training set,
                                                  # rows in the order of ``index``. CNNH stage 1 runs
                                                  # here (seed the generator alike on every DDP rank)
@@ -65,7 +65,7 @@ over samples of ``min(num_samples, n)`` images; ``adsh.iterations_for(image_step
 """
 from . import adsh, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, hashnet, hybridhash  # noqa: F401  (registers)
 from .base import Method, MethodConfig, MethodDefaults
-from .registry import create_method, list_methods, method_defaults, register_method
+from .registry import create_method, list_methods, method_class, method_defaults, register_method
 
-__all__ = ["Method", "MethodConfig", "MethodDefaults", "create_method", "list_methods", "method_defaults",
-           "register_method"]
+__all__ = ["Method", "MethodConfig", "MethodDefaults", "create_method", "list_methods", "method_class",
+           "method_defaults", "register_method"]

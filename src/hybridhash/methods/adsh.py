@@ -4,19 +4,19 @@ bit column at a time in closed form."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import Method, MethodConfig, MethodDefaults, pairwise_similarity, promote
 from .registry import register_method
 
 
 def soft_similarity(y: Tensor, Y: Tensor) -> Tuple[Tensor, float]:
     """S~ = S (1 + r) - r with S = [y . Y > 0] (m, n) and r = sum(S) / sum(1 - S); returns (S~, r)."""
-    S = (y @ Y.t() > 0).to(Y.dtype)
+    S = pairwise_similarity(y, Y).to(Y.dtype)
     r = float(S.sum() / (S.numel() - S.sum()).clamp(min=1))  # all-similar: no re-weighting needed
     return S * (1 + r) - r, r
 
@@ -93,6 +93,29 @@ class ADSH(Method):
         return MethodDefaults("adam", 1e-4, 1e-5, batch_size=64,
                               epochs=config.iterations * config.epochs_per_iteration)
 
+    @classmethod
+    def fit_schedule(cls, params: Dict[str, Any], recipe: str, epochs: int,
+                     n_train: int) -> Tuple[Dict[str, Any], int]:
+        """Under the shared scratch recipe, the outer iterations that see as many images as the other
+        methods' ``epochs`` passes over the whole set (unless ``iterations`` is given); the run's
+        epochs become iterations * epochs_per_iteration, so that it ends on a V update."""
+        config = cls.Config.from_dict(params, cls.name)
+        params = dict(params)
+        if "iterations" not in params and recipe == "scratch":
+            params["iterations"] = iterations_for(epochs * n_train, n_train, config.num_samples,
+                                                  config.epochs_per_iteration)
+        return params, params.get("iterations", config.iterations) * config.epochs_per_iteration
+
+    @classmethod
+    def table_note(cls, config: ADSHConfig, run: Mapping[str, Any], given: Mapping[str, Any],
+                   n_train: int, wall_record: str) -> Optional[str]:
+        scaled = run.get("recipe") == "scratch" and "iterations" not in given
+        return (f"{cls.name}: {config.iterations} outer iterations x {config.epochs_per_iteration} epochs over "
+                f"samples of {min(config.num_samples, n_train)} of the {n_train} training images = "
+                f"{run.get('epochs')} trainer epochs"
+                + (" (iterations scaled to the other methods' image-steps)" if scaled else "")
+                + "; queries and database encoded by the network")
+
     def prepare(self, train_labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
         if tuple(train_labels.shape) != (self.num_train, self.n_class):
             raise ConfigError(f"adsh: train_labels must be ({self.num_train}, {self.n_class}), "
@@ -127,7 +150,7 @@ class ADSH(Method):
         with torch.no_grad():
             self.U_bar[index_w] = torch.tanh(h_w.detach()).to(self.U_bar.dtype)
         r = float(self.r)
-        S_soft = (y.to(u.dtype) @ self.labels.to(u.device, u.dtype).t() > 0).to(u.dtype) * (1 + r) - r
+        S_soft = pairwise_similarity(y.to(u.dtype), self.labels.to(u.device)).to(u.dtype) * (1 + r) - r
         V = self.V.to(u.device)
         return adsh_loss(u, V, S_soft, V[index.to(V.device)], self.config.gamma, self.num_train)
 

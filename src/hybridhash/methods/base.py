@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from ..configs import Bounds
 from ..errors import CheckpointMismatchError, ConfigError, DataError
 from ..limits import MAX_INT_OPTION
 
-__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "promote"]
+__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "pairwise_similarity", "promote"]
 
 FAMILIES = ("symmetric", "asymmetric", "central")
 # the range of every hyper-parameter (a method's own ``positive`` / ``nonnegative`` narrow it)
@@ -28,7 +28,7 @@ REAL = Bounds()
 
 @dataclass(frozen=True)
 class MethodDefaults:
-    """Published training settings of a method (METHODS.md; DeepHash-pytorch where it is silent)."""
+    """Published training settings of a method (docs/methods.md; DeepHash-pytorch where it is silent)."""
 
     optimizer: str  # "rmsprop" | "adam"
     lr: float
@@ -124,6 +124,12 @@ def promote(h: Tensor) -> Tensor:
     return h.to(torch.promote_types(h.dtype, torch.float32))
 
 
+def pairwise_similarity(y: Tensor, Y: Tensor) -> Tensor:
+    """s (A, B) bool: whether label rows y_i of y (A, C) and Y_j of Y (B, C) share a label, y_i . Y_j > 0
+    (multi-hot rows; the product is taken in y's dtype)."""
+    return y @ Y.to(y.dtype).t() > 0
+
+
 def _activate(name: str, h: Tensor) -> Tensor:
     if name == "tanh":
         return torch.tanh(h)
@@ -136,7 +142,11 @@ class Method(nn.Module):
     """Base class: a deep-hashing method driven by a trainer (see the package docstring).
 
     Subclasses set ``name``, ``family``, ``activation``, ``Config`` and ``DEFAULTS`` and implement
-    ``loss``; the hooks below are no-ops here.
+    ``loss``; the hooks below are no-ops here. What a training run decides from its method (the
+    run's seed, training options passed on, the scratch recipe's learning rate, a schedule fitted to
+    the training set, a note under a comparison table) is asked of the class through ``uses_seed``,
+    ``run_options``, ``scratch_lr_scale``, ``fit_schedule`` and ``table_note``, so that nothing
+    outside a method's own file decides by its name.
 
     Args:
         bits: code length K.
@@ -150,6 +160,15 @@ class Method(nn.Module):
     activation: ClassVar[str] = "none"
     Config: ClassVar[Type[MethodConfig]] = MethodConfig
     DEFAULTS: ClassVar[MethodDefaults]
+    # state keys of earlier versions -> their names now, so that older runs still resume
+    renamed_state: ClassVar[Dict[str, str]] = {}
+    # its config has a ``seed`` field that a training run fills with the run's seed unless given
+    uses_seed: ClassVar[bool] = False
+    # training options (fields of the run's options) passed as the hyper-parameters of the same name
+    # unless given in the method's own parameters
+    run_options: ClassVar[Tuple[str, ...]] = ()
+    # factor on the shared scratch recipe's learning rate (when no learning rate is given)
+    scratch_lr_scale: ClassVar[float] = 1.0
 
     def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
         super().__init__()
@@ -163,6 +182,25 @@ class Method(nn.Module):
     def published(cls, config: MethodConfig) -> MethodDefaults:
         """The published training settings under hyper-parameters ``config`` (``DEFAULTS`` here)."""
         return cls.DEFAULTS
+
+    @classmethod
+    def fit_schedule(cls, params: Dict[str, Any], recipe: str, epochs: int,
+                     n_train: int) -> Tuple[Dict[str, Any], int]:
+        """(hyper-parameters, trainer epochs) of a run of ``epochs`` under ``recipe`` ("original" |
+        "scratch") on ``n_train`` training images, from the hyper-parameters given (``params``, not
+        changed in place); here both unchanged."""
+        return params, epochs
+
+    @classmethod
+    def table_note(cls, config: MethodConfig, run: Mapping[str, Any], given: Mapping[str, Any],
+                   n_train: int, wall_record: str) -> Optional[str]:
+        """A note under a comparison table on how this method's run was adapted, or None.
+
+        ``config``: the run's hyper-parameters; ``run``: its recorded training options; ``given``:
+        the hyper-parameters the comparison gave by hand; ``wall_record``: the file of a comparison
+        cell that records its whole wall time.
+        """
+        return None
 
     @property
     def defaults(self) -> MethodDefaults:
@@ -225,6 +263,7 @@ class Method(nn.Module):
 
     def load_state_tensors(self, tensors: Dict[str, Tensor]) -> None:
         own = dict(self.named_buffers())
+        tensors = {self.renamed_state.get(k, k): v for k, v in tensors.items()}
         if set(tensors) != set(own):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
             raise CheckpointMismatchError(f"{self.name} state: missing {missing}, unexpected {extra}")

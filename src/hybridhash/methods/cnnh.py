@@ -3,13 +3,13 @@ coordinate descent on |H H^T - K S|^2; stage 2 regresses the network's outputs o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Method, MethodConfig, MethodDefaults, promote
+from .base import Method, MethodConfig, MethodDefaults, pairwise_similarity, promote
 from .registry import register_method
 
 
@@ -76,6 +76,13 @@ class CNNH(Method):
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
         self.stage_one_errors: List[float] = []
 
+    @classmethod
+    def table_note(cls, config: CNNHConfig, run: Mapping[str, Any], given: Mapping[str, Any],
+                   n_train: int, wall_record: str) -> Optional[str]:
+        return (f"{cls.name}: stage 1 with {config.sweeps} coordinate-descent sweeps over the {n_train} training "
+                f"images (cost n^2 x bits each), then {run.get('epochs')} epochs of stage 2; its train s counts "
+                f"stage 2 only ({wall_record}'s train_wall_seconds holds both)")
+
     def prepare(self, train_labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
         """Stage 1 on the (n, C) training labels; skipped when H was restored by load_state_tensors."""
         if bool(self.prepared):
@@ -84,7 +91,7 @@ class CNNH(Method):
             raise ConfigError(f"cnnh: train_labels must be ({self.num_train}, {self.n_class}), "
                               f"got {tuple(train_labels.shape)}")
         y = train_labels.to(self.H.device, torch.float32)
-        S = 2 * (y @ y.t() > 0).float() - 1  # (n, n) in {-1, 1}
+        S = 2 * pairwise_similarity(y, y).float() - 1  # (n, n) in {-1, 1}
         H, self.stage_one_errors = cnnh_stage_one(S, self.bits, self.config.sweeps, generator)
         self.H.copy_(torch.where(H >= 0, 1.0, -1.0))
         self.prepared.fill_(True)

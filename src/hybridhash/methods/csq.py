@@ -80,6 +80,7 @@ class CSQ(InBatchMethod):
     activation = "tanh"
     Config = CSQConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=64, epochs=150)
+    uses_seed = True  # its random centers (when no Hadamard matrix fits) differ from seed to seed
 
     def __init__(self, bits, n_class, num_train, config=None):
         super().__init__(bits, n_class, num_train, config)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import InBatchMethod, MethodConfig, MethodDefaults
+from .base import InBatchMethod, MethodConfig, MethodDefaults, pairwise_similarity
 from .registry import register_method
 
 
@@ -20,7 +20,7 @@ def cauchy_distance(a: Tensor, b: Tensor, bits: int) -> Tensor:
 def dch_loss(h: Tensor, y: Tensor, gamma: float = 20.0, lam: float = 0.1) -> Tensor:
     """h (B, K) raw outputs, y (B, C): mean(w [s log(d/gamma) + log(1 + gamma/d)]) + lam mean(q)."""
     B, K = h.shape
-    s = (y @ y.t() > 0).to(h.dtype)  # (B, B)
+    s = pairwise_similarity(y, y).to(h.dtype)  # (B, B)
     S1 = s.sum()
     if 0 < S1 < s.numel():
         w = s * (s.numel() / S1) + (1 - s) * (s.numel() / (s.numel() - S1))

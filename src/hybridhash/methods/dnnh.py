@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import InBatchMethod, MethodConfig, MethodDefaults
+from .base import InBatchMethod, MethodConfig, MethodDefaults, pairwise_similarity
 from .registry import register_method
 
 
@@ -18,7 +18,7 @@ def dnnh_loss(u: Tensor, y: Tensor, margin: float = 1.0) -> Tensor:
     max(0, margin - (|u_a - u_n|^2 - |u_a - u_p|^2)); valid: s_ap = 1, s_an = 0 (the anchor may
     be its own positive, as in-batch pairs include the diagonal). 0 when no triplet is valid."""
     D = (u.unsqueeze(1) - u.unsqueeze(0)).pow(2).sum(-1)  # (B, B) squared distances
-    s = y @ y.t() > 0
+    s = pairwise_similarity(y, y)
     mask = (s.unsqueeze(2) & ~s.unsqueeze(1)).to(u.dtype)  # (a, p, n)
     hinge = (margin - (D.unsqueeze(1) - D.unsqueeze(2))).clamp(min=0)  # [a, p, n]: D[a, n] - D[a, p]
     return (hinge * mask).sum() / mask.sum().clamp(min=1)
@@ -59,6 +59,9 @@ class DNNH(InBatchMethod):
     activation = "sigmoid"
     Config = DNNHConfig
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=64, epochs=150)
+    # its sigmoid outputs saturate together at the scratch recipe's rate (measured on digits at 32
+    # bits, 20 epochs: val mAP 0.11 at lr 2e-3, 0.96 at 2e-4)
+    scratch_lr_scale = 0.1
 
     def make_head(self, in_features: int) -> Optional[nn.Module]:
         if self.config.head == "divide_encode":

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .bank import BankMethod
-from .base import MethodConfig, MethodDefaults
+from .base import MethodConfig, MethodDefaults, pairwise_similarity
 from .registry import register_method
 
 
@@ -16,7 +16,7 @@ def dsh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, margin: float, alpha: f
     mean over B x n of 0.5 s dist + 0.5 (1 - s) max(m - dist, 0), + alpha mean(| |h| - 1 |).
     """
     U = U.to(h.dtype)
-    s = (y.to(h.dtype) @ Y.to(h.dtype).t() > 0).to(h.dtype)  # (B, n)
+    s = pairwise_similarity(y.to(h.dtype), Y).to(h.dtype)  # (B, n)
     # |a - b|^2 expanded: a (B, n, K) difference tensor would not fit at n = 50000
     dist = (h.pow(2).sum(1, keepdim=True) + U.pow(2).sum(1) - 2 * h @ U.t()).clamp(min=0)  # (B, n)
     contrastive = 0.5 * s * dist + 0.5 * (1 - s) * (margin - dist).clamp(min=0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import InBatchMethod, MethodConfig, MethodDefaults
+from .base import InBatchMethod, MethodConfig, MethodDefaults, pairwise_similarity
 from .registry import register_method
 
 
@@ -19,7 +19,7 @@ def dtsh_loss(h: Tensor, y: Tensor, alpha: float = 5.0, lam: float = 1.0) -> Ten
     none), + lam mean((h - sign h)^2).
     """
     theta = h @ h.t()  # (B, B)
-    s = y @ y.t() > 0  # (B, B)
+    s = pairwise_similarity(y, y)  # (B, B)
     mask = (s.unsqueeze(2) & ~s.unsqueeze(1)).to(h.dtype)  # (B anchor, B p, B n)
     t = (theta.unsqueeze(2) - theta.unsqueeze(1) - alpha).clamp(-100, 50)  # (B, B, B)
     count = mask.sum(dim=(1, 2))  # (B,)

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import InBatchMethod, MethodConfig, MethodDefaults
+from .base import InBatchMethod, MethodConfig, MethodDefaults, pairwise_similarity
 from .registry import register_method
 
 
 def hashnet_loss(u: Tensor, y: Tensor, alpha: float = 0.1) -> Tensor:
     """u (B, K) = tanh(beta h), y (B, C). d = alpha u_i . u_j; l = softplus(d) - s d;
     w = S/S1 on similar pairs, S/S0 on dissimilar ones; loss = sum(w l) / S (B x B pairs)."""
-    s = (y @ y.t() > 0).to(u.dtype)  # (B, B)
+    s = pairwise_similarity(y, y).to(u.dtype)  # (B, B)
     d = alpha * (u @ u.t())  # (B, B)
     l = F.softplus(d) - s * d
     S = float(s.numel())

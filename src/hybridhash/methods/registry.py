@@ -7,7 +7,7 @@ from typing import Any, Dict, Type
 from ..errors import ConfigError
 from .base import FAMILIES, Method, MethodDefaults
 
-__all__ = ["register_method", "list_methods", "create_method", "method_defaults"]
+__all__ = ["register_method", "list_methods", "create_method", "method_class", "method_defaults"]
 
 _METHODS: Dict[str, Type[Method]] = {}
 
@@ -25,7 +25,8 @@ def list_methods(pattern: str = "*") -> list[str]:
     return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
 
 
-def _method_class(name: str) -> Type[Method]:
+def method_class(name: str) -> Type[Method]:
+    """The class registered as ``name`` (its hooks a trainer asks before building it)."""
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
     return _METHODS[name]
@@ -33,7 +34,7 @@ def _method_class(name: str) -> Type[Method]:
 
 def create_method(name: str, bits: int, n_class: int, num_train: int, **hparams: Any) -> Method:
     """The method ``name`` with its published hyper-parameters, overridden by ``hparams``."""
-    cls = _method_class(name)
+    cls = method_class(name)
     return cls(bits, n_class, num_train, cls.Config.from_dict(hparams, name))
 
 
@@ -41,5 +42,5 @@ def method_defaults(name: str, **hparams: Any) -> MethodDefaults:
     """The published training settings of method ``name`` under ``hparams``, which are checked (a
     one-line error for an unknown name or a bad value) without building the method: no bank or
     learned codes are allocated, whatever sizes they name."""
-    cls = _method_class(name)
+    cls = method_class(name)
     return cls.published(cls.Config.from_dict(hparams, name))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..codes import binarize
-from ..losses import PairwiseLikelihoodLoss
+from ..methods.hybridhash import PairwiseLikelihoodLoss
 
 
 def pixel_vectors(dataset) -> np.ndarray:

@@ -20,15 +20,17 @@ def build_model(config: TrainConfig, bits: int) -> nn.Module:
 
 
 def method_params(config: TrainConfig) -> Dict[str, Any]:
-    """The hyper-parameters ``config`` gives its method (``--alpha`` and the bank options are
-    HybridHash's; ``--method-params`` any method's)."""
+    """The hyper-parameters ``config`` gives its method: ``--method-params``, then, unless given there,
+    the run's seed (a method that ``uses_seed``) and the training options the method names in its
+    ``run_options`` (HybridHash's ``--alpha`` and bank options)."""
+    from ..methods import method_class
+
+    cls = method_class(config.method)
     params = dict(config.method_params)
-    if config.method == "csq":
-        params.setdefault("seed", config.seed)  # its random centers (when no Hadamard matrix fits)
-    if config.method == "hybridhash":
-        params.setdefault("alpha", config.alpha)
-        params.setdefault("bank_rows", config.bank_rows)
-        params.setdefault("bank_fp16", config.bank_fp16)
+    if cls.uses_seed:
+        params.setdefault("seed", config.seed)
+    for name in cls.run_options:
+        params.setdefault(name, getattr(config, name))
     return params
 
 

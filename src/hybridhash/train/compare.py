@@ -1,5 +1,5 @@
 """A fair comparison grid: methods x seeds x code lengths on one protocol and one model
-(METHODS.md, "Fair comparison").
+(docs/methods.md, "Fair comparison").
 
 One cell = (method, seed): an ordinary training run of every code length into
 ``OUT/<method>/seed<s>/`` (see :func:`hybridhash.train.train`), then its evaluation into

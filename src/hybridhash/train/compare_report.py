@@ -98,7 +98,8 @@ def _family(method: str) -> str:
 
 def recipe_label(f: Finished) -> str:
     """"published", "shared scratch" or "same-optimizer", with the settings the cell's run.json records."""
-    from .recipe import SCRATCH_LR_SCALE, SCRATCH_MAX_IMG, TrainConfig, scratch_recipe
+    from ..methods import method_class
+    from .recipe import SCRATCH_MAX_IMG, TrainConfig, scratch_recipe
     from .run import published_settings
 
     c = f.config
@@ -109,7 +110,7 @@ def recipe_label(f: Finished) -> str:
     if c.get("recipe") == "scratch":
         # the four settings compared do not depend on the image size
         expected = scratch_recipe(SCRATCH_MAX_IMG, f.cell.method)
-        kind = "shared scratch" + (" (lr scaled)" if f.cell.method in SCRATCH_LR_SCALE else "")
+        kind = "shared scratch" + (" (lr scaled)" if method_class(f.cell.method).scratch_lr_scale != 1.0 else "")
     else:
         expected = published_settings(TrainConfig.from_dict(c))
         kind = "published"
@@ -118,26 +119,14 @@ def recipe_label(f: Finished) -> str:
 
 
 def schedule_note(f: Finished, grid: Grid) -> Optional[str]:
-    """How ADSH's or CNNH's schedule was scaled to this training set, from the cell's run.json."""
-    from ..methods import create_method
+    """How the cell's method was adapted to this run (its ``table_note``, e.g. ADSH's schedule scaled to
+    the training set), from the cell's run.json; None when it says nothing."""
+    from ..methods import method_class
 
-    c, method = f.config, f.cell.method
-    if method in ("dsh", "dpsh") and c.get("method_params", {}).get("pairs") == "batch":
-        return (f"{method}: pairs inside the mini-batch, not a bank of earlier outputs: from random weights the "
-                "bank version's codes collapse")
-    if method not in ("adsh", "cnnh"):
-        return None
+    c, cls = f.config, method_class(f.cell.method)
     n = int(read_json(f.cell.directory / R.RUN_NAME).get("protocol", {}).get("sizes", {}).get("train", 0)) or 1
-    cfg = create_method(method, 8, 1, n, **c.get("method_params", {})).config
-    if method == "adsh":
-        scaled = c.get("recipe") == "scratch" and "iterations" not in grid.method_params.get("adsh", {})
-        return (f"adsh: {cfg.iterations} outer iterations x {cfg.epochs_per_iteration} epochs over samples of "
-                f"{min(cfg.num_samples, n)} of the {n} training images = {c.get('epochs')} trainer epochs"
-                + (" (iterations scaled to the other methods' image-steps)" if scaled else "")
-                + "; queries and database encoded by the network")
-    return (f"cnnh: stage 1 with {cfg.sweeps} coordinate-descent sweeps over the {n} training images (cost n^2 x "
-            f"bits each), then {c.get('epochs')} epochs of stage 2; its train s counts stage 2 only "
-            f"({CELL_NAME}'s train_wall_seconds holds both)")
+    config = cls.Config.from_dict(c.get("method_params", {}), cls.name)
+    return cls.table_note(config, c, grid.method_params.get(cls.name, {}), n, CELL_NAME)
 
 
 # --------------------------------------------------------------------------------------------

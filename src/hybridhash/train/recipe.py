@@ -4,7 +4,7 @@ Two recipes:
 
 - ``original``: the published one, for pretrained or full-size (224 px) presets: RMSprop, lr 2.5e-5,
   weight decay 1e-5, no schedule, 15 epochs, evaluation every 3, batch 64, the per-image train
-  transforms of SPEC section 5, mixed precision where the device has it.
+  transforms of the paper (docs/methods.md, hybridhash), mixed precision where the device has it.
 - ``scratch``: small presets trained from random weights on small images (``hybridhash_cpu``).
   AdamW with a linear warm-up to a higher peak and a cosine decay, a larger-scale init of the
   layer that makes the code bits (which shortens the initial plateau of the loss at 2 ln 2, where
@@ -137,23 +137,19 @@ class TrainConfig:
 
 
 def original_recipe() -> Dict[str, Any]:
-    """The published run's settings (SPEC section 5)."""
+    """The published run's settings (docs/methods.md, hybridhash)."""
     return dict(epochs=15, batch_size=64, optimizer="rmsprop", lr=2.5e-5, weight_decay=1e-5, momentum=0.0,
                 schedule="constant", warmup_epochs=0.0, head_init_std=None, data_mode="stream", shift=0,
                 eval_every=3, amp=True, grad_clip=None, parallel=1)
 
 
-# Methods whose codes collapse at the scratch recipe's learning rate, and the factor it is scaled by
-# for them (when --lr is not given); the table of `compare` shows the rate each cell used. Measured
-# on digits at 32 bits, 20 epochs: DNNH's sigmoid outputs saturate together at 2e-3 (val mAP 0.11;
-# 0.96 at 2e-4); DPSH (in-batch pairs) reaches 0.46 at 2e-3, 0.66 at 2e-4.
-SCRATCH_LR_SCALE: Dict[str, float] = {"dnnh": 0.1, "dpsh": 0.1}
-
-
 def scratch_recipe(img_size: int, method: str = "hybridhash") -> Dict[str, Any]:
-    """Settings that converge from random weights for small models on small images (SPEC section 8),
-    shared by every method (a method of ``SCRATCH_LR_SCALE`` gets its learning rate scaled)."""
-    return dict(epochs=30, batch_size=16, optimizer="adamw", lr=2e-3 * SCRATCH_LR_SCALE.get(method, 1.0),
+    """Settings that converge from random weights for small models on small images (docs/methods.md),
+    shared by every method; the learning rate is scaled by the method's ``scratch_lr_scale`` (the
+    methods whose codes collapse at it; the table of `compare` shows the rate each cell used)."""
+    from ..methods import method_class
+
+    return dict(epochs=30, batch_size=16, optimizer="adamw", lr=2e-3 * method_class(method).scratch_lr_scale,
                 weight_decay=1e-4, momentum=None,
                 schedule="cosine", warmup_epochs=1.0, head_init_std=0.1, data_mode="cache",
                 shift=max(1, round(img_size / 16)), eval_every=5, amp=True, grad_clip=5.0, parallel=0)

@@ -81,33 +81,16 @@ def published_settings(config: TrainConfig) -> Dict[str, Any]:
 
 
 def fit_method(config: TrainConfig, n_train: int) -> TrainConfig:
-    """``config`` with the method's schedule fitted to ``n_train`` training images.
+    """``config`` with the method's schedule fitted to ``n_train`` training images: its hyper-parameters
+    and epochs as the method's ``fit_schedule`` gives them (e.g. ADSH's outer iterations matched to
+    the other methods' image-steps, DSH's and DPSH's in-batch pairs under the scratch recipe)."""
+    from ..methods import method_class
 
-    ADSH trains in outer iterations of ``epochs_per_iteration`` passes over a sample; under the
-    shared scratch recipe its iterations are chosen to see as many images as the other methods'
-    ``epochs`` passes over the whole set (unless ``--method-params`` names them), and the run's
-    epochs become iterations * epochs_per_iteration, so that it ends on a V update.
-
-    DSH and DPSH under the scratch recipe compare the pairs inside the mini-batch, as their papers
-    generate them, instead of a bank of earlier outputs (unless ``--method-params`` names
-    ``pairs``): from random weights their unbounded outputs drift together away from the stale
-    bank and the codes collapse (measured on digits, DSH: val mAP 0.11 at lr 2e-3 and 2e-4, and
-    with alpha 0.01 or 0; 0.9997 with in-batch pairs).
-    """
-    if config.method in ("dsh", "dpsh") and config.recipe == "scratch" and "pairs" not in config.method_params:
-        return dataclasses.replace(config, method_params={**config.method_params, "pairs": "batch"})
-    if config.method != "adsh":
+    params, epochs = method_class(config.method).fit_schedule(dict(config.method_params), config.recipe,
+                                                              config.epochs, n_train)
+    if params == config.method_params and epochs == config.epochs:
         return config
-    from ..methods import create_method
-    from ..methods.adsh import iterations_for
-
-    params = dict(config.method_params)
-    probe = create_method("adsh", 8, 1, n_train, **params).config
-    if "iterations" not in params and config.recipe == "scratch":
-        params["iterations"] = iterations_for(config.epochs * n_train, n_train, probe.num_samples,
-                                              probe.epochs_per_iteration)
-    iterations = params.get("iterations", probe.iterations)
-    return dataclasses.replace(config, method_params=params, epochs=iterations * probe.epochs_per_iteration)
+    return dataclasses.replace(config, method_params=params, epochs=epochs)
 
 
 def _no_val_message(protocol) -> str:

@@ -1,0 +1,182 @@
+"""What every method's test file shares: naive references in Python floats, label generators, and
+``MethodSuite``, the checks every method must pass (edge cases, a few training steps, state round
+trip, half precision), run by subclassing it as ``Test<Method>`` with ``name`` set in
+``tests/methods/test_<name>.py``."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hybridhash.methods import create_method
+
+
+# ---------------------------------------------------------------- naive references (python floats)
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def sim(a, b):
+    return 1.0 if dot(a, b) > 0 else 0.0
+
+
+def softplus(x):
+    return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
+
+
+def sign(x):
+    return (x > 0) - (x < 0)
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def naive_weighted_likelihood(u, U, y, Y, alpha):
+    """HybridHash's and HashNet's weighted pairwise likelihood, pair by pair (docs/methods.md)."""
+    pairs = [(i, j) for i in range(len(u)) for j in range(len(U))]
+    s = {p: sim(y[p[0]], Y[p[1]]) for p in pairs}
+    S = len(pairs)
+    S1 = sum(s.values())
+    total = 0.0
+    for i, j in pairs:
+        d = alpha * dot(u[i], U[j])
+        w = S / S1 if s[i, j] else S / (S - S1)
+        total += w * (softplus(d) - s[i, j] * d)
+    return total / S
+
+
+# ---------------------------------------------------------------- data
+def labels(kind, B, C, g):
+    if kind == "single":
+        return torch.eye(C, dtype=torch.float64)[torch.randint(0, C, (B,), generator=g)]
+    y = (torch.rand(B, C, generator=g) < 0.4).double()
+    y[torch.arange(B), torch.randint(0, C, (B,), generator=g)] = 1.0  # every item has a label
+    return y
+
+
+def L(t):
+    return t.double().tolist()
+
+
+EDGE = {
+    "no_dissimilar_pair": lambda g, B, C: torch.eye(C)[[0] * B],
+    "no_similar_pair": lambda g, B, C: torch.zeros(B, C),  # unlabelled items share no label, not even with themselves
+    "distinct_labels": lambda g, B, C: torch.eye(C)[:B],
+    "multi_label": lambda g, B, C: labels("multi", B, C, g).float(),
+}
+
+
+def _run_steps(method, y_train, g, steps, K):
+    values = []
+    for s in range(steps):
+        rows = method.epoch_rows(0, g)
+        rows = torch.arange(len(y_train)) if rows is None else rows
+        idx = rows[(torch.arange(3) + 3 * s) % len(rows)]
+        h = torch.randn(3, K, generator=g, requires_grad=True)
+        value = method.loss(h, y_train[idx], idx)
+        value.backward()
+        values.append((value, h.grad))
+    return values
+
+
+class MethodSuite:
+    """The checks of every method; a subclass sets ``name`` and may override ``params`` (small
+    hyper-parameters for a test) and ``warm_up`` (what precedes a few training steps)."""
+
+    name: str = ""
+
+    def params(self, test: str, n: int) -> Dict[str, Any]:
+        """Hyper-parameters for test ``test`` ("edge", "resume", "steps", "half") on ``n`` images."""
+        return {}
+
+    def warm_up(self, method, model, X, Y, g) -> torch.Tensor:
+        """The rows a few training steps go over (after ``prepare``)."""
+        return torch.arange(len(X))
+
+    @pytest.mark.parametrize("case", sorted(EDGE) + ["single_item"])
+    def test_edge_cases_are_finite_with_finite_gradients(self, case):
+        g = torch.Generator().manual_seed(1)
+        n, K, C = 8, 16, 5
+        B = 1 if case == "single_item" else 4
+        y = EDGE["multi_label" if case == "single_item" else case](g, B, C)
+        y_train = torch.cat([y, torch.eye(C)[torch.randint(0, C, (n - B,), generator=g)]])
+        method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("edge", n))
+        method.prepare(y_train, g)
+        rows = method.epoch_rows(0, g)
+        index = torch.arange(B) if rows is None else rows[:B]
+        for scale in (1.0, 30.0):  # 30: saturated tanh / sigmoid
+            h = (scale * torch.randn(B, K, generator=g)).requires_grad_(True)
+            value = method.loss(h, y_train[index], index)
+            value.backward()
+            assert torch.isfinite(value), (case, scale)
+            assert torch.isfinite(h.grad).all(), (case, scale)
+
+    def test_trains_and_resumes_exactly(self, tmp_path):
+        n, K, C = 12, 16, 4
+        g = torch.Generator().manual_seed(0)
+        y_train = torch.eye(C)[torch.randint(0, C, (n,), generator=g)]
+        hp = self.params("resume", n)
+        method = create_method(self.name, bits=K, n_class=C, num_train=n, **hp)
+        assert method.name == self.name and method.family in ("symmetric", "asymmetric", "central")
+        assert method.defaults.optimizer in ("rmsprop", "adam") and method.defaults.lr > 0
+        method.prepare(y_train, g)
+        method.on_epoch_start(0, 0)
+        for value, grad in _run_steps(method, y_train, g, 2, K):
+            assert torch.isfinite(value) and grad is not None and torch.isfinite(grad).all()
+        method.on_epoch_end(0)  # ADSH: V update
+        method.on_epoch_start(1, 2)
+        save_file(method.state_tensors(), tmp_path / "state.safetensors")
+        again = create_method(self.name, bits=K, n_class=C, num_train=n, **hp)
+        again.load_state_tensors(load_file(tmp_path / "state.safetensors"))
+        again.prepare(y_train, torch.Generator().manual_seed(99))  # a restored CNNH does not redo stage 1
+        ga, gb = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        a = _run_steps(method, y_train, ga, 2, K)
+        b = _run_steps(again, y_train, gb, 2, K)
+        for (va, _), (vb, _) in zip(a, b):
+            assert va.item() == vb.item()
+        # config round trip through JSON
+        assert type(method.config).from_dict(json.loads(json.dumps(method.config.to_dict())), self.name) \
+            == method.config
+
+    def test_a_few_steps_lower_the_loss(self):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        n, D, K, C = 24, 12, 16, 3
+        cls = torch.arange(n) % C
+        X = 3 * torch.eye(C, D)[cls] + 0.3 * torch.randn(n, D, generator=g)
+        Y = torch.eye(C)[cls]
+        method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("steps", n))
+        model = torch.nn.Linear(D, K)
+        opt = torch.optim.Adam(model.parameters(), lr=0.02)
+        method.prepare(Y, g)
+        rows = self.warm_up(method, model, X, Y, g)
+
+        def full_loss():
+            return method.loss(model(X[rows]), Y[rows], rows)
+
+        with torch.no_grad():
+            before = full_loss().item()
+        for _ in range(30):
+            opt.zero_grad()
+            full_loss().backward()
+            opt.step()
+        with torch.no_grad():
+            after = full_loss().item()
+        assert after < before, (before, after)
+
+    def test_half_precision_outputs_give_a_float32_loss(self):
+        n, K, C = 6, 8, 2
+        y = torch.eye(C)[torch.arange(n) % C]
+        method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("half", n))
+        method.prepare(y, torch.Generator().manual_seed(0))
+        rows = method.epoch_rows(0, torch.Generator().manual_seed(0))
+        idx = torch.arange(3) if rows is None else rows[:3]
+        h = torch.randn(3, K, generator=torch.Generator().manual_seed(1))
+        low = method.loss(h.half(), y[idx], idx)
+        assert low.dtype == torch.float32 and torch.isfinite(low)
