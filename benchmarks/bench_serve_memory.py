@@ -24,21 +24,22 @@ import argparse
 import json
 import os
 import platform
-import queue
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))  # the collection is built by the code the bounded server runs
+# the repository root, for tests.helpers: the service is started as its tests start it
+sys.path.insert(0, str(REPO))
+from tests.helpers.serving import serve_process  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 # the commit before the service's memory bounds: what the baseline runs
 BASELINE_REF = "d9a6ece"
@@ -124,52 +125,10 @@ def build(tmp: Path, megapixels: float) -> tuple[Path, Path]:
     return tmp / "codes", big
 
 
-@contextmanager
-def serve(src: Path, codes: Path, log: Path, extra_env: dict):
-    """``hybridhash serve`` from the sources under ``src`` on a free loopback port; yields (pid, URL)."""
-    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1", **extra_env}
-    proc = subprocess.Popen([sys.executable, "-m", "hybridhash.cli", "serve", "--index", str(codes),
-                             "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=open(log, "a"), text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put("")
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=300)
-            if not line:
-                raise RuntimeError(f"hybridhash serve stopped: {log.read_text()[-2000:]}")
-            if line.startswith("open http"):
-                url = line.split()[1].rstrip("/")
-        if not url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"not a loopback URL: {url}")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=5).raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield proc.pid, url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def one_run(src: Path, codes: Path, payload: bytes, small: bytes, args, log: Path, extra_env: dict) -> dict:
-    with serve(src, codes, log, extra_env) as (pid, url):
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1", **extra_env}
+    options = ["--index", codes, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"]
+    with serve_process(options, log, env=env) as (pid, url):
         with httpx.Client(base_url=url, timeout=600) as c:  # one small search: the model is loaded and run
             c.post("/search", files={"image": ("small.png", small, "image/png")}).raise_for_status()
         time.sleep(1.0)

@@ -21,14 +21,10 @@ import json
 import logging
 import os
 import platform
-import queue
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -39,6 +35,10 @@ from PIL import Image
 import hybridhash
 from hybridhash import cli
 from hybridhash.retrieval import Retriever
+
+# the repository root, for tests.helpers: the service is started as its tests start it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers.serving import serve_process  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -142,47 +142,6 @@ def http_caller(url: str, k: int):
     return make
 
 
-@contextmanager
-def serve(codes: Path, max_batch: int, log: Path):
-    """``hybridhash serve`` on a free loopback port in a child process; yields its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "hybridhash.cli", "serve", "--index", str(codes), "--port", "0",
-                             "--max-batch", str(max_batch), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=open(log, "a"), text=True)
-    lines: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put("")
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=300)
-            if not line:
-                raise RuntimeError(f"hybridhash serve stopped: {log.read_text()[-2000:]}")
-            if line.startswith("open http"):
-                url = line.split()[1].rstrip("/")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=5).raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="hybridhash_cpu")
@@ -230,7 +189,8 @@ def main(argv=None) -> dict:
         record(f"in-process, {args.clients} threads",
                concurrent(lambda: (inproc, lambda: None), queries, args.clients, args.per_client))
         for label, max_batch in (("batched", 16), ("unbatched", 1)):
-            with serve(tmp / "codes", max_batch, tmp / "serve.log") as url:
+            options = ["--index", tmp / "codes", "--port", "0", "--max-batch", max_batch, "--log-level", "warning"]
+            with serve_process(options, tmp / "serve.log") as (_, url):
                 caller = http_caller(url, args.k)
                 if label == "batched":
                     call, close = caller()

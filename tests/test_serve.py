@@ -7,12 +7,8 @@ import http.client
 import io
 import json
 import os
-import queue
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -28,6 +24,7 @@ from hybridhash.retrieval import Retriever
 from hybridhash.serve import BackgroundServer, create_app
 
 from tests.helpers.collections import BITS, hamming_ranking, png_bytes, png_claiming
+from tests.helpers.serving import start_serve
 
 MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
@@ -371,19 +368,8 @@ def test_serve_command_rejects_bad_options(built, capsys):
 
 def test_serve_command_binds_loopback_and_prints_the_url(built, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    stderr = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe nobody drains
-    proc = subprocess.Popen([sys.executable, "-m", "hybridhash.cli", "serve", "--index", str(built["codes"]),
-                             "--port", "0", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    lines_q: queue.Queue = queue.Queue()
-
-    def read_stdout() -> None:
-        for line in proc.stdout:
-            lines_q.put(line)
-        lines_q.put("")  # end of output: the waits below fail at once
-        lines_q.put("")
-
-    threading.Thread(target=read_stdout, daemon=True).start()
+    proc, lines_q = start_serve(["--index", built["codes"], "--port", "0", "--log-level", "warning"],
+                                tmp_path / "stderr.txt", env=env)  # stderr to a file, not a pipe nobody drains
     try:
         lines = [lines_q.get(timeout=120), lines_q.get(timeout=120)]
         assert lines[0].startswith("serving 24 images (32-bit codes"), lines
@@ -404,4 +390,3 @@ def test_serve_command_binds_loopback_and_prints_the_url(built, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        stderr.close()

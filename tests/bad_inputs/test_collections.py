@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import hybridhash
@@ -20,6 +19,9 @@ from hybridhash.collection import open_collection
 from hybridhash.encode import encode_collection, load_plan, merge_shards, shard_path
 from hybridhash.errors import DataError, IndexMismatchError
 from hybridhash.locking import LOCK_NAME
+
+from tests.helpers.commands import one_line_error, snapshot
+from tests.helpers.encoding import save_model
 
 BITS = 32
 KW = dict(workers=0, shard_size=2, progress=False)  # 6 images -> 3 shards
@@ -48,26 +50,12 @@ def make_flat(root: Path, n: int = 6, seed: int = 0, prefix: str = "img") -> lis
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model"
-    torch.manual_seed(0)
-    hybridhash.create_model("hybridhash_cpu", bits=BITS).eval().save_pretrained(str(path))
-    return path
+    return save_model(tmp_path_factory.mktemp("ckpt") / "model", bits=BITS)
 
 
 @pytest.fixture(scope="module")
 def model(ckpt):
     return hybridhash.from_pretrained(ckpt)
-
-
-def snapshot(directory: Path) -> dict:
-    """Every file under ``directory`` (relative path -> bytes)."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    return err
 
 
 def encode_cli(images: Path, out: Path, ckpt: Path, *extra: str) -> int:

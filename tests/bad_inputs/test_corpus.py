@@ -11,7 +11,6 @@ untrained ``hybridhash_cpu`` checkpoint of 32 bits, built once per module.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -28,18 +27,14 @@ from hybridhash.collection import open_collection
 from hybridhash.errors import CheckpointError
 
 from tests.helpers.collections import png_claiming
+from tests.helpers.commands import snapshot_digests as snapshot
+from tests.helpers.encoding import save_model
 
 BITS = 32
 GOOD = 4  # good images beside the odd ones
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def snapshot(directory: Path) -> dict:
-    """{relative path: sha256} of every file under ``directory``."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
 
 
 def run_cli(argv) -> int:
@@ -142,10 +137,7 @@ def test_the_odd_kinds_really_have_their_modes():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model"
-    torch.manual_seed(0)
-    hybridhash.create_model("hybridhash_cpu", bits=BITS).eval().save_pretrained(str(path))
-    return path
+    return save_model(tmp_path_factory.mktemp("ckpt") / "model", bits=BITS)
 
 
 def write_good(folder: Path) -> list:

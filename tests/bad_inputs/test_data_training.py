@@ -20,7 +20,7 @@ import torch
 
 import hybridhash
 from tests.helpers.fakes import write_fake_cifar, write_folder
-from hybridhash import cli
+from tests.helpers.commands import one_error_line, run_cli, snapshot_digests as snapshot
 from hybridhash.data import load_protocol
 from hybridhash.data import cifar
 from hybridhash.data.cifar import read_cifar10
@@ -31,26 +31,6 @@ from hybridhash.runtime import pick_device
 SMALL = '{"depths": [1, 1, 1]}'
 TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits", "8", "--epochs", "1",
               "--batch-size", "4", "--quiet", "--threads", "1", "--parallel", "1", "--device", "cpu"]
-
-
-def run_cli(argv, capsys):
-    """(exit status, stdout, stderr) of ``hybridhash ARGV`` run in-process."""
-    rc = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    """The stderr of a refused command: exactly one line, ``error: ...``; returns the message."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0][len("error: "):]
-
-
-def snapshot(directory: Path) -> dict:
-    """{relative path: sha256} of every file under ``directory``."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from hybridhash.data.images import decode_image, open_image
 from hybridhash.errors import CheckpointError, DataError
 from hybridhash.limits import MAX_FILE_BYTES, MAX_PIXELS
 from tests.helpers.fakes import tiny_image, write_folder
+from tests.helpers.commands import one_error_line, run_cli
+from tests.helpers.encoding import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -40,20 +42,6 @@ TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits",
 DEADLINE = 90.0  # seconds a command on a handful of 6 px images may take on a loaded machine
 DEEP = "[" * 100_000 + "]" * 100_000  # far past the recursion limit of any parser that recurses
 SRC = str(Path(hybridhash.__file__).resolve().parents[1])  # the hybridhash these tests import
-
-
-def run_cli(argv, capsys):
-    """(exit status, stdout, stderr) of ``hybridhash ARGV`` run in-process."""
-    rc = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def one_error_line(err: str) -> str:
-    """The stderr of a refused command: exactly one line, ``error: ...``; returns the message."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0][len("error: "):]
 
 
 def within_deadline(fn, *pipes: Path, seconds: float = DEADLINE):
@@ -114,10 +102,7 @@ def run_limited(code: str, *args: str, memory: int = 2 << 30, timeout: float = 2
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model"
-    torch.manual_seed(0)
-    hybridhash.create_model("hybridhash_cpu", bits=BITS).eval().save_pretrained(str(path))
-    return path
+    return save_model(tmp_path_factory.mktemp("ckpt") / "model", bits=BITS)
 
 
 def encode_argv(images: Path, out: Path, ckpt: Path, *extra) -> list:

@@ -27,6 +27,8 @@ from hybridhash.inference import ONNX_NAME, open_encoder  # noqa: E402
 from hybridhash.models import build_config, factory  # noqa: E402
 from hybridhash.openvino_encoder import OpenVinoEncoder  # noqa: E402
 
+from tests.helpers.commands import one_line_error  # noqa: E402
+
 BITS = 32
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -70,10 +72,14 @@ def copy_with_config(src: Path, dst: Path, **edits) -> Path:
     return dst
 
 
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    return err
+def assert_config_value_refused(src: Path, tmp_path: Path, capsys, field: str, value) -> None:
+    """A copy of checkpoint ``src`` with config ``field`` set to ``value`` is refused on loading (the
+    error names the field) and by ``hybridhash export`` (exit 1, one error line naming the field)."""
+    ckpt = copy_with_config(src, tmp_path / "ckpt", **{field: value})
+    with pytest.raises(CheckpointError, match=field):
+        hybridhash.from_pretrained(ckpt)
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 1
+    assert field in one_line_error(capsys)
 
 
 def edit_metadata(src: Path, dst: Path, **values) -> Path:
@@ -274,11 +280,7 @@ def test_the_weights_fingerprint_is_kept_until_the_file_changes(tmp_path, base, 
     ("cnn", "drop_rate", math.nan),
 ])
 def test_non_finite_config_values_are_refused(tmp_path, base, cnn, capsys, arch, field, value):
-    ckpt = copy_with_config(base if arch == "hybridhash" else cnn, tmp_path / "ckpt", **{field: value})
-    with pytest.raises(CheckpointError, match=field):
-        hybridhash.from_pretrained(ckpt)
-    assert cli.main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 1
-    assert field in one_line_error(capsys)
+    assert_config_value_refused(base if arch == "hybridhash" else cnn, tmp_path, capsys, field, value)
 
 
 def test_non_finite_weights_are_refused(tmp_path, base, capsys):
@@ -393,11 +395,7 @@ def test_metadata_img_size_other_than_the_graph_input_is_refused_at_open(tmp_pat
     ("cnn", "drop_rate", 5),
 ])
 def test_out_of_range_config_numbers_are_one_line_errors(tmp_path, base, cnn, capsys, arch, field, value):
-    ckpt = copy_with_config(base if arch == "hybridhash" else cnn, tmp_path / "ckpt", **{field: value})
-    with pytest.raises(CheckpointError, match=field):
-        hybridhash.from_pretrained(ckpt)
-    assert cli.main(["export", "--checkpoint", str(ckpt), "--no-verify"]) == 1
-    assert field in one_line_error(capsys)
+    assert_config_value_refused(base if arch == "hybridhash" else cnn, tmp_path, capsys, field, value)
     with pytest.raises(ConfigError, match=field):
         build_config("hybridhash_cpu" if arch == "hybridhash" else "cnn_cpu", **{field: value})
 

@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +31,7 @@ from hybridhash.serve import BackgroundServer, create_app
 from hybridhash.serve import uploads as uploads_mod
 
 from tests.helpers.collections import png_bytes
+from tests.helpers.serving import serve_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -329,30 +327,19 @@ def test_serve_memory_follows_the_decoders_not_the_clients(serve_collection, tmp
     assert len(payload) < 200_000
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("MALLOC_ARENA_MAX", None)
-    stderr = open(tmp_path / "stderr.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "hybridhash.cli", "serve", "--index", str(serve_collection["codes"]),
-                             "--port", "0", "--log-level", "warning"], stdout=subprocess.PIPE, stderr=stderr,
-                            text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put("")], daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=120)
-            assert line, (tmp_path / "stderr.txt").read_text()
-            if line.startswith("open http"):
-                url = line.split()[1].rstrip("/")
+    with serve_process(["--index", serve_collection["codes"], "--port", "0", "--log-level", "warning"],
+                       tmp_path / "stderr.txt", env=env, start_timeout=120) as (pid, url):
         assert url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=url, timeout=300) as c:
             assert _upload(c, SMALL).status_code == 200  # the model is loaded and has run once
         time.sleep(0.5)
-        idle = _rss_anon(proc.pid)
+        idle = _rss_anon(pid)
         peak, done = idle, threading.Event()
 
         def sample():
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, _rss_anon(proc.pid))
+                peak = max(peak, _rss_anon(pid))
                 time.sleep(0.02)
 
         sampler = threading.Thread(target=sample)
@@ -369,15 +356,7 @@ def test_serve_memory_follows_the_decoders_not_the_clients(serve_collection, tmp
             done.set()
             sampler.join()
         time.sleep(1.0)
-        after = _rss_anon(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        stderr.close()
+        after = _rss_anon(pid)
     mb = 2**20
     assert statuses == [200] * 8
     assert peak - idle < 450 * mb, (idle // mb, peak // mb, after // mb)

@@ -20,6 +20,8 @@ from PIL import Image
 import hybridhash
 from hybridhash import cli
 from tests.helpers.fakes import write_folder
+from tests.helpers.commands import one_line_error, snapshot
+from tests.helpers.encoding import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -28,17 +30,6 @@ SMALL = '{"depths": [1, 1, 1]}'
 TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits", "8", "--epochs", "1",
               "--batch-size", "4", "--quiet", "--threads", "1", "--parallel", "1", "--device", "cpu"]
 FOREIGN = b"a file hybridhash did not write: "
-
-
-def snapshot(directory: Path) -> dict:
-    """{relative path: bytes} of every file under ``directory``."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    return err
 
 
 def fill(directory: Path, names) -> dict:
@@ -64,10 +55,7 @@ def make_flat(root: Path, n: int = 4) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model"
-    torch.manual_seed(0)
-    hybridhash.create_model("hybridhash_cpu", bits=BITS).eval().save_pretrained(str(path))
-    return path
+    return save_model(tmp_path_factory.mktemp("ckpt") / "model", bits=BITS)
 
 
 class Stop(Exception):
