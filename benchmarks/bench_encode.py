@@ -4,7 +4,7 @@ Two figures per preset and batch size, fp32, eval mode, inference mode:
 
 - model: pre-decoded, preprocessed tensors straight into ``model.encode`` (the model's throughput;
   the in-run baseline);
-- pipeline: ``hybridhash.encode.encode_collection`` end to end on JPEG files on disk (discovery,
+- pipeline: ``hybridhash.app.encode.encode_collection`` end to end on JPEG files on disk (discovery,
   DataLoader workers decoding and resizing, the forward, packing, shard writes, the merge).
 
 pipeline / model is the share of the model's speed the whole encoder keeps: the pipeline's overhead
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash.encode import encode_collection
+from hybridhash.app.encode import encode_collection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -106,7 +106,7 @@ def build(tmp: Path, megapixels: float) -> tuple[Path, Path]:
     from PIL import Image
 
     import hybridhash
-    from hybridhash import cli
+    from hybridhash.app import cli
 
     rng = np.random.default_rng(0)
     images = tmp / "images"

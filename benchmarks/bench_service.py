@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.retrieval import Retriever
 
 # the repository root, for tests.helpers: the service is started as its tests start it

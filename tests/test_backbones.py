@@ -15,13 +15,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.codes import binarize
 from hybridhash.data import load_protocol
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from hybridhash.methods import list_methods
 from hybridhash.models import BackboneConfig, BackboneHash, CnnConfig, CnnHash, build_config, list_presets, read_config
-from hybridhash.train import TrainConfig, train
+from hybridhash.app.train import TrainConfig, train
 
 
 def _timm_state(name, **kw):
@@ -258,8 +258,8 @@ def _images(root, per_class=2):
 
 @pytest.mark.slow
 def test_cnn_trains_from_scratch_then_evaluates_and_encodes(tmp_path, small_digits):
-    from hybridhash.encode import encode_collection
-    from hybridhash.evaluation import evaluate_checkpoints
+    from hybridhash.app.encode import encode_collection
+    from hybridhash.app.evaluation import evaluate_checkpoints
 
     results = train(_config(tmp_path / "run", epochs=3), protocol=small_digits)
     losses = [h["loss"] for h in results[16].history]
@@ -319,7 +319,7 @@ def test_models_command_lists_the_cnn_and_describes_timm_models(capsys):
 
 
 def test_a_timm_backbone_trains_through_the_trainer(tmp_path, small_digits):
-    from hybridhash.train.optim import param_groups
+    from hybridhash.app.train.optim import param_groups
 
     results = train(_config(tmp_path / "run", model="test_vit", model_overrides={"img_size": 32}, epochs=1,
                             method="dpsh"), protocol=small_digits)

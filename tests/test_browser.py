@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from hybridhash.retrieval import Retriever
-from hybridhash.serve import BackgroundServer, create_app
+from hybridhash.app.serve import BackgroundServer, create_app
 
 
 CHROMIUM = shutil.which("chromium") or next(

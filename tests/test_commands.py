@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.methods import create_method, list_methods
 
 

@@ -11,14 +11,14 @@ import shutil
 import numpy as np
 import pytest
 
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash import metrics as M
 from hybridhash.data import load_protocol
 from hybridhash.errors import ConfigError
 from hybridhash.fileio import read_json, write_json
-from hybridhash.train.baselines import lsh_codes, pixel_vectors
-from hybridhash.train.compare import Grid, cell_state, parse_shard
-from hybridhash.train.compare_report import Finished, recipe_label, schedule_note, write_report
+from hybridhash.app.compare.floors import lsh_codes, pixel_vectors
+from hybridhash.app.compare.grid import Grid, cell_state, parse_shard
+from hybridhash.app.compare.report import Finished, recipe_label, schedule_note, write_report
 
 # hybridhash_cpu with one layer per level: learns on a few digits in seconds
 SMALL = {"depths": [1, 1, 1]}

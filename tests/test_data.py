@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.helpers.fakes import (CIFAR_NAMES, encoded, noise_image, png_header_only, tiny_image, write_fake_cifar,
                         write_folder, write_list_dir)
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.data import DEFAULT_MAX_PIXELS, Protocol, build_transform, check_protocol, load_protocol, open_image
 from hybridhash.data.splits import decode_rows, encode_rows, resolve_count
 from hybridhash.errors import ConfigError, DataError

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from hybridhash import cli
+from hybridhash.app import cli
 
 
 def test_demo_quick_writes_the_table_and_the_report(tmp_path, capsys):

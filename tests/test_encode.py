@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.collection import open_collection, write_collection
-from hybridhash.encode import (encode_collection, encode_shards, find_images, merge_shards, plan_encode,
+from hybridhash.app.encode import (encode_collection, encode_shards, find_images, merge_shards, plan_encode,
                                shard_path)
 from hybridhash.errors import DataError, IndexMismatchError
 from tests.helpers.encoding import BAD, BITS, MAX_PIXELS, expected_codes, make_images, save_model

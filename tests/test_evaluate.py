@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash import metrics as M
 from hybridhash.data import load_protocol
 from hybridhash.data.transforms import build_transform, with_pipeline
-from hybridhash.evaluation import find_checkpoints, retrieval_metrics, top_results
-from hybridhash.report import GREEN, RED, pick_queries, retrieval_picture
+from hybridhash.app.evaluation import retrieval_metrics, top_results
+from hybridhash.app.rundir import find_checkpoints
+from hybridhash.app.report import GREEN, RED, pick_queries, retrieval_picture
 
 SMALL = {"depths": [1, 1, 1]}
 

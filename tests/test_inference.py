@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 import hybridhash  # noqa: E402
-from hybridhash import cli  # noqa: E402
+from hybridhash.app import cli  # noqa: E402
 from hybridhash.collection import open_collection  # noqa: E402
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError  # noqa: E402
 from hybridhash.export import OnnxEncoder  # noqa: E402

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hybridhash.retrieval import Retriever
-from hybridhash.serve import BackgroundServer, create_app
+from hybridhash.app.serve import BackgroundServer, create_app
 
 
 CLIENTS = 8

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.collection import write_paths
 from hybridhash.retrieval import Retriever
-from hybridhash.serve import BackgroundServer, create_app
+from hybridhash.app.serve import BackgroundServer, create_app
 
 from tests.helpers.collections import BITS, hamming_ranking, png_bytes, png_claiming
 from tests.helpers.serving import start_serve
@@ -110,7 +110,7 @@ def test_page_and_its_files_are_local(client):
         a = client.get(asset)
         assert a.status_code == 200 and kind in a.headers["content-type"]
     # shipped as package data, and no file of the page names another host
-    static = resources.files("hybridhash.serve") / "static"
+    static = resources.files("hybridhash.app.serve") / "static"
     for name in ("index.html", "app.js", "style.css"):
         text = (static / name).read_text()
         assert "http://" not in text and "https://" not in text and "src=\"//" not in text, name
@@ -165,7 +165,7 @@ def test_one_failing_query_does_not_fail_its_batch(built):
     from concurrent.futures import Future
 
     from hybridhash.errors import DataError
-    from hybridhash.serve import SearchBatcher
+    from hybridhash.app.serve import SearchBatcher
 
     retriever = Retriever.open(built["codes"], max_pixels=1500)  # 32x32 passes, 48x40 does not
     batcher = SearchBatcher(retriever)
@@ -287,7 +287,7 @@ def test_thumbnail_is_a_small_image_and_cached(client, app, built):
 
 
 def test_thumbnail_of_a_large_image_is_bounded(tmp_path):
-    from hybridhash.serve import ThumbnailCache
+    from hybridhash.app.serve import ThumbnailCache
 
     src = tmp_path / "big.jpg"
     Image.new("RGB", (1000, 600), (200, 30, 30)).save(src)

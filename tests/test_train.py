@@ -11,14 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash import metrics as M
 from hybridhash.data import load_protocol
 from hybridhash.errors import CheckpointError, ConfigError
-from hybridhash.train import TrainConfig, lr_factor, resolve, train
-from hybridhash.train import distributed as D
-from hybridhash.train.augment import BatchAugment
-from hybridhash.train.state import (
+from hybridhash.app.train import TrainConfig, lr_factor, resolve, train
+from hybridhash.app.train import distributed as D
+from hybridhash.app.train.augment import BatchAugment
+from hybridhash.app.train.state import (
     capture_rng, flatten_optimizer_state, read_training_state, restore_rng, unflatten_optimizer_state,
 )
 
@@ -198,7 +198,7 @@ def test_existing_run_needs_resume_and_same_options(tmp_path, small_digits):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, small_digits, monkeypatch):
-    from hybridhash.train import loop as T
+    from hybridhash.app.train import loop as T
 
     train(small_config(tmp_path / "r", epochs=2, stop_after_epochs=1), protocol=small_digits)
     before = tensors(tmp_path / "r/bits16/last/model.safetensors")
@@ -294,7 +294,7 @@ def test_cli_train_in_process(tmp_path, capsys, caplog):
 
 
 def test_fit_method_adapts_dsh_and_adsh_to_a_scratch_run():
-    from hybridhash.train.run import fit_method
+    from hybridhash.app.train.run import fit_method
 
     dsh = resolve(TrainConfig(method="dsh"), img_size=32)
     assert fit_method(dsh, 450).method_params == {"pairs": "batch"}  # its codes collapse against a stale bank

@@ -10,7 +10,7 @@ Layout of a collection directory ``CODES/``::
     classes.json         the C class names (only when labels are known)
     skipped.json         [{"path", "reason"}] images that could not be encoded
     files.stat.npy       int64 (n, 2) size and mtime_ns of each item's file when it was encoded
-    shards/              the encoder's resumable shards (see :mod:`hybridhash.encode`)
+    shards/              the encoder's resumable shards (see :mod:`hybridhash.app.encode`)
 
 ``manifest.json`` is written last, so a directory with a manifest holds a complete collection. The
 manifest's ``format`` marks the directory as this project's, and ``files`` lists the files the

@@ -1,7 +1,7 @@
 """``Retriever``: a model, a code collection and its index; images in, nearest items out.
 
 Query images go through exactly the evaluation pipeline the collection was encoded with (the
-model's preprocessing, :func:`hybridhash.encode.eval_transform`), decoded by
+model's preprocessing, :func:`hybridhash.app.encode.eval_transform`), decoded by
 :func:`~hybridhash.data.images.open_image` under a pixel limit. One Retriever may serve
 concurrent searches (a web server's threads): the model forward and the index search each hold a lock.
 """

@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.data import images as images_mod
 from hybridhash.data.images import (DEFAULT_MAX_PIXELS, CorruptImageError, NotAnImageError,
                                     TooManyPixelsError, open_image)
 from hybridhash.errors import ConfigError, HybridHashError
 from hybridhash.index import EMPTY_ID, MAX_K, HashIndex
 from hybridhash.retrieval import Hit
-from hybridhash.serve import BackgroundServer, ThumbnailCache, create_app
-from hybridhash.serve import app as app_mod
-from hybridhash.serve import uploads as uploads_mod
+from hybridhash.app.serve import BackgroundServer, ThumbnailCache, create_app
+from hybridhash.app.serve import app as app_mod
+from hybridhash.app.serve import uploads as uploads_mod
 
 from tests.helpers.collections import png_bytes, png_claiming
 
@@ -41,7 +41,7 @@ BITS_MESSAGE = "must be a multiple of 8 between 8 and 256, got {}"
 
 @pytest.mark.parametrize("bits", ["12", "7", "300", "0"])
 def test_train_refuses_a_code_length_no_index_holds_before_any_work(bits, tmp_path, capsys, monkeypatch):
-    import hybridhash.train.run as trainer
+    import hybridhash.app.train.run as trainer
 
     def no_work(*a, **k):
         raise AssertionError("training started")
@@ -218,7 +218,7 @@ def _asymmetric(w=40, h=24) -> Image.Image:
 
 
 def test_exif_orientation_6_gives_the_code_and_thumbnail_of_the_upright_image(tmp_path):
-    from hybridhash.encode import EncodeDataset, eval_transform
+    from hybridhash.app.encode import EncodeDataset, eval_transform
 
     upright = _asymmetric()
     (tmp_path / "upright.png").write_bytes(png_bytes(upright))
@@ -258,7 +258,7 @@ def test_exif_orientation_applies_to_jpeg_thumbnails(tmp_path):
 
 def test_one_pixel_limit_for_the_project():
     from hybridhash.retrieval import Retriever
-    from hybridhash.serve import DEFAULT_MAX_PIXELS as SERVE_LIMIT
+    from hybridhash.app.serve import DEFAULT_MAX_PIXELS as SERVE_LIMIT
 
     assert DEFAULT_MAX_PIXELS == 89_478_485 == SERVE_LIMIT
     parser = cli.build_parser()

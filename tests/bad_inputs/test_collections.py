@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.collection import open_collection
-from hybridhash.encode import encode_collection, load_plan, merge_shards, shard_path
+from hybridhash.app.encode import encode_collection, load_plan, merge_shards, shard_path
 from hybridhash.errors import DataError, IndexMismatchError
 from hybridhash.locking import LOCK_NAME
 
@@ -177,7 +177,7 @@ def test_resume_reencodes_exactly_the_shards_whose_images_changed(tmp_path, mode
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     done = []
-    with caplog.at_level(logging.WARNING, logger="hybridhash.encode"):
+    with caplog.at_level(logging.WARNING, logger="hybridhash.app.encode"):
         col = encode_collection(images, out, model=model, on_shard=done.append, **KW)
     assert done == [1]
     assert "re-encoding 1 of 3 shards: 1 image changed since it was encoded" in caplog.text
@@ -215,7 +215,7 @@ def test_short_shard_is_reencoded_on_resume_and_refused_by_merge(tmp_path, model
         merge_shards(out)
 
     done = []
-    with caplog.at_level(logging.WARNING, logger="hybridhash.encode"):
+    with caplog.at_level(logging.WARNING, logger="hybridhash.app.encode"):
         col = encode_collection(images, out, model=model, on_shard=done.append, **KW)
     assert done == [1] and "re-encoding 1 of 3 shards: shard-00001.npz holds 1 rows" in caplog.text
     assert col.count == 6
@@ -264,7 +264,7 @@ def test_disk_full_while_writing_a_shard(tmp_path, ckpt, capsys, monkeypatch):
                    f"finished shards are kept")
     monkeypatch.undo()
     plan, _ = load_plan(out)
-    from hybridhash.encode import check_shard
+    from hybridhash.app.encode import check_shard
 
     assert check_shard(out, plan, 0)[0] is None and not shard_path(out, 1).exists()
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["items.txt", "plan.json", "shard-00000.npz"]
@@ -339,7 +339,7 @@ def test_corrupt_shard_is_reencoded_on_resume(tmp_path, model, caplog):
     with pytest.raises(DataError, match=r"shard-00001\.npz: is unreadable"):
         merge_shards(out)
     done = []
-    with caplog.at_level(logging.WARNING, logger="hybridhash.encode"):
+    with caplog.at_level(logging.WARNING, logger="hybridhash.app.encode"):
         col = encode_collection(images, out, model=model, on_shard=done.append, **KW)
     assert done == [1] and "shard-00001.npz is unreadable" in caplog.text
     np.testing.assert_array_equal(np.asarray(col.codes), full)
@@ -429,7 +429,7 @@ def test_symlinked_image_is_served_and_only_while_it_is_the_encoded_file(tmp_pat
     from fastapi.testclient import TestClient
 
     from hybridhash.retrieval import Retriever
-    from hybridhash.serve import create_app
+    from hybridhash.app.serve import create_app
 
     images, store = tmp_path / "images", tmp_path / "store"
     make_flat(images, 2)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.collection import open_collection
 from hybridhash.errors import CheckpointError
 
@@ -181,7 +181,7 @@ def test_encode_skips_a_bad_image_with_its_reason(mixed, kind):
 @pytest.mark.parametrize("kind", ENCODED, ids=ENCODED)
 def test_encode_encodes_an_image_of_an_odd_mode(mixed, kind):
     from hybridhash.data.images import open_image
-    from hybridhash.encode import EncodeDataset, eval_transform
+    from hybridhash.app.encode import EncodeDataset, eval_transform
 
     name = KINDS[kind][0]
     col = open_collection(mixed["out"])
@@ -252,7 +252,7 @@ def service(serve_collection):
     from fastapi.testclient import TestClient
 
     from hybridhash.retrieval import Retriever
-    from hybridhash.serve import create_app
+    from hybridhash.app.serve import create_app
 
     before = snapshot(serve_collection["codes"]), snapshot(serve_collection["images"])
     with TestClient(create_app(Retriever.open(serve_collection["codes"])), base_url="http://127.0.0.1") as client:
@@ -616,6 +616,6 @@ def test_index_refuses_damaged_code_files(collection, tmp_path, capsys, case):
 def test_raw_get_reaches_the_files_it_may(service, serve_collection):
     """The control of the table above: the same raw requests do reach the collection and the page."""
     assert raw_get(service.app, "/items/1")[0] == 200
-    static = sorted(p.name for p in (Path(hybridhash.__file__).parent / "serve" / "static").iterdir())[0]
+    static = sorted(p.name for p in (Path(hybridhash.__file__).parent / "app" / "serve" / "static").iterdir())[0]
     assert raw_get(service.app, f"/static/{static}")[0] == 200
     assert raw_get(service.app, f"/static/./{static}")[0] == 200  # dot segments do reach the mount

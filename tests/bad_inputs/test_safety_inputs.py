@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.data import images as images_module
 from hybridhash.data import load_protocol, splits
 from hybridhash.data.images import decode_image, open_image
@@ -174,7 +174,7 @@ def test_encode_skips_a_link_to_dev_zero_with_its_reason(tmp_path, ckpt):
     images, out = tmp_path / "images", tmp_path / "codes"
     write_folder(images, {"a": 2})
     link_to_dev_zero(images / "a" / "zero.png")
-    code = "import sys\nfrom hybridhash import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    code = "import sys\nfrom hybridhash.app import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
     done = run_limited(code, *map(str, encode_argv(images, out, ckpt)))
     assert done.returncode == 0, done.stderr[-2000:]
     skipped = json.loads((out / "skipped.json").read_text())
@@ -222,7 +222,7 @@ def test_train_refuses_a_named_pipe_in_a_folder_dataset(tmp_path, capsys):
 
 
 def test_a_thumbnail_of_a_named_pipe_is_refused(tmp_path):
-    from hybridhash.serve.thumbnails import ThumbnailCache
+    from hybridhash.app.serve.thumbnails import ThumbnailCache
 
     pipe = fifo(tmp_path / "item.png")
     with pytest.raises(DataError) as err:
@@ -379,8 +379,8 @@ def test_deeply_nested_run_files_are_one_line(tmp_path):
     from safetensors.torch import save_file
 
     from hybridhash.locking import _owner
-    from hybridhash.rundir import LOG_NAME, read_log
-    from hybridhash.train.state import read_training_state
+    from hybridhash.app.rundir import LOG_NAME, read_log
+    from hybridhash.app.train.state import read_training_state
 
     (tmp_path / LOG_NAME).write_text('{"epoch": 1}\n' + DEEP + "\n")
     with pytest.raises(DataError, match="JSON nested too deeply"):

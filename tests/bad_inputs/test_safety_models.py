@@ -20,7 +20,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 import hybridhash  # noqa: E402
-from hybridhash import cli, inference  # noqa: E402
+from hybridhash import inference  # noqa: E402
+from hybridhash.app import cli  # noqa: E402
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError, HybridHashError  # noqa: E402
 from hybridhash.export import OnnxEncoder  # noqa: E402
 from hybridhash.inference import ONNX_NAME, open_encoder  # noqa: E402
@@ -330,7 +331,7 @@ def test_a_timm_checkpoint_exports(tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_no_file_for_auto(tmp_path, base, capsys, monkeypatch):
-    from hybridhash.commands import export as export_command
+    from hybridhash.app.commands import export as export_command
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(base, ckpt)

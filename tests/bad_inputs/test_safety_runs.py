@@ -21,12 +21,12 @@ import pytest
 import torch
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.data import load_protocol
 from hybridhash.errors import ConfigError
 from hybridhash.fileio import read_json
 from hybridhash.methods import create_method, list_methods
-from hybridhash.train import TrainConfig, train
+from hybridhash.app.train import TrainConfig, train
 from tests.bad_inputs.test_collections import make_flat
 from tests.bad_inputs.test_data_training import one_error_line, run_cli, snapshot
 
@@ -77,7 +77,7 @@ def _train_and_hold(out: Path, ready: Path, go: Path) -> None:
 
 
 def _compare(out: Path, log: Path, ready: typing.Optional[Path], go: typing.Optional[Path]) -> None:
-    from hybridhash.train.compare import Grid
+    from hybridhash.app.compare.grid import Grid
 
     torch.set_num_threads(1)
     grid = Grid(methods=("hybridhash", "dsh"), bits=(16,), seeds=(0,), out=str(out), model_overrides=SMALL,
@@ -90,7 +90,7 @@ def _compare(out: Path, log: Path, ready: typing.Optional[Path], go: typing.Opti
 
 
 def _encode_and_hold(images: Path, out: Path, ckpt: Path, ready: Path, go: Path) -> None:
-    from hybridhash.encode import encode_collection
+    from hybridhash.app.encode import encode_collection
 
     torch.set_num_threads(1)
     encode_collection(images, out, ckpt, workers=0, shard_size=2, progress=False,
@@ -210,7 +210,7 @@ def _text(path: Path) -> str:
 
 
 def test_a_collection_being_encoded_refuses_a_second_encoder_until_the_first_is_killed(tmp_path):
-    from hybridhash.encode import encode_collection
+    from hybridhash.app.encode import encode_collection
     from hybridhash.locking import LockedError
 
     images, out, ready, go = tmp_path / "images", tmp_path / "codes", tmp_path / "ready", tmp_path / "go"
@@ -287,7 +287,7 @@ def test_out_of_range_training_numbers_get_one_line_and_no_run(tmp_path, capsys,
 
 def test_data_loading_processes_are_bounded():
     # checked without a command line run: where the bound were missing, 100000 workers would be forked
-    from hybridhash.train.recipe import resolve
+    from hybridhash.app.train.recipe import resolve
 
     with pytest.raises(ConfigError) as err:
         resolve(TrainConfig(workers=100000), img_size=32)
@@ -370,7 +370,7 @@ def test_a_diverging_loss_names_the_settings_beyond_their_defaults(tmp_path, cap
 
 
 def test_with_every_setting_at_its_default_the_hint_is_a_lower_rate():
-    from hybridhash.train.recipe import divergence_hint, recipe_defaults, resolve
+    from hybridhash.app.train.recipe import divergence_hint, recipe_defaults, resolve
 
     config = resolve(TrainConfig(model="hybridhash_cpu"), img_size=32)
     hint = divergence_hint(config, recipe_defaults("scratch", 32, "hybridhash"), "hybridhash", {"alpha": (0.5, 0.5)})

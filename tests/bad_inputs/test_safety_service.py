@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from hybridhash.collection import open_collection
 from hybridhash.errors import ConfigError, DataError
 from hybridhash.index import MAX_K as K_CAP
 from hybridhash.retrieval import Hit
-from hybridhash.serve import BackgroundServer, create_app
-from hybridhash.serve import uploads as uploads_mod
+from hybridhash.app.serve import BackgroundServer, create_app
+from hybridhash.app.serve import uploads as uploads_mod
 
 from tests.helpers.collections import png_bytes
 from tests.helpers.serving import serve_process
@@ -104,7 +104,7 @@ def test_a_rebound_host_name_reads_nothing(tmp_path):
 def test_allowed_hosts_are_the_loopback_names_the_bound_name_and_the_additions(tmp_path):
     from fastapi.testclient import TestClient
 
-    from hybridhash.serve.headers import allowed_hosts
+    from hybridhash.app.serve.headers import allowed_hosts
 
     assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost", "[::1]"]
     assert allowed_hosts("0.0.0.0", ["Photos.LAN", "::1", "192.168.1.5", "*.example.org", "fe80::1"]) == [
@@ -265,7 +265,7 @@ def test_docs_run_under_a_policy_without_inline_script(tmp_path):
         assert "SwaggerUIBundle" in c.get(sources[0]).text
     node = shutil.which("node")
     if node:  # the start-up script is valid JavaScript
-        check = subprocess.run([node, "--check", str(Path(hybridhash.__file__).parent / "serve/static/docs.js")],
+        check = subprocess.run([node, "--check", str(Path(hybridhash.__file__).parent / "app/serve/static/docs.js")],
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stderr
 
@@ -364,7 +364,7 @@ def test_serve_memory_follows_the_decoders_not_the_clients(serve_collection, tmp
 
 
 def test_the_arena_cap_leaves_a_chosen_malloc_arena_max_alone(monkeypatch):
-    from hybridhash.serve import decodes
+    from hybridhash.app.serve import decodes
 
     calls = []
     monkeypatch.setattr(decodes, "_LIBC", type("Libc", (), {"mallopt": lambda self, *a: calls.append(a) or 1})())
@@ -454,7 +454,7 @@ def test_a_path_list_whose_lines_are_not_where_the_offsets_say_is_refused(copied
 @pytest.fixture
 def no_serving(monkeypatch):
     """serve stops where it would start listening (a limit that passed its checks)."""
-    import hybridhash.serve.server as server_mod
+    import hybridhash.app.serve.server as server_mod
 
     class Started(Exception):
         pass

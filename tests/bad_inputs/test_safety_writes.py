@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import hybridhash
-from hybridhash import cli
+from hybridhash.app import cli
 from tests.helpers.fakes import write_folder
 from tests.helpers.commands import one_line_error, snapshot
 from tests.helpers.encoding import save_model
@@ -278,7 +278,7 @@ def test_no_resume_ignores_other_names_in_a_crafted_manifest(tmp_path, ckpt):
 # a shard of the wrong width: a hint that helps
 
 def test_an_encoder_of_the_wrong_width_stops_before_writing_a_shard(tmp_path, ckpt):
-    from hybridhash.encode import encode_collection, shard_path
+    from hybridhash.app.encode import encode_collection, shard_path
     from hybridhash.errors import IndexMismatchError
 
     images, out = make_flat(tmp_path / "images"), tmp_path / "codes"
@@ -294,7 +294,7 @@ def test_an_encoder_of_the_wrong_width_stops_before_writing_a_shard(tmp_path, ck
 
 
 def test_a_shard_of_the_wrong_width_is_not_to_be_encoded_the_same_way_again(tmp_path, ckpt):
-    from hybridhash.encode import encode_collection, merge_shards, shard_path
+    from hybridhash.app.encode import encode_collection, merge_shards, shard_path
     from hybridhash.errors import DataError
 
     images, out = make_flat(tmp_path / "images"), tmp_path / "codes"

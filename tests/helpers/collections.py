@@ -62,7 +62,7 @@ def build_collection(base: Path, bits: int = BITS) -> dict:
     import torch
 
     import hybridhash
-    from hybridhash import cli
+    from hybridhash.app import cli
 
     images = base / "images"
     paths = make_images(images)

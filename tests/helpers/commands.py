@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from hybridhash import cli
+from hybridhash.app import cli
 
 
 def run_cli(argv, capsys):

@@ -18,14 +18,14 @@ import httpx
 
 def start_serve(options: Sequence, log: Path, env: Optional[Mapping[str, str]] = None
                 ) -> Tuple[subprocess.Popen, queue.Queue]:
-    """``python -m hybridhash.cli serve OPTIONS`` started in a child process; (process, its stdout lines).
+    """``python -m hybridhash.app.cli serve OPTIONS`` started in a child process; (process, its stdout lines).
 
     The child's stderr is appended to ``log`` and its environment is ``env`` (this one's when None).
     The queue gets each line the command prints, then "" twice at the end of its output, so that
     a wait for a line, or for the next one, fails at once.
     """
     with open(log, "a") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "hybridhash.cli", "serve", *(str(o) for o in options)],
+        proc = subprocess.Popen([sys.executable, "-m", "hybridhash.app.cli", "serve", *(str(o) for o in options)],
                                 stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     lines: queue.Queue = queue.Queue()
 

@@ -12,10 +12,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "hybridhash"
 METHODS_DIR = SRC / "methods"
 # "hybridhash" is also the package's, its file format's and its architecture's name: in these
 # modules it means one of those, not the method
-OTHER_SENSES = {("rundir.py", "hybridhash"), ("models/factory.py", "hybridhash"),
+OTHER_SENSES = {("app/rundir.py", "hybridhash"), ("models/factory.py", "hybridhash"),
                 ("models/registry.py", "hybridhash"), ("models/weights.py", "hybridhash"),
-                ("commands/models.py", "hybridhash"), ("train/state.py", "hybridhash"),
-                ("train/run.py", "hybridhash")}
+                ("app/commands/models.py", "hybridhash"), ("app/train/state.py", "hybridhash"),
+                ("app/train/run.py", "hybridhash")}
 
 
 def _strings(node: ast.AST) -> Iterator[str]:

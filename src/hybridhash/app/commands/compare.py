@@ -1,0 +1,118 @@
+"""``hybridhash compare``: a fair comparison grid of methods x code lengths x seeds on one protocol and
+one model, and its table (mean +- std over seeds, beside an LSH floor)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .options import json_object, nonnegative_int, positive_float, positive_int
+
+HELP = "compare hashing methods: one model, one protocol, methods x code lengths x seeds, mean +- std"
+DESCRIPTION = (
+    "Trains every method at every code length with every seed on one model and one protocol, and tabulates "
+    "mAP@K of the protocol, tie-aware mAP and precision within Hamming radius 2 (mean +- sample std over seeds) "
+    "beside random-projection LSH of the pixels. One cell = one method at one seed: an ordinary training run "
+    "(OUT/<method>/seed<s>/, all code lengths, selected on the validation split) and its evaluation "
+    "(OUT/<method>/seed<s>/eval/metrics.json). Every method of a seed trains on one split drawn with that seed. "
+    "Each method keeps its recipe (its published optimiser settings when fine-tuning a pretrained model, the "
+    "project's shared scratch recipe from random weights on small images) unless --same-optimizer imposes one. "
+    "Run again with the same options to resume: finished cells are skipped, half-trained ones continue. "
+    "--shard i/n runs every n-th cell (for several machines or a job array); the table (OUT/table.md, "
+    "table.csv, table.json, map_vs_bits.png, pr_curve.png, report.html) is written from whatever cells are "
+    "finished and lists the missing ones.")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid")
+    g.add_argument("--methods", nargs="+", metavar="NAME",
+                   help="'all' (every registered method) or method names, e.g. hybridhash dsh adsh (default: all, "
+                        "or the grid recorded in OUT with --report-only)")
+    g.add_argument("--bits", type=positive_int, nargs="+", help="code lengths (default: 16 32 64)")
+    g.add_argument("--seeds", type=nonnegative_int, nargs="+",
+                   help="seeds; each draws its own split, shared by every method (default: 0 1 2)")
+    g.add_argument("--out", default="runs/compare", help="grid directory (cells, table, figures)")
+    g.add_argument("--shard", default="0/1", metavar="I/N", help="run only the cells whose index %% N == I")
+    g.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished cells of OUT")
+    g.add_argument("--no-floor", action="store_true", help="leave out the LSH floor rows")
+    d = p.add_argument_group("data and model (one for every cell)")
+    d.add_argument("--dataset", default="digits", help="protocol name (digits, cifar10, ..., list:<dir>, folder:<dir>)")
+    d.add_argument("--root", help="data directory (not needed for digits)")
+    d.add_argument("--image-root", help="where list-file image paths start")
+    d.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out for "
+                                                                   "selection")
+    d.add_argument("--model", default="hybridhash_cpu", help="preset name (see `hybridhash models`)")
+    d.add_argument("--model-overrides", type=json_object, default={}, metavar="JSON",
+                   help="preset options to change, e.g. '{\"depths\": [1, 1, 1]}'")
+    d.add_argument("--pretrained", help="'imagenet' or a NesT weights file (then each method's published recipe)")
+    o = p.add_argument_group("training (shared by every method)")
+    o.add_argument("--epochs", type=positive_int, help="training epochs of every method (default: each recipe's; "
+                                                      "ADSH's outer iterations are scaled to match)")
+    o.add_argument("--same-optimizer", action="store_true",
+                   help="impose one optimiser setting on every method: --optimizer, --lr, --weight-decay, "
+                        "--batch-size, unset ones as the hybridhash method gets them under the model's recipe")
+    o.add_argument("--optimizer", help="with --same-optimizer: rmsprop, adamw or adam")
+    o.add_argument("--lr", type=positive_float, help="with --same-optimizer: peak learning rate")
+    o.add_argument("--weight-decay", type=float, help="with --same-optimizer: weight decay")
+    o.add_argument("--batch-size", type=positive_int, help="with --same-optimizer: images per step")
+    o.add_argument("--method-params", type=json_object, default={}, metavar="JSON",
+                   help="hyper-parameters per method, e.g. '{\"adsh\": {\"iterations\": 5}}'")
+    r = p.add_argument_group("machinery")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
+    r.add_argument("--threads", type=positive_int, help="torch CPU threads (per process)")
+    r.add_argument("--parallel", type=nonnegative_int,
+                   help="CPU only: code lengths trained at once in separate processes (default: by recipe)")
+    r.add_argument("--quiet", action="store_true", help="no per-epoch lines (the per-cell lines and the table remain)")
+
+
+def grid_from_args(args):
+    """The :class:`~hybridhash.app.compare.grid.Grid` the options name; under --report-only the grid
+    recorded in OUT fills --methods, --bits and --seeds when they are not given."""
+    from hybridhash.methods import list_methods
+    from hybridhash.app.compare.grid import Grid
+
+    recorded = Grid.read(args.out) if args.report_only else None
+    methods = args.methods or (list(recorded.methods) if recorded else ["all"])
+    if "all" in methods:
+        if len(methods) > 1:
+            from hybridhash.errors import ConfigError
+
+            raise ConfigError(f"--methods: 'all' stands alone, got {' '.join(methods)}")
+        methods = list_methods()
+    return Grid(
+        methods=tuple(methods), bits=tuple(args.bits or (recorded.bits if recorded else (16, 32, 64))),
+        seeds=tuple(args.seeds if args.seeds is not None else (recorded.seeds if recorded else (0, 1, 2))),
+        out=args.out, dataset=args.dataset, root=args.root, image_root=args.image_root, model=args.model,
+        model_overrides=args.model_overrides, pretrained=args.pretrained, val_fraction=args.val_fraction,
+        epochs=args.epochs, same_optimizer=args.same_optimizer or bool(recorded and recorded.same_optimizer),
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+        method_params=args.method_params or (recorded.method_params if recorded else {}), device=args.device,
+        threads=args.threads, parallel=args.parallel, quiet=args.quiet)
+
+
+def run(args) -> int:
+    from hybridhash.errors import ConfigError
+    from hybridhash.app.compare.grid import GRID_NAME, parse_shard
+    from hybridhash.app.compare.report import markdown, write_report
+
+    shard = parse_shard(args.shard)
+    if args.report_only and not (Path(args.out) / GRID_NAME).is_file():
+        raise ConfigError(f"--report-only: {args.out} holds no comparison grid ({GRID_NAME}); run it without "
+                          "--report-only first, or name the --out of one")
+    grid = grid_from_args(args)
+    protocols = {}
+    if not args.report_only:
+        t0 = time.perf_counter()
+        grid.check()  # bad options fail before any data is read
+        cells = grid.cells(shard)
+        print(f"compare: {len(cells)} cell(s) of {len(grid.cells())} ({len(grid.methods)} methods x "
+              f"{len(grid.seeds)} seeds, {' '.join(map(str, grid.bits))} bits) on {grid.dataset} with {grid.model}"
+              + (f", shard {args.shard}" if shard != (0, 1) else ""), flush=True)
+        # filled with one split per seed, which the floor then reuses
+        grid.run(shard, protocols=protocols, echo=lambda line: print(line, flush=True))
+        print(f"compare: {len(cells)} cell(s) in {time.perf_counter() - t0:.0f} s", flush=True)
+    doc = write_report(grid, protocols, floor=not args.no_floor)
+    print()
+    print(markdown(doc), end="")
+    print(f"\ntable: {grid.out}/table.md (also table.csv, table.json, report.html)")
+    return 0

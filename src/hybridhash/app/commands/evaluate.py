@@ -1,0 +1,61 @@
+"""``hybridhash evaluate``: score checkpoints on a protocol's queries and database; metrics.json and figures."""
+from __future__ import annotations
+
+HELP = "evaluate checkpoints: mAP, tie-aware mAP, PR curve, precision@N, retrieval picture"
+DESCRIPTION = (
+    "Encode the queries and the database of the run's recorded split (or of --dataset) with each checkpoint "
+    "(a run directory evaluates every bits*/best) and write OUT/metrics.json, pr_curve.png, precision_at_n.png, "
+    "map_vs_bits.png and retrieval_bits{N}.png.")
+
+
+def configure(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="a run directory, one of its bits{N}/ or a checkpoint directory")
+    p.add_argument("--out", help="output directory (default: CHECKPOINT/eval for a run directory, else ./eval)")
+    p.add_argument("--dataset", help="protocol to evaluate on (default: the run's recorded split)")
+    p.add_argument("--root", help="data directory (default: the run's)")
+    p.add_argument("--image-root", help="where list-file image paths start")
+    p.add_argument("--split", help="a split.json to use instead of the run's")
+    p.add_argument("--seed", type=int, default=0, help="split seed when no recorded split is used")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision when absent")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--queries", type=int, default=6, help="queries in the retrieval picture")
+    p.add_argument("--top", type=int, default=10, help="results per query in the retrieval picture")
+    p.add_argument("--json", action="store_true", help="print metrics.json")
+
+
+def run(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from hybridhash.app.evaluation import evaluate_checkpoints
+    from hybridhash.app.rundir import find_run_dir
+    from hybridhash.app.train.recipe import COUNT, NONNEGATIVE_INT, WORKERS
+
+    # the ranges of train's --eval-batch-size, --workers and --seed
+    for name, bounds in (("batch_size", COUNT), ("workers", WORKERS), ("seed", NONNEGATIVE_INT),
+                         ("queries", NONNEGATIVE_INT), ("top", COUNT)):
+        bounds.check("--" + name.replace("_", "-"), getattr(args, name))
+    ck = Path(args.checkpoint)
+    out = args.out
+    if out is None:
+        run_dir = find_run_dir(ck.resolve()) if ck.exists() else None
+        out = str((run_dir or Path(".")) / "eval")
+    doc = evaluate_checkpoints(ck, out, dataset=args.dataset, root=args.root, image_root=args.image_root,
+                               split_file=args.split, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                               workers=args.workers, n_queries=args.queries, k=args.top,
+                               progress=sys.stderr.isatty(), download=args.download)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    tk = doc["topk"]
+    print(f"{doc['dataset']}: mAP@{tk} on {next(iter(doc['results'].values()))['n_query']} queries")
+    print(f"{'bits':>5} {'mAP':>8} {'tie-aware':>10} {'P@r<=2':>8}")
+    for bits, r in doc["results"].items():
+        print(f"{bits:>5} {r['map']:8.4f} {r['map_tie_aware']:10.4f} {r['precision_within_radius']:8.4f}")
+    for warning in doc.get("warnings", []):
+        print(f"warning: {warning}")
+    print(f"metrics and figures in {out}")
+    return 0

@@ -1,0 +1,121 @@
+"""``hybridhash export``: a checkpoint -> an ONNX graph with its preprocessing and code length."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a checkpoint as an ONNX graph for onnxruntime, OpenVINO and other runtimes"
+DESCRIPTION = (
+    "Write the model of a project checkpoint as an ONNX graph: input 'images' (B, 3, S, S) float32, "
+    "already resized, cropped and normalised; outputs 'outputs' (B, bits) float32 (the tanh outputs "
+    "before the sign) and 'codes' (B, bits) int8 +-1 (an output >= 0 is +1). The batch dimension is "
+    "free. The file's metadata_props carry what a consumer needs: hybridhash.bits, "
+    "hybridhash.fingerprint (the model identity code collections record), hybridhash.preprocess "
+    "(JSON: img_size, resize, mean, std, interpolation, pipeline) and the same fields as plain strings. "
+    "Before the file is put in place, the graph is run on a few random images and compared with PyTorch. "
+    "An existing --out is replaced only if it is an ONNX export of this project, or with --force. "
+    "Needs the optional packages onnx and onnxruntime (pip install 'hybridhash[onnx]'); OpenVINO "
+    "(pip install 'hybridhash[openvino]') runs the same file with --runtime openvino.")
+
+
+def configure(p):
+    from hybridhash.limits import ONNX_OPSET as DEFAULT_OPSET
+
+    p.add_argument("--checkpoint", required=True,
+                   help="project checkpoint directory (model.safetensors, config.json), or a run directory "
+                        "(its bits*/best, else last)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    p.add_argument("--out", default=None, help="the file to write (default: model.onnx in the checkpoint directory, "
+                                                "where --runtime auto finds it)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="which code length, when --checkpoint is a run directory holding several")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (17 or later)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the written graph with onnxruntime (else OpenVINO) and compare it with PyTorch")
+    p.add_argument("--force", action="store_true", help="replace --out even if it is not a hybridhash export")
+
+
+
+def _checkpoint(path: str, bits):
+    from hybridhash.errors import CheckpointError
+    from hybridhash.app.rundir import find_checkpoints
+
+    found = find_checkpoints(path)
+    if bits is not None:
+        if bits not in found:
+            raise CheckpointError(f"{path} holds no {bits}-bit checkpoint (it has {', '.join(map(str, found))} bits)")
+        return found[bits]
+    if len(found) > 1:
+        raise CheckpointError(f"{path} holds checkpoints for {', '.join(map(str, found))} bits; choose one with --bits")
+    return next(iter(found.values()))
+
+
+def _check_out(out, force: bool) -> None:
+    from hybridhash.errors import ConfigError
+    from hybridhash.export import is_project_onnx
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; name the .onnx file to write")
+    if out.exists() and not force and not is_project_onnx(out):
+        raise ConfigError(f"--out {out} exists and is not a hybridhash ONNX export; "
+                          f"choose another path or pass --force to replace it")
+
+
+def verify(model, path, n: int = 2, seed: int = 0):
+    """(runtime name, largest |runtime - torch| output) on ``n`` random images, run by onnxruntime
+    or, where only it is installed, OpenVINO; an error if they disagree."""
+    import torch
+
+    from hybridhash.codes import binarize
+    from hybridhash.errors import HybridHashError
+    from hybridhash.export import OnnxEncoder
+    from hybridhash.inference import onnx_available
+    from hybridhash.openvino_encoder import OpenVinoEncoder, openvino_available
+
+    use_ov = not onnx_available() and openvino_available()
+    name = "OpenVINO" if use_ov else "onnxruntime"
+    enc = (OpenVinoEncoder if use_ov else OnnxEncoder).open(path)
+    s = model.config.img_size
+    x = torch.randn(n, model.config.in_chans, s, s, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref = model.eval()(x)
+    got = enc(x)
+    diff = float((got - ref).abs().max())
+    codes_ref = binarize(ref)
+    # a code may flip only where the torch output is within float error of 0
+    flipped = (enc.encode(x) != codes_ref) & (ref.abs() > 1e-4)
+    if diff > 1e-3 or bool(flipped.any()):
+        raise HybridHashError(f"{path}: the exported graph disagrees with PyTorch on {name} (max output "
+                              f"difference {diff:.2e}); please report this with the model's config")
+    return name, diff
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from hybridhash.errors import ConfigError, HybridHashError
+    from hybridhash.export import MIN_OPSET, export_onnx
+    from hybridhash.fileio import atomic_path
+    from hybridhash.inference import ONNX_NAME
+    from hybridhash.models import from_pretrained
+
+    if args.opset < MIN_OPSET:
+        raise ConfigError(f"--opset {args.opset} is too old; the export needs opset {MIN_OPSET} or later")
+    ckpt = _checkpoint(args.checkpoint, args.bits)
+    out = Path(args.out) if args.out is not None else Path(ckpt) / ONNX_NAME
+    _check_out(out, args.force)
+    model = from_pretrained(ckpt).eval()
+    note = ""
+    # written and verified beside --out, then renamed onto it: a graph that fails verification is
+    # never where `--runtime auto` would find it
+    with atomic_path(out) as tmp:
+        export_onnx(model, tmp, opset=args.opset)
+        if args.verify:
+            try:
+                name, diff = verify(model, tmp)
+            except HybridHashError as err:  # named after the file it would have been
+                raise HybridHashError(f"{out} not written: {str(err).replace(f'{tmp}: ', '')}") from None
+            note = f"; {name} matches PyTorch (max output difference {diff:.1e})"
+    size = out.stat().st_size / 2 ** 20
+    print(f"wrote {out} ({model.config.preset}, {model.bits} bits, fingerprint {model.fingerprint}, "
+          f"{size:.1f} MiB, opset {args.opset}){note}")
+    return 0

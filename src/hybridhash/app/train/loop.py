@@ -1,0 +1,429 @@
+"""The training loop of one code length: a :class:`Trainer` drives a *model* and a *method*.
+
+The model maps images (B, 3, H, W) to raw hash-layer outputs h (B, bits) when called with
+``activate=False``. The method owns everything else that is particular to a hashing method: its
+loss on h (with the activation it wants), its state (memory banks, learned codes, centers) and the
+hooks a loss alone cannot express. The loop calls, in this order::
+
+    method.prepare(train_labels (n, C), generator)          once, on a fresh run
+    for each epoch:
+        method.on_epoch_start(epoch, step)
+        rows = method.epoch_rows(epoch, generator)          None: the whole training set
+        for each batch:  loss = method.loss(h, y, index, gathered=...)
+                         backward, step;  method.on_step(step)
+        method.on_epoch_end(epoch)
+
+Every hook is optional. Under DDP, ``gathered`` holds every rank's (h, y, index), detached, so a
+method that keeps state writes the same rows on every rank. The method's buffers are saved in the
+training state and restored on resume.
+
+Reproducibility: the data order and every random draw of an epoch (augmentation, dropout) come
+from generators seeded with (seed, epoch), so an interrupted run resumed from its last saved
+epoch ends with the same weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ... import metrics as M
+from .. import rundir as R
+from ...errors import CheckpointError, ConfigError
+from ..evaluation import class_ids_or_multihot, encode_images
+from ...fileio import read_json, write_json
+from ...runtime import autocast_context, bf16_autocast_available, pick_device, seed_everything
+from . import distributed as D
+from .augment import BatchAugment
+from .build import build_method, build_model
+from .optim import build_optimizer, lr_factor
+from .recipe import TrainConfig, divergence_hint, recipe_defaults
+from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
+
+_log = logging.getLogger(__name__)
+
+Callback = Callable[..., None]
+METHOD_NAME = "method.json"  # in each bits{N}/ directory
+
+
+class CachedImages:
+    """Training images transformed once (eval pipeline) and held as one tensor (N, 3, H, W)."""
+
+    def __init__(self, dataset, transform, desc: Optional[str] = None):
+        from tqdm.auto import tqdm
+
+        items = range(len(dataset))
+        if desc:
+            items = tqdm(items, desc=desc, leave=False)
+        self.images = torch.stack([transform(dataset.image(i)) for i in items])  # (N, 3, H, W)
+        self.labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.float32)  # (N, C)
+
+
+@dataclass
+class BitsResult:
+    """What one code length's training left behind."""
+
+    bits: int
+    directory: Path
+    epochs: int
+    best_epoch: Optional[int]
+    best_metric: Optional[float]
+    select_on: str
+    seconds: float
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"bits": self.bits, "directory": str(self.directory), "epochs": self.epochs,
+                "best_epoch": self.best_epoch, "best_metric": self.best_metric, "select_on": self.select_on,
+                "seconds": round(self.seconds, 3)}
+
+
+def _hook(obj: Any, name: str) -> Callable[..., Any]:
+    fn = getattr(obj, name, None)
+    return fn if callable(fn) else (lambda *a, **k: None)
+
+
+class Trainer:
+    """Train one model of ``bits`` bits on ``protocol.train`` into ``out`` (a ``bits{N}`` directory).
+
+    Args:
+        config: a resolved :class:`TrainConfig` (see :func:`hybridhash.app.train.recipe.resolve`).
+        protocol: the split (``hybridhash.data.Protocol``).
+        bits: code length.
+        out: this code length's directory.
+        model: the network (default: ``create_model(config.model, bits, ...)``).
+        method: the hashing method (default: the one ``config`` names, see :func:`build_method`).
+        callbacks: callables ``cb(event, trainer, **info)``, events ``"step_end"`` (epoch, step)
+            and ``"epoch_end"`` (epoch, record); an exception raised there stops the run as a
+            crash would.
+        cache: an already built :class:`CachedImages` of the training set (shared across bits).
+    """
+
+    def __init__(self, config: TrainConfig, protocol, bits: int, out: os.PathLike, *,
+                 model: Optional[nn.Module] = None, method: Optional[nn.Module] = None,
+                 callbacks: Sequence[Callback] = (), cache: Optional[CachedImages] = None,
+                 dist_info: Optional[D.DistInfo] = None):
+        from ...data.transforms import build_transform, with_pipeline
+
+        self.config = c = config
+        self.protocol = protocol
+        self.bits = bits
+        self.out = Path(out)
+        self.callbacks = list(callbacks)
+        self.dist = dist_info or D.current()
+        self.device = pick_device(c.device)
+        self.amp = bool(c.amp) and bf16_autocast_available(self.device)
+        if c.amp and not self.amp and self.dist.is_main:
+            _log.debug("mixed precision needs a CUDA device with bf16; training in float32 on %s", self.device)
+
+        torch.manual_seed(c.seed)  # model init
+        self.model = model if model is not None else build_model(c, bits)
+        self.model.to(self.device)
+        self.preprocess = with_pipeline(self.model.preprocess, protocol.name)
+        self.eval_transform = build_transform(self.preprocess, train=False)
+        self.train_transform = build_transform(self.preprocess, train=True)
+
+        n_train = len(protocol.train)
+        self.method = method if method is not None else build_method(c, bits, protocol.n_class, n_train)
+        self.method.to(self.device)
+        self.optimizer = build_optimizer(self.model, c)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+        self.cache = cache
+        if c.data_mode == "cache" and self.cache is None:
+            self.cache = CachedImages(protocol.train, self.eval_transform)
+        self.augment = BatchAugment(shift=c.shift, hflip=protocol.pipeline != "digits")
+        rows = int(getattr(self.method, "rows_per_epoch", n_train))
+        self.local_n = math.ceil(rows / self.dist.world_size)
+        self.steps_per_epoch = math.ceil(self.local_n / c.batch_size)
+        self.total_steps = self.steps_per_epoch * c.epochs
+        self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
+
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.best_metric: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.elapsed = 0.0
+        self.split_hash: Optional[str] = None
+        self.writer = None
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def metric_name(self) -> str:
+        return f"{self.config.select_on}_map"
+
+    def _emit(self, event: str, **info: Any) -> None:
+        for cb in self.callbacks:
+            cb(event, self, **info)
+
+    def _progress(self) -> bool:
+        return not self.config.quiet and self.dist.is_main and sys.stderr.isatty()
+
+    def _set_lr(self) -> float:
+        f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.config.schedule)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * f
+        return self.base_lrs[0] * f
+
+    def _generator(self, epoch: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(D.derive_seed(self.config.seed, epoch, stream))
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """This rank's training-set rows for ``epoch``, in order."""
+        c = self.config
+        rows = _hook(self.method, "epoch_rows")(epoch, self._generator(epoch, D.STREAM_METHOD))
+        if rows is None:
+            return D.shard_indices(len(self.protocol.train), c.seed, epoch, self.dist.rank, self.dist.world_size)
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        return rows[D.shard_indices(rows.numel(), c.seed, epoch, self.dist.rank, self.dist.world_size)]
+
+    def _batches(self, epoch: int):
+        """Yield (x (B, 3, H, W), y (B, C), index (B,)) of this rank for ``epoch``."""
+        c = self.config
+        order = self._order(epoch)
+        if self.cache is not None:
+            gen = self._generator(epoch, D.STREAM_AUGMENT)
+            for i in range(0, order.numel(), c.batch_size):
+                idx = order[i:i + c.batch_size]
+                x = self.cache.images[idx]
+                if self.augment.active:
+                    x = self.augment(x, gen)
+                yield x, self.cache.labels[idx], idx
+            return
+        from torch.utils.data import DataLoader
+
+        ds = self.protocol.train.with_transform(self.train_transform)
+        loader = DataLoader(ds, batch_size=c.batch_size, sampler=order.tolist(), num_workers=c.workers,
+                            generator=self._generator(epoch, D.STREAM_AUGMENT),
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for x, y, idx in loader:
+            yield x, y, idx
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over this rank's share of the epoch's rows; returns the mean local loss."""
+        c = self.config
+        seed_everything(D.derive_seed(c.seed, epoch, D.STREAM_AUGMENT))
+        self.net.train()
+        _hook(self.method, "on_epoch_start")(epoch, self.step)
+        batches = self._batches(epoch)
+        if self._progress():
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=self.steps_per_epoch, desc=f"{self.bits} bits, epoch {epoch + 1}/{c.epochs}",
+                           leave=False, dynamic_ncols=True)
+        total, count = 0.0, 0
+        for x, y, idx in batches:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            idx = idx.to(self.device)
+            self._set_lr()
+            with autocast_context(self.device, self.amp):
+                h = self.net(x, activate=False)  # (B, bits) raw hash-layer outputs
+            h = h.float()
+            _hook(self.method, "on_step")(self.step)
+            gathered = None
+            if self.dist.enabled:
+                # every rank writes every rank's batch, so the methods' states stay identical
+                gathered = (D.all_gather_rows(h.detach()), D.all_gather_rows(y), D.all_gather_rows(idx))
+            loss = self.method.loss(h, y, idx, gathered=gathered)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ConfigError(f"the loss became {value} at epoch {epoch + 1}, step {self.step}; "
+                                  f"{self.divergence_hint()}")
+            total += value * x.shape[0]
+            count += x.shape[0]
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{value:.4f}")
+            self._emit("step_end", epoch=epoch, step=self.step)
+        _hook(self.method, "on_epoch_end")(epoch)
+        return total / max(count, 1)
+
+    def divergence_hint(self) -> str:
+        """The options and hyper-parameters of this run most likely to have made its loss diverge."""
+        c, m = self.config, self.method
+        published = getattr(m, "defaults", None)
+        defaults = recipe_defaults(c.recipe, self.preprocess["img_size"], c.method,
+                                   published.to_dict() if published is not None else None)
+        params = {}
+        config = getattr(m, "config", None)
+        if dataclasses.is_dataclass(config):  # real-valued hyper-parameters: weights and scales
+            base = type(config)()
+            params = {f.name: (getattr(config, f.name), getattr(base, f.name)) for f in dataclasses.fields(config)
+                      if type(getattr(base, f.name)) is float}
+        return divergence_hint(c, defaults, getattr(m, "name", c.method), params)
+
+    # ----------------------------------------------------------------------------------------
+    def _encode(self, name: str) -> np.ndarray:
+        c = self.config
+        if name == "train" and self.cache is not None:
+            data = self.cache.images
+        else:
+            data = getattr(self.protocol, name).with_transform(self.eval_transform)
+        return encode_images(self.model, data, batch_size=c.eval_batch_size, device=self.device,
+                             workers=c.workers, amp=self.amp)
+
+    def select_metric(self) -> float:
+        """mAP used for model selection: val queries against the training images (``select_on="val"``),
+        or the protocol's queries against its database (``"query"``), at the protocol's K."""
+        p = self.protocol
+        if self.config.select_on == "val":
+            q, d = self._encode("val"), self._encode("train")
+            ql, dl = p.val.labels, p.train.labels
+        else:
+            q, d = self._encode("query"), self._encode("database")
+            ql, dl = p.query.labels, p.database.labels
+        ql, dl = class_ids_or_multihot(ql, p.multi_label), class_ids_or_multihot(dl, p.multi_label)
+        return M.mean_average_precision(q, d, ql, dl, topk=p.topk)
+
+    def _meta(self) -> Dict[str, Any]:
+        return {"preprocess": self.preprocess, "epoch": self.epoch, "step": self.step, "dataset": self.protocol.name,
+                "split_hash": self.split_hash, "select_on": self.config.select_on,
+                self.metric_name: self.best_metric if self.best_epoch == self.epoch else None,
+                "train_config": self.config.to_dict()}
+
+    def save_last(self) -> None:
+        with R.saving(self.out / R.LAST) as tmp:
+            self.model.save_pretrained(str(tmp), **self._meta())
+            fingerprint = read_json(tmp / R.CONFIG_NAME)["fingerprint"]
+            save_training_state(tmp / STATE_NAME, optimizer=self.optimizer, loss=self.method, counters={
+                "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "elapsed": self.elapsed, "fingerprint": fingerprint, "bits": self.bits,
+            })
+
+    def save_best(self) -> None:
+        with R.saving(self.out / R.BEST) as tmp:
+            self.model.save_pretrained(str(tmp), **self._meta())
+
+    def resume_from(self, directory: Path) -> None:
+        """Load ``directory`` (a ``last/``): weights, optimizer, the method's state, counters."""
+        from ...models import load_checked, read_state_dict
+
+        state = read_state_dict(directory / "model.safetensors")
+        load_checked(self.model, state, str(directory))
+        tensors, meta = read_training_state(directory / STATE_NAME)
+        counters = meta.get("counters", {})
+        fp = read_json(directory / R.CONFIG_NAME).get("fingerprint")
+        if counters.get("fingerprint") != fp:
+            raise CheckpointError(f"{directory}: the weights and the training state come from different saves")
+        counters = load_training_state(directory / STATE_NAME, optimizer=self.optimizer, loss=self.method)
+        self.epoch = int(counters["epoch"])
+        self.step = int(counters["step"])
+        self.best_metric = counters.get("best_metric")
+        self.best_epoch = counters.get("best_epoch")
+        self.elapsed = float(counters.get("elapsed", 0.0))
+        self.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+
+    # ----------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> BitsResult:
+        """Train to ``config.epochs`` epochs (from the last saved epoch with ``resume``)."""
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        history: List[Dict[str, Any]] = []
+        last = R.resolve_ckpt_dir(self.out / R.LAST)
+        if resume and last is not None:
+            self.resume_from(last)
+            history = R.trim_log(self.out, self.epoch, write=self.dist.is_main)
+            if self.dist.is_main:
+                _log.info("%d bits: resuming after epoch %d of %d", self.bits, self.epoch, c.epochs)
+        else:
+            if (self.out / R.LOG_NAME).exists() and self.dist.is_main:
+                (self.out / R.LOG_NAME).unlink()
+            labels = torch.as_tensor(np.asarray(self.protocol.train.labels), dtype=torch.float32)
+            _hook(self.method, "prepare")(labels.to(self.device), self._generator(0, D.STREAM_METHOD))
+        if self.dist.is_main:
+            self._record_method()
+        if c.tensorboard and self.dist.is_main:
+            self.writer = tensorboard_writer(self.out / "tensorboard")
+        try:
+            while self.epoch < c.epochs:
+                record = self._run_epoch()
+                D.barrier()
+                history.append(record)
+                self._emit("epoch_end", epoch=self.epoch, record=record)
+                if c.stop_after_epochs is not None and self.epoch >= c.stop_after_epochs:
+                    break
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return BitsResult(self.bits, self.out, self.epoch, self.best_epoch, self.best_metric, c.select_on,
+                          self.elapsed, history)
+
+    def _record_method(self) -> None:
+        """``bits{N}/method.json``: the method, its family, hyper-parameters and facts (CSQ: its centers'
+        kind and distances), so a table can say what each run was; the state itself is in last/."""
+        m = self.method
+        doc = {"method": getattr(m, "name", type(m).__name__), "family": getattr(m, "family", None),
+               "config": m.config.to_dict() if hasattr(m, "config") else {},
+               "facts": _hook(m, "facts")() or {}}
+        write_json(self.out / METHOD_NAME, doc)
+        for k, v in doc["facts"].items():
+            _log.info("%d bits, %s: %s %s", self.bits, doc["method"], k, v)
+
+    def _run_epoch(self) -> Dict[str, Any]:
+        """Train one epoch, then (on the main rank) evaluate, save and log it; returns its record."""
+        c = self.config
+        epoch = self.epoch
+        t0 = time.perf_counter()
+        loss = self.train_epoch(epoch)
+        self.epoch = epoch + 1
+        record: Dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": round(loss, 6),
+                                  "lr": self.base_lrs[0] * lr_factor(max(self.step - 1, 0), self.total_steps,
+                                                                     self.warmup_steps, c.schedule)}
+        if not self.dist.is_main:
+            return record
+        improved = False
+        if self.epoch % c.eval_every == 0 or self.epoch == c.epochs:
+            t1 = time.perf_counter()
+            value = self.select_metric()
+            record[self.metric_name] = round(value, 6)
+            record["eval_time"] = round(time.perf_counter() - t1, 3)
+            # ties go to the later epoch: its learning rate is lower, its weights more settled
+            if self.best_metric is None or value >= self.best_metric:
+                self.best_metric, self.best_epoch, improved = value, self.epoch, True
+        self.elapsed += time.perf_counter() - t0
+        record["time"] = round(time.perf_counter() - t0, 3)
+        record["elapsed"] = round(self.elapsed, 3)
+        if improved:
+            record["best"] = True
+            self.save_best()
+        if self.epoch % c.save_every == 0 or self.epoch == c.epochs:
+            self.save_last()
+        R.append_log(self.out, record)
+        if self.writer is not None:
+            for k in ("loss", "lr", self.metric_name):
+                if k in record:
+                    self.writer.add_scalar(f"{k}", record[k], self.epoch)
+        if not c.quiet:
+            _log.info("%d bits, epoch %d/%d: %s", self.bits, self.epoch, c.epochs,
+                      ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in record.items() if k not in ("epoch", "best")))
+        return record
+
+
+def tensorboard_writer(directory: Optional[Path]):
+    """A SummaryWriter logging to ``directory`` (None: only check that tensorboard is installed)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'hybridhash[tensorboard]'") from None
+    return None if directory is None else SummaryWriter(str(directory))
