@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import DataError
 from ..terminal import printable
 from .images import open_image
+from .folder import has_class_folders
 from .listfile import Problem
 from .protocols import LIST_FILES, get_spec
 
@@ -148,6 +149,9 @@ def check_protocol(name: str, root=None, *, image_root=None, verify_images: bool
         return report
     if spec.kind == "cifar":
         return _check_cifar(spec, name, root, verify_images, sizes, val_fraction)
+    if spec.kind == "images" or (spec.kind == "folder" and root is not None and os.path.isdir(root)
+                                 and not has_class_folders(root)):
+        return _check_images(spec, name, root, verify_images, progress, workers, sizes, val_fraction)
     if spec.kind == "folder":
         return _check_folder(spec, name, root, verify_images, progress, workers, sizes, val_fraction)
     return _check_lists(spec, name, root, image_root, verify_images, progress, workers)
@@ -209,6 +213,32 @@ def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val
         report.warnings.append(Problem(root, f"{skipped} file(s) without an image extension ignored"))
     if not report.errors:
         pool = folder_pool(root, left_out=[])  # the images it leaves out are reported above
+        _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
+    return report
+
+
+def _check_images(spec, name, root, verify_images, progress, workers, sizes, val_fraction) -> CheckReport:
+    """Images without labels (a flat folder, a folder tree, a list file of paths)."""
+    from .folder import image_pool
+
+    report = CheckReport(name, f"images without labels from {root}")
+    try:
+        pool = image_pool(root, left_out=report.warnings)
+    except DataError as err:
+        report.errors.append(Problem(name, str(err)))
+        return report
+    paths = [pool.path(j) for j in range(len(pool))]
+    s = SetReport("all", "no labels", len(paths), 0)
+    bad = _stat_files(paths)
+    report.errors += [Problem(p, why) for p, why in bad.items()]
+    s.missing = sum(v == "missing" for v in bad.values())
+    s.empty = sum(v == "empty" for v in bad.values())
+    if verify_images:
+        failed = _verify([p for p in paths if p not in bad], progress, workers)
+        s.unreadable = len(failed)
+        report.errors += [Problem(p, reason.partition(": ")[2] or reason) for p, reason in failed.items()]
+    report.sets.append(s)
+    if not report.errors:
         _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
     return report
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_path, read_json, write_bytes
-from .protocols import LIST_FILES, ProtocolSpec, get_spec
+from .protocols import LIST_FILES, WITH_PATH, ProtocolSpec, get_spec
 from .sets import Pool, RetrievalSet
 from .splits import STREAM_SPLIT, STREAM_VAL, decode_rows, draw_val, encode_rows, rng_for, split_per_class
 
@@ -54,6 +54,8 @@ class Protocol:
     pools: Dict[str, Pool] = field(default_factory=dict, repr=False)
     # what makes the split's figures misleading (e.g. a single class), also logged when loaded
     warnings: List[str] = field(default_factory=list)
+    # False for images without labels (its labels are one pseudo-class: see data.sets.Pool)
+    labelled: bool = True
 
     @property
     def sets(self) -> Dict[str, RetrievalSet]:
@@ -85,6 +87,7 @@ class Protocol:
             "name": self.name,
             "description": self.spec.description if self.spec else "",
             "n_class": self.n_class,
+            "labelled": self.labelled,
             "multi_label": self.multi_label,
             "topk": "all" if self.topk is None else self.topk,
             "sizes": {k: len(v) for k, v in self.sets.items()},
@@ -216,9 +219,14 @@ def _build_pools(spec: ProtocolSpec, name: str, root, image_root, download: bool
         from .cifar import cifar_pool, cifar_root
         pool = cifar_pool(root, download)
         return {pool.name: pool}, cifar_root(root), None
-    if spec.kind == "folder":
-        from .folder import folder_pool
-        pool = folder_pool(root)
+    if spec.kind == "folder" or spec.kind == "images":
+        from .folder import folder_pool, has_class_folders, image_pool
+        if spec.kind == "folder" and (root is None or has_class_folders(root)):
+            pool = folder_pool(root)
+        else:  # images:, or a folder of images with no class sub-folders: no labels
+            pool = image_pool(root)
+            if spec.kind == "folder":
+                log.info("%s: no class sub-folders, so its images have no labels", name)
         return {pool.name: pool}, pool.image_root, pool.image_root
     from .listfile import find_list_dir, read_list_dir
     from .sets import FilePool
@@ -295,14 +303,15 @@ def load_protocol(name: str, root=None, *, image_root=None, seed: int = 0, downl
     multi_label = spec.multi_label
     if multi_label is None:
         multi_label = any(bool(np.any(p.labels.sum(1) != 1)) for p in pools.values())
-    warnings = label_warnings(name, sets, any_pool.class_names)
+    labelled = all(p.labelled for p in pools.values())
+    warnings = label_warnings(name, sets, any_pool.class_names) if labelled else []
     for w in warnings:
         log.warning("%s", w)
     return Protocol(
         name=name, n_class=n_class, multi_label=bool(multi_label), topk=spec.topk,
         train=sets["train"], val=sets["val"], query=sets["query"], database=sets["database"],
         seed=int(seed), val_fraction=float(val_fraction), class_names=any_pool.class_names, spec=spec,
-        root=root_used, image_root=image_root_used, sizes=per_class,
+        root=root_used, image_root=image_root_used, sizes=per_class, labelled=labelled,
         original_bank_rows=spec.original_bank_rows, pools=pools, warnings=warnings,
     )
 
@@ -369,7 +378,7 @@ def _read_record(split_file, spec: ProtocolSpec, name: str) -> dict:
         raise DataError(f"{split_file}: not a split record (format is not {SPLIT_FORMAT})")
     recorded = str(record.get("name", ""))
     # list:/folder: data may have moved; the fingerprint, not the path, decides
-    same = recorded.partition(":")[0] == spec.name if spec.name in ("list", "folder") else recorded == name
+    same = recorded.partition(":")[0] == spec.name if spec.name in WITH_PATH else recorded == name
     if not same:
         raise DataError(f"{split_file}: records a split of {recorded!r}, not of {name!r}")
     return record

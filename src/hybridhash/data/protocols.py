@@ -36,7 +36,7 @@ class ProtocolSpec:
     """
 
     name: str
-    kind: str  # "digits" | "cifar" | "list" | "folder"
+    kind: str  # "digits" | "cifar" | "list" | "folder" | "images"
     n_class: Optional[int]  # None: read from the data (list:, folder:)
     multi_label: Optional[bool]  # None: read from the data
     topk: Optional[int]  # mAP@topk; None means over the whole database ("all")
@@ -50,7 +50,7 @@ class ProtocolSpec:
 
     @property
     def per_class(self) -> bool:
-        return self.kind in ("digits", "cifar", "folder")
+        return self.kind in ("digits", "cifar", "folder", "images")
 
     @property
     def topk_label(self) -> str:
@@ -96,28 +96,36 @@ PROTOCOLS: Dict[str, ProtocolSpec] = {p.name: p for p in [
     ProtocolSpec("folder", "folder", None, False, None, "non_query", query=0.1, train=0.5,
                  description="one sub-folder per class; per class 10% queries, the rest the database, "
                              "half of that train"),
+    ProtocolSpec("images", "images", None, False, None, "non_query", query=0.1, train=0.5,
+                 description="images without labels: every image under a folder, or the paths of a list file; "
+                             "10% queries, the rest the database, half of that train (for unsupervised methods "
+                             "and training-free baselines; scores need no labels)"),
 ]}
+# the protocols whose name takes a directory (or, for images:, a list file of paths)
+WITH_PATH = ("list", "folder", "images")
 
 
 def list_protocols() -> List[str]:
-    """Names accepted by :func:`~hybridhash.data.load_protocol` (``list`` and ``folder`` also as
-    ``list:<dir>`` / ``folder:<dir>``)."""
+    """Names accepted by :func:`~hybridhash.data.load_protocol` (``list``, ``folder`` and ``images``
+    also as ``list:<dir>``, ``folder:<dir>``, ``images:<dir or file>``)."""
     return list(PROTOCOLS)
 
 
 def get_spec(name: str) -> Tuple[ProtocolSpec, Optional[str]]:
     """Look up a protocol by name. Returns ``(spec, directory)``; the directory is the part after
-    ``list:`` or ``folder:`` (None otherwise)."""
+    ``list:``, ``folder:`` or ``images:`` (None otherwise)."""
     if not isinstance(name, str) or not name:
         raise DataError(f"dataset name must be a non-empty string, got {name!r}")
     base, sep, directory = name.partition(":")
     if sep:
-        if base not in ("list", "folder"):
-            raise DataError(f"unknown dataset {name!r}: only list:<dir> and folder:<dir> take a directory")
+        if base not in WITH_PATH:
+            raise DataError(f"unknown dataset {name!r}: only list:<dir>, folder:<dir> and images:<dir or file> "
+                            "take a path")
         if not directory:
             raise DataError(f"dataset {name!r} names no directory")
         return PROTOCOLS[base], directory
     spec = PROTOCOLS.get(name)
     if spec is None:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(list_protocols())}, list:<dir>, folder:<dir>")
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(list_protocols())}, list:<dir>, folder:<dir>, "
+                        "images:<dir or file>")
     return spec, None

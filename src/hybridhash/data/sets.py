@@ -20,11 +20,17 @@ from .images import open_image
 
 
 class Pool:
-    """Base: ``labels`` float32 (N, n_class) multi-hot, ``image(j)`` -> RGB PIL image."""
+    """Base: ``labels`` float32 (N, n_class) multi-hot, ``image(j)`` -> RGB PIL image.
+
+    An unlabelled pool (``labelled`` False: a folder of photos, a list of paths) holds one column of
+    ones, a single pseudo-class, so that seeded splits and shapes work unchanged; nothing may read
+    those labels as classes (training refuses label-based methods, evaluation reports label-free scores).
+    """
 
     name: str
     labels: np.ndarray
     class_names: Optional[List[str]] = None
+    labelled: bool = True
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -89,7 +95,7 @@ class FilePool(Pool):
     """
 
     def __init__(self, name: str, image_root: str, rel_paths: Sequence[str], labels: np.ndarray,
-                 source: bytes, class_names: Optional[List[str]] = None):
+                 source: bytes, class_names: Optional[List[str]] = None, labelled: bool = True):
         if len(rel_paths) != labels.shape[0]:
             raise ValueError(f"{len(rel_paths)} paths but {labels.shape[0]} label rows")
         self.name = name
@@ -98,6 +104,7 @@ class FilePool(Pool):
         self.labels = np.ascontiguousarray(labels, dtype=np.float32)  # (N, n_class)
         self.source = source
         self.class_names = class_names
+        self.labelled = labelled
 
     def rel_path(self, j: int) -> str:
         return self.rel_paths[j]
