@@ -15,7 +15,8 @@ Conventions shared by every function here:
   ``num_threads`` threads and the results do not depend on either setting.
 
 Modules: :mod:`.ranking_core` (shared machinery), :mod:`.ranking` (mAP, tie-aware mAP),
-:mod:`.curves` (PR by radius, precision@N, precision within a radius); the code format itself is
+:mod:`.curves` (PR by radius, precision@N, precision within a radius), :mod:`.copies` (a score that
+needs no labels: each augmented copy's original retrieved); the code format itself is
 :mod:`hybridhash.codes`.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from ..codes import pack_pm1 as pack_codes  # the strict +-1 reader, under the name this module exports
 from ..codes import popcount as _popcount, popcount_swar as _popcount_swar  # noqa: F401  (old private names)
 from ..codes import unpack_codes
+from .copies import copy_retrieval_map
 from .curves import precision_at_n, precision_recall_by_radius, precision_within_radius
 from .ranking import (average_precisions, mean_average_precision, tie_aware_average_precisions,
                       tie_aware_mean_average_precision)
@@ -39,4 +41,5 @@ __all__ = [
     "precision_recall_by_radius",
     "precision_at_n",
     "precision_within_radius",
+    "copy_retrieval_map",
 ]
