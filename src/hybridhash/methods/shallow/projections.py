@@ -81,7 +81,6 @@ class PCAH(_Projection):
 @dataclass
 class ITQConfig(MethodConfig):
     iterations: int = 50  # T: the rotation is updated T + 1 times (the authors' `for iter = 0:n_iter`)
-    nonnegative = ("iterations",)
 
 
 def initial_rotation(bits: int, generator: torch.Generator) -> Tensor:

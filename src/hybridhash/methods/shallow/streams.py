@@ -119,29 +119,34 @@ class FeatureStream:
                 raise DataError(f"{self.name}: fitting needs at least 2 training rows, got {rows}")
             self.rows = rows
         elif rows != self.rows:
-            raise DataError(f"{self.name}: a later pass over the training features gave "
-                            f"{'more than ' if rows > self.rows else ''}{rows} rows, the first {self.rows}: "
-                            "batches() must give the same rows on every call")
+            got = f"more than {self.rows}" if rows > self.rows else str(rows)
+            raise DataError(f"{self.name}: a later pass over the training features gave {got} rows, the first "
+                            f"{self.rows}: batches() must give the same rows on every call")
 
 
 def moments(stream: FeatureStream, scatter: bool = True) -> Tuple[int, Tensor, Optional[Tensor]]:
     """(n, mean (d,), scatter (d, d) = sum_i (x_i - mean)(x_i - mean)^T or None) in one pass.
 
-    Each batch is centred on its own mean and merged with the running totals by the pairwise
-    update of Chan, Golub and LeVeque (1979), so no sum of raw squares is ever formed: features far
-    from the origin (pixels around 0.5, ReLU outputs) keep their variance's digits.
+    Rows are first shifted by the first row seen, then each batch is centred on its own mean and
+    merged with the running totals by the pairwise update of Chan, Golub and LeVeque (1979): no sum
+    of raw squares is ever formed, so features far from the origin (pixels around 0.5, ReLU
+    outputs, an offset of 1e6) keep their variance's digits.
     """
-    n, mean, m2 = 0, torch.zeros(stream.d, dtype=torch.float64, device=stream.device), None
-    if scatter:
-        m2 = torch.zeros(stream.d, stream.d, dtype=torch.float64, device=stream.device)
+    n = 0
+    mean = torch.zeros(stream.d, dtype=torch.float64, device=stream.device)  # of the shifted rows
+    m2 = torch.zeros(stream.d, stream.d, dtype=torch.float64, device=stream.device) if scatter else None
+    shift = None
     for x in stream.epoch("mean and covariance" if scatter else "mean"):
         b = x.shape[0]
         if b == 0:
             continue
+        if shift is None:
+            shift = x[0].clone()
+        x = x - shift
         mean_b = x.mean(0)
         delta = mean_b - mean
         total = n + b
-        if scatter:
+        if m2 is not None:
             centred = x - mean_b
             m2 += centred.t() @ centred
             m2 += torch.outer(delta, delta) * (n * b / total)
@@ -149,7 +154,7 @@ def moments(stream: FeatureStream, scatter: bool = True) -> Tuple[int, Tensor, O
         n = total
     if m2 is not None:
         m2 = (m2 + m2.t()) / 2  # exact symmetry, whichever triangle the eigen-solver reads
-    return n, mean, m2
+    return n, mean + shift, m2
 
 
 def fix_signs(vectors: Tensor) -> Tensor:
