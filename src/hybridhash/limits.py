@@ -42,3 +42,7 @@ MAX_WORKERS: int = 256  # data-loading processes
 # and only weigh the dissimilar pairs; the original's 10000 rows for CIFAR-10's 4500-5000 training
 # images are about 2.2 per image
 BANK_ROWS_PER_IMAGE: int = 4
+
+# Most features the shallow baselines that need a covariance (pcah, itq, sh) accept: the float64
+# d x d matrix, its eigenvectors and the solver's workspace take about 3 * 8 * d^2 bytes (6 GiB here)
+MAX_COVARIANCE_FEATURES: int = 16384

@@ -62,10 +62,15 @@ Scaling to small training sets: ADSH's total epochs are ``iterations * epochs_pe
 over samples of ``min(num_samples, n)`` images; ``adsh.iterations_for(image_steps, n)`` gives the
 ``iterations`` hparam that matches another method's image-steps (epochs * n). CNNH's stage 1 does
 ``sweeps`` passes of n * bits coordinate steps (cost n^2 * bits each).
+
+Training-free baselines (``lsh``, ``pcah``, ``itq``, ``sh``) are not ``Method``s: they have no loss
+and no trainer hooks. :mod:`.shallow` fits them on streamed features (``make_shallow``,
+``load_shallow``, the ``SHALLOW`` registry).
 """
 from . import adsh, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, hashnet, hybridhash  # noqa: F401  (registers)
 from .base import Method, MethodConfig, MethodDefaults
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
+from .shallow import SHALLOW, ShallowHash, load_shallow, make_shallow
 
-__all__ = ["Method", "MethodConfig", "MethodDefaults", "create_method", "list_methods", "method_class",
-           "method_defaults", "register_method"]
+__all__ = ["Method", "MethodConfig", "MethodDefaults", "SHALLOW", "ShallowHash", "create_method", "list_methods",
+           "load_shallow", "make_shallow", "method_class", "method_defaults", "register_method"]
