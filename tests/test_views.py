@@ -132,7 +132,8 @@ def test_pixel_targets_are_the_images_minus_the_mean_image_flattened():
     x = pixel_targets(batches[1], mean)
     assert x.shape == (2, 24) and x.dtype == torch.float32
     for n in range(2):
-        flat = [float(batches[1][n, c, i, j]) - float(mean[c, i, j]) for c in range(2) for i in range(3) for j in range(4)]
+        flat = [float(batches[1][n, c, i, j]) - float(mean[c, i, j])
+                for c in range(2) for i in range(3) for j in range(4)]
         assert x[n].tolist() == pytest.approx(flat, abs=1e-6)
 
 
