@@ -14,8 +14,13 @@ def test_methods_lists_every_method_with_its_family(capsys):
     assert [i["name"] for i in infos] == list_methods()
     for i in infos:
         m = create_method(i["name"], bits=64, n_class=10, num_train=100)
-        assert i["family"] == m.family and i["defaults"] == m.defaults.to_dict()
+        assert i["family"] == m.family and i["defaults"] == m.defaults.to_dict() and i["trains_on"] == m.trains_on
     assert {i["name"]: i["family"] for i in infos}["adsh"] == "asymmetric"
+    assert cli.main(["methods"]) == 0
+    table = capsys.readouterr().out
+    waiting = [i["name"] for i in infos if i["trains_on"] != "labels"]
+    assert waiting and f"not trained by `train` or `compare` yet (they train on target features or two views, " \
+        f"which the training loop does not feed): {', '.join(waiting)}." in table
 
 
 def test_methods_describes_one_and_refuses_an_unknown_name(capsys):

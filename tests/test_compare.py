@@ -2,6 +2,7 @@
 sharded, tabulated from the cells' own metrics.json."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import io
@@ -185,6 +186,9 @@ def test_shards_split_the_cells_disjointly_and_completely():
     (["--methods", "nosuch"], "unknown method 'nosuch'"),
     (["--methods", "all", "dsh"], "'all' stands alone"),
     (["--methods", "dsh", "dsh"], "lists a method twice"),
+    (["--methods", "dsh", "bihalf"], "--methods: bihalf is unsupervised and trains on targets, which the training "
+                                     "loop does not feed yet"),
+    (["--methods", "cibhash"], "--methods: cibhash is unsupervised and trains on views"),
     (["--method-params", '{"nosuch": {}}'], "--method-params: unknown method 'nosuch'"),
     (["--method-params", '{"dsh": {"nosuch": 1}}'], "nosuch"),
     (["--shard", "2/2"], "--shard"),
@@ -229,6 +233,20 @@ def test_adsh_note_gives_its_scaled_schedule(tmp_path):
     note = schedule_note(Finished(cell, {}, config), grid)
     assert note.startswith("adsh: 10 outer iterations x 3 epochs over samples of 450 of the 450 training images "
                            "= 30 trainer epochs (iterations scaled")
+
+
+def test_all_is_every_method_the_loop_can_feed():
+    from hybridhash.app.commands.compare import configure, grid_from_args
+    from hybridhash.methods import list_methods, method_class
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    grid = grid_from_args(parser.parse_args(["--methods", "all"]))
+    every = list_methods()
+    assert list(grid.methods) == [m for m in every if method_class(m).trains_on == "labels"]
+    assert len(grid.methods) < len(every)  # the unsupervised ones are left out, by what they train on
+    assert all(method_class(m).family != "unsupervised" for m in grid.methods)
+    grid.check()
 
 
 def test_report_only_needs_a_grid(tmp_path):

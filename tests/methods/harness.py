@@ -1,9 +1,12 @@
 """What every method's test file shares: naive references in Python floats, label generators, and
 ``MethodSuite``, the checks every method must pass (edge cases, a few training steps, state round
 trip, half precision), run by subclassing it as ``Test<Method>`` with ``name`` set in
-``tests/methods/test_<name>.py``."""
+``tests/methods/test_<name>.py``. Each method is fed what it declares it trains on (``feed``): the
+labels of the batch, target features, or a second view's outputs; a kind the harness does not know
+fails the suite."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from typing import Any, Dict
@@ -12,7 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hybridhash.methods import create_method
+from hybridhash.errors import DataError
+from hybridhash.methods import TRAINS_ON, UnsupervisedMethod, create_method, method_class
+from hybridhash.methods.base import FAMILIES
 
 
 # ---------------------------------------------------------------- naive references (python floats)
@@ -72,14 +77,44 @@ EDGE = {
 }
 
 
+# ---------------------------------------------------------------- feeding a method what it trains on
+TARGET_DIM = 12  # width of the target features the harness draws
+
+
+def feed(method, h, y, index, g):
+    """The arguments of ``method.loss`` for a batch of raw outputs h (B, K), by what it trains on:
+    (h, y, index); (h, x) with target features x (B, TARGET_DIM) drawn from g; or (h, h2) with h2 a
+    second view's outputs, h plus noise drawn from g (so both depend on h)."""
+    if method.trains_on == "labels":
+        return h, y, index
+    noise_shape = (h.shape[0], TARGET_DIM) if method.trains_on == "targets" else tuple(h.shape)
+    noise = torch.randn(noise_shape, generator=g).to(h.dtype)
+    if method.trains_on == "targets":
+        return h, noise
+    if method.trains_on == "views":
+        return h, h + 0.3 * noise
+    raise AssertionError(f"{method.name}: the harness does not feed {method.trains_on!r}; teach feed() it")
+
+
+def training_labels(method, y):
+    """What ``prepare`` gets: the training labels, or None for a method that never reads them."""
+    return y if method.trains_on == "labels" else None
+
+
+def batch_rows(method) -> int:
+    """Rows of a harness batch: 3, or 4 for a method that pairs the halves of its batch."""
+    return 4 if method.even_batch else 3
+
+
 def _run_steps(method, y_train, g, steps, K):
     values = []
+    B = batch_rows(method)
     for s in range(steps):
         rows = method.epoch_rows(0, g)
         rows = torch.arange(len(y_train)) if rows is None else rows
-        idx = rows[(torch.arange(3) + 3 * s) % len(rows)]
-        h = torch.randn(3, K, generator=g, requires_grad=True)
-        value = method.loss(h, y_train[idx], idx)
+        idx = rows[(torch.arange(B) + B * s) % len(rows)]
+        h = torch.randn(B, K, generator=g, requires_grad=True)
+        value = method.loss(*feed(method, h, y_train[idx], idx, g))
         value.backward()
         values.append((value, h.grad))
     return values
@@ -99,6 +134,19 @@ class MethodSuite:
         """The rows a few training steps go over (after ``prepare``)."""
         return torch.arange(len(X))
 
+    def test_the_loss_takes_what_the_method_trains_on(self):
+        cls = method_class(self.name)
+        assert cls.trains_on in TRAINS_ON and cls.family in FAMILIES
+        params = list(inspect.signature(cls.loss).parameters)
+        if cls.trains_on == "labels":
+            assert params[:4] == ["self", "h", "y", "index"] and not issubclass(cls, UnsupervisedMethod)
+            assert cls.views is None
+            return
+        # no labels and no training-set rows reach the loss: it has no argument for them
+        assert issubclass(cls, UnsupervisedMethod) and cls.family == "unsupervised"
+        assert len(params) == 3 and not {"y", "index", "labels", "gathered"} & set(params), params
+        assert (cls.views is not None) == (cls.trains_on == "views")
+
     @pytest.mark.parametrize("case", sorted(EDGE) + ["single_item"])
     def test_edge_cases_are_finite_with_finite_gradients(self, case):
         g = torch.Generator().manual_seed(1)
@@ -107,12 +155,16 @@ class MethodSuite:
         y = EDGE["multi_label" if case == "single_item" else case](g, B, C)
         y_train = torch.cat([y, torch.eye(C)[torch.randint(0, C, (n - B,), generator=g)]])
         method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("edge", n))
-        method.prepare(y_train, g)
+        method.prepare(training_labels(method, y_train), g)
         rows = method.epoch_rows(0, g)
         index = torch.arange(B) if rows is None else rows[:B]
-        for scale in (1.0, 30.0):  # 30: saturated tanh / sigmoid
+        if B % 2 and method.even_batch:  # a batch whose halves cannot be paired is refused in one line
+            with pytest.raises(DataError, match="even number of rows"):
+                method.loss(*feed(method, torch.randn(B, K, generator=g), y_train[index], index, g))
+            return
+        for scale in (0.0, 1.0, 30.0):  # 0: every output tied (and sign 0); 30: saturated tanh / sigmoid
             h = (scale * torch.randn(B, K, generator=g)).requires_grad_(True)
-            value = method.loss(h, y_train[index], index)
+            value = method.loss(*feed(method, h, y_train[index], index, g))
             value.backward()
             assert torch.isfinite(value), (case, scale)
             assert torch.isfinite(h.grad).all(), (case, scale)
@@ -123,9 +175,9 @@ class MethodSuite:
         y_train = torch.eye(C)[torch.randint(0, C, (n,), generator=g)]
         hp = self.params("resume", n)
         method = create_method(self.name, bits=K, n_class=C, num_train=n, **hp)
-        assert method.name == self.name and method.family in ("symmetric", "asymmetric", "central")
-        assert method.defaults.optimizer in ("rmsprop", "adam") and method.defaults.lr > 0
-        method.prepare(y_train, g)
+        assert method.name == self.name and method.family in FAMILIES
+        assert method.defaults.optimizer in ("rmsprop", "adam", "sgd") and method.defaults.lr > 0
+        method.prepare(training_labels(method, y_train), g)
         method.on_epoch_start(0, 0)
         for value, grad in _run_steps(method, y_train, g, 2, K):
             assert torch.isfinite(value) and grad is not None and torch.isfinite(grad).all()
@@ -134,7 +186,8 @@ class MethodSuite:
         save_file(method.state_tensors(), tmp_path / "state.safetensors")
         again = create_method(self.name, bits=K, n_class=C, num_train=n, **hp)
         again.load_state_tensors(load_file(tmp_path / "state.safetensors"))
-        again.prepare(y_train, torch.Generator().manual_seed(99))  # a restored CNNH does not redo stage 1
+        again.prepare(training_labels(again, y_train), torch.Generator().manual_seed(99))  # a restored CNNH
+        # does not redo stage 1
         ga, gb = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
         a = _run_steps(method, y_train, ga, 2, K)
         b = _run_steps(again, y_train, gb, 2, K)
@@ -154,10 +207,16 @@ class MethodSuite:
         method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("steps", n))
         model = torch.nn.Linear(D, K)
         opt = torch.optim.Adam(model.parameters(), lr=0.02)
-        method.prepare(Y, g)
+        method.prepare(training_labels(method, Y), g)
         rows = self.warm_up(method, model, X, Y, g)
+        # a second view of each input (fixed, so that the loss before and after compares like with like)
+        X2 = X + 0.3 * torch.randn(X.shape, generator=g)
 
         def full_loss():
+            if method.trains_on == "targets":  # the inputs as their own targets, as pixel targets are
+                return method.loss(model(X[rows]), X[rows])
+            if method.trains_on == "views":
+                return method.loss(model(X[rows]), model(X2[rows]))
             return method.loss(model(X[rows]), Y[rows], rows)
 
         with torch.no_grad():
@@ -174,9 +233,10 @@ class MethodSuite:
         n, K, C = 6, 8, 2
         y = torch.eye(C)[torch.arange(n) % C]
         method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("half", n))
-        method.prepare(y, torch.Generator().manual_seed(0))
+        method.prepare(training_labels(method, y), torch.Generator().manual_seed(0))
         rows = method.epoch_rows(0, torch.Generator().manual_seed(0))
-        idx = torch.arange(3) if rows is None else rows[:3]
-        h = torch.randn(3, K, generator=torch.Generator().manual_seed(1))
-        low = method.loss(h.half(), y[idx], idx)
+        B = batch_rows(method)
+        idx = torch.arange(B) if rows is None else rows[:B]
+        h = torch.randn(B, K, generator=torch.Generator().manual_seed(1))
+        low = method.loss(*feed(method, h.half(), y[idx], idx, torch.Generator().manual_seed(2)))
         assert low.dtype == torch.float32 and torch.isfinite(low)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hybridhash.errors import CheckpointMismatchError, ConfigError, DataError
-from hybridhash.methods import create_method, list_methods, method_class
+from hybridhash.methods import Method, UnsupervisedMethod, create_method, list_methods, method_class, register_method
 
 HERE = Path(__file__).parent
 
@@ -41,7 +41,7 @@ def test_registry_lists_methods_by_pattern():
 
 
 def test_bad_names_and_hyper_parameters_raise_config_errors():
-    with pytest.raises(ConfigError, match="unknown method 'nope'; known: adsh, cnnh"):
+    with pytest.raises(ConfigError, match="unknown method 'nope'; known: adsh, bihalf, cibhash, cnnh"):
         create_method("nope", bits=16, n_class=2, num_train=4)
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         method_class("nope")
@@ -78,3 +78,18 @@ def test_published_defaults_are_the_keyword_defaults():
     assert create_method("adsh", bits=8, n_class=2, num_train=50, iterations=4).total_epochs == 12
     assert create_method("hybridhash", bits=64, n_class=10, num_train=50).defaults.lr == 2.5e-5
     assert create_method("cnnh", bits=8, n_class=2, num_train=5).defaults.optimizer == "adam"
+
+
+@pytest.mark.parametrize("base,declared,message", [
+    (Method, {"family": "supervised"}, "has family 'supervised'"),
+    (Method, {"trains_on": "pixels"}, "trains on 'pixels'; expected one of"),
+    (Method, {"trains_on": "targets"}, "exactly when it is not an UnsupervisedMethod"),
+    (UnsupervisedMethod, {"trains_on": "labels"}, "exactly when it is not an UnsupervisedMethod"),
+    (UnsupervisedMethod, {"trains_on": "views"}, "declares their augmentation"),
+    (UnsupervisedMethod, {"views": method_class("cibhash").views}, "declares their augmentation"),
+])
+def test_a_method_that_declares_what_cannot_be_fed_is_not_registered(base, declared, message):
+    attrs = {"name": "made_up", "family": "unsupervised" if base is UnsupervisedMethod else "symmetric", **declared}
+    with pytest.raises(ConfigError, match=message):
+        register_method(type("MadeUp", (base,), attrs))
+    assert "made_up" not in list_methods()

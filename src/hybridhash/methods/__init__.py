@@ -2,14 +2,15 @@
 
     >>> from hybridhash.methods import create_method, list_methods
     >>> list_methods()
-    ['adsh', 'cnnh', 'csq', 'dch', 'dnnh', 'dpsh', 'dsh', 'dtsh', 'hashnet', 'hybridhash']
+    ['adsh', 'bihalf', 'cibhash', 'cnnh', 'csq', 'dch', 'dnnh', 'dpsh', 'dsh', 'dtsh', 'greedyhash_unsup',
+     'hashnet', 'hybridhash']
     >>> method = create_method("dsh", bits=64, n_class=10, num_train=5000)  # DSH as published
 
 Keyword defaults are the published hyper-parameters; ``create_method(name, ..., **hparams)``
 overrides them (an unknown name or field raises ``ConfigError`` listing the valid ones).
 ``method.config`` is the typed dataclass (``to_dict`` / ``Config.from_dict`` for JSON),
 ``method.defaults`` the published optimizer, lr, weight decay, batch size and epochs,
-``method.family`` "symmetric" | "asymmetric" | "central" (say it in every table).
+``method.family`` "symmetric" | "asymmetric" | "central" | "unsupervised" (say it in every table).
 
 How a trainer drives a method
 -----------------------------
@@ -54,6 +55,26 @@ identical, and give ``epoch_rows`` a generator seeded the same on every rank (th
 it returns); in-batch, CNNH and CSQ losses ignore ``gathered``. ``state_tensors()`` is a flat dict
 of contiguous tensors, ready for ``safetensors.torch.save_file``.
 
+Methods without labels
+----------------------
+``method.trains_on`` says what a trainer feeds the loss; every other hook is the same:
+
+- ``"labels"`` (the loop above): ``loss(h, y, index, gathered=...)``.
+- ``"targets"`` (``bihalf``, ``greedyhash_unsup``): ``loss(h, x)``, x (B, d) the target features
+  of the batch's images: a frozen pretrained network's features (the published form; the trained
+  part is the hash layer on them), or, for a model trained from scratch,
+  ``hybridhash.data.targets.pixel_targets(images, mean_image)`` of the same input tensors.
+- ``"views"`` (``cibhash``): ``loss(h1, h2)``, the outputs of two views of each image, made by
+  ``hybridhash.data.views.two_view_transform(preprocess, method.views)``.
+
+These are ``UnsupervisedMethod`` subclasses: ``prepare(None, generator)`` (labels are never read;
+they serve evaluation only), no ``index``, no ``gathered``. ``method.even_batch``: the loss pairs
+the first half of the batch with the second, so keep every batch even (drop the last one).
+``method.defaults`` may name ``"sgd"`` with ``momentum`` and a step schedule
+(``defaults.lr_at(epoch)``: lr x ``lr_step_factor`` every ``lr_step_epochs`` epochs).
+``method.make_head(in_features)`` of ``cibhash`` is its two-layer head. Codes are sign(h), as for
+every method.
+
 ADSH: with ``config.database == "learned"`` the training-set (database) codes are
 ``method.learned_codes()`` (its V) instead of the network's; say which in the report. CSQ:
 ``method.centers`` (C, bits) +-1, ``min_center_distance`` / ``mean_center_distance`` for the log.
@@ -67,10 +88,12 @@ Training-free baselines (``lsh``, ``pcah``, ``itq``, ``sh``) are not ``Method``s
 and no trainer hooks. :mod:`.shallow` fits them on streamed features (``make_shallow``,
 ``load_shallow``, the ``SHALLOW`` registry).
 """
-from . import adsh, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, hashnet, hybridhash  # noqa: F401  (registers)
-from .base import Method, MethodConfig, MethodDefaults
+from . import (adsh, bihalf, cibhash, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, greedyhash_unsup,  # noqa: F401
+               hashnet, hybridhash)  # (registers)
+from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
 from .shallow import SHALLOW, ShallowHash, load_shallow, make_shallow
 
-__all__ = ["Method", "MethodConfig", "MethodDefaults", "SHALLOW", "ShallowHash", "create_method", "list_methods",
-           "load_shallow", "make_shallow", "method_class", "method_defaults", "register_method"]
+__all__ = ["Method", "MethodConfig", "MethodDefaults", "SHALLOW", "ShallowHash", "TRAINS_ON", "UnsupervisedMethod",
+           "create_method", "list_methods", "load_shallow", "make_shallow", "method_class", "method_defaults",
+           "register_method"]

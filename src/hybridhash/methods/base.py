@@ -1,15 +1,17 @@
-"""The ``Method`` base class and its typed configs.
+"""The ``Method`` base class, its typed configs, and the base of the methods that train without labels.
 
 A method is a small ``nn.Module``: its loss, the activation it applies to the raw hash-layer output
 ``h`` (B, bits), the hooks a trainer calls around epochs and steps, and the tensors it must save
 with a run (``state_tensors``). Everything it keeps between steps is a registered buffer, so
-``.to(device)`` moves it and ``state_tensors`` finds it.
+``.to(device)`` moves it and ``state_tensors`` finds it. ``trains_on`` says what the loss takes
+besides h: the batch's labels (``loss(h, y, index)``), target features of each image
+(``loss(h, x)``) or the outputs of a second view of each image (``loss(h1, h2)``).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +20,16 @@ from ..configs import Bounds
 from ..errors import CheckpointMismatchError, ConfigError, DataError
 from ..limits import MAX_INT_OPTION
 
-__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "pairwise_similarity", "promote"]
+if TYPE_CHECKING:
+    from ..data.views import TwoViewAugmentation
 
-FAMILIES = ("symmetric", "asymmetric", "central")
+__all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "TRAINS_ON", "UnsupervisedMethod",
+           "pairwise_similarity", "promote", "straight_through_sign"]
+
+FAMILIES = ("symmetric", "asymmetric", "central", "unsupervised")
+# what a loss takes besides the outputs h: the labels of the batch; target features x (B, d) of each
+# image (a frozen network's features, or pixel targets); the outputs of a second augmented view
+TRAINS_ON = ("labels", "targets", "views")
 # the range of every hyper-parameter (a method's own ``positive`` / ``nonnegative`` narrow it)
 INTEGER = Bounds(0, MAX_INT_OPTION, integer=True)
 REAL = Bounds()
@@ -30,14 +39,23 @@ REAL = Bounds()
 class MethodDefaults:
     """Published training settings of a method (docs/methods.md; DeepHash-pytorch where it is silent)."""
 
-    optimizer: str  # "rmsprop" | "adam"
+    optimizer: str  # "rmsprop" | "adam" | "sgd"
     lr: float
     weight_decay: float
     batch_size: int
     epochs: int
+    momentum: float = 0.0  # of SGD (the unsupervised methods' published runs)
+    lr_step_epochs: Optional[int] = None  # the lr is multiplied by lr_step_factor every this many epochs
+    lr_step_factor: float = 0.1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def lr_at(self, epoch: int) -> float:
+        """The published learning rate of epoch ``epoch`` (0-based): lr x factor^(epoch // step)."""
+        if self.lr_step_epochs is None:
+            return self.lr
+        return self.lr * self.lr_step_factor ** (epoch // self.lr_step_epochs)
 
 
 def _coerce(method: str, name: str, value: Any, default: Any) -> Any:
@@ -146,7 +164,8 @@ class Method(nn.Module):
     run's seed, training options passed on, the scratch recipe's learning rate, a schedule fitted to
     the training set, a note under a comparison table) is asked of the class through ``uses_seed``,
     ``run_options``, ``scratch_lr_scale``, ``fit_schedule`` and ``table_note``, so that nothing
-    outside a method's own file decides by its name.
+    outside a method's own file decides by its name. What its loss is fed is declared the same way:
+    ``trains_on`` (labels here; see :class:`UnsupervisedMethod`), ``even_batch`` and ``views``.
 
     Args:
         bits: code length K.
@@ -169,6 +188,12 @@ class Method(nn.Module):
     run_options: ClassVar[Tuple[str, ...]] = ()
     # factor on the shared scratch recipe's learning rate (when no learning rate is given)
     scratch_lr_scale: ClassVar[float] = 1.0
+    # what ``loss`` takes besides h (one of TRAINS_ON); see UnsupervisedMethod for the other two
+    trains_on: ClassVar[str] = "labels"
+    # the loss pairs the batch's first half with its second: a trainer keeps every batch even
+    even_batch: ClassVar[bool] = False
+    # trains_on "views": the augmentation that makes each view (hybridhash.data.views); else None
+    views: ClassVar[Optional["TwoViewAugmentation"]] = None
 
     def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
         super().__init__()
@@ -302,4 +327,81 @@ class InBatchMethod(Method):
         return self.batch_loss(h, y.to(h.dtype))
 
     def batch_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class _StraightThroughSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def straight_through_sign(x: Tensor) -> Tensor:
+    """sign(x) forward (an exact 0 stays 0, as the published codes take it), the identity backward;
+    any shape."""
+    return _StraightThroughSign.apply(x)
+
+
+def _shape(t: Any) -> Tuple[int, ...]:
+    return tuple(getattr(t, "shape", ()))
+
+
+class UnsupervisedMethod(Method):
+    """A method that never reads a label: its ``loss`` takes the raw outputs h (B, bits) and what the
+    method ``trains_on``:
+
+    - ``"targets"``: ``loss(h, x)``, x (B, d) the target features of the same images, in the same
+      order: a frozen network's features (the published form), or :func:`hybridhash.data.targets.pixel_targets`
+      when the whole model trains from scratch. x is treated as a constant (detached).
+    - ``"views"``: ``loss(h1, h2)``, the outputs of two augmented views of the same B images (row i
+      of each is image i), each view made by the method's ``views`` augmentation.
+
+    ``prepare`` ignores its labels (a trainer may pass None), there is no ``index`` and no
+    ``gathered``: under several processes each one's loss is of its local batch. Subclasses
+    implement ``batch_loss(a, b)`` on the checked inputs, promoted to at least float32.
+    """
+
+    family = "unsupervised"
+    trains_on = "targets"
+
+    def prepare(self, train_labels: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> None:
+        """Once before training; the labels are not read (None is fine)."""
+
+    def check_inputs(self, a: Tensor, b: Tensor) -> None:
+        """Raise DataError naming what is wrong with one batch (a = h; b = x or h2)."""
+        what = "x" if self.trains_on == "targets" else "h2"
+        first = "h" if self.trains_on == "targets" else "h1"
+        if not isinstance(a, Tensor) or a.dim() != 2 or a.shape[1] != self.bits or not a.is_floating_point():
+            raise DataError(f"{self.name}: {first} must be a float tensor (B, {self.bits}), got {_shape(a)}")
+        B = a.shape[0]
+        if self.trains_on == "targets":
+            ok = isinstance(b, Tensor) and b.dim() == 2 and b.shape[0] == B and b.shape[1] >= 1
+            want = f"({B}, d), the target features of the batch's {B} images"
+        else:
+            ok = isinstance(b, Tensor) and tuple(b.shape) == tuple(a.shape)
+            want = f"({B}, {self.bits}), the outputs of the second view of the same {B} images"
+        if not ok or not b.is_floating_point():
+            raise DataError(f"{self.name}: {what} must be a float tensor {want}, got {_shape(b)}")
+        if B < 1:
+            raise DataError(f"{self.name}: the batch is empty")
+        if self.even_batch and B % 2:
+            raise DataError(f"{self.name}: the batch pairs its first half with its second, so it needs an even "
+                            f"number of rows, got {B}; use an even batch size and drop the last batch")
+
+    def loss(self, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]  (no labels, no index)
+        """Scalar loss of the batch: (h, x) or (h1, h2) as ``trains_on`` says (see the class)."""
+        self.check_inputs(a, b)
+        if self.trains_on == "targets":  # x keeps its own precision for its cosines
+            return self.batch_loss(promote(a), promote(b).detach())
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+        return self.batch_loss(a.to(dtype), b.to(dtype))
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        return self.loss(a, b)
+
+    def batch_loss(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError

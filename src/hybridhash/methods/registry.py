@@ -5,7 +5,7 @@ import fnmatch
 from typing import Any, Dict, Type
 
 from ..errors import ConfigError
-from .base import FAMILIES, Method, MethodDefaults
+from .base import FAMILIES, TRAINS_ON, Method, MethodDefaults, UnsupervisedMethod
 
 __all__ = ["register_method", "list_methods", "create_method", "method_class", "method_defaults"]
 
@@ -16,6 +16,14 @@ def register_method(cls: Type[Method]) -> Type[Method]:
     """Class decorator: make ``cls`` available to ``create_method(cls.name, ...)``."""
     if cls.family not in FAMILIES:
         raise ConfigError(f"method {cls.name!r} has family {cls.family!r}; expected one of {FAMILIES}")
+    if cls.trains_on not in TRAINS_ON:
+        raise ConfigError(f"method {cls.name!r} trains on {cls.trains_on!r}; expected one of {TRAINS_ON}")
+    if (cls.trains_on != "labels") != issubclass(cls, UnsupervisedMethod):
+        raise ConfigError(f"method {cls.name!r}: a method trains on labels exactly when it is not an "
+                          "UnsupervisedMethod (whose loss takes no labels)")
+    if (cls.trains_on == "views") != (cls.views is not None):
+        raise ConfigError(f"method {cls.name!r}: a method that trains on views declares their augmentation "
+                          "(``views``), and only such a method does")
     _METHODS[cls.name] = cls
     return cls
 

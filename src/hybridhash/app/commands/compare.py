@@ -26,8 +26,8 @@ DESCRIPTION = (
 def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("grid")
     g.add_argument("--methods", nargs="+", metavar="NAME",
-                   help="'all' (every registered method) or method names, e.g. hybridhash dsh adsh (default: all, "
-                        "or the grid recorded in OUT with --report-only)")
+                   help="'all' (every method the training loop can feed: those that train on labels) or method "
+                        "names, e.g. hybridhash dsh adsh (default: all, or the grid recorded in OUT with --report-only)")
     g.add_argument("--bits", type=positive_int, nargs="+", help="code lengths (default: 16 32 64)")
     g.add_argument("--seeds", type=nonnegative_int, nargs="+",
                    help="seeds; each draws its own split, shared by every method (default: 0 1 2)")
@@ -68,8 +68,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def grid_from_args(args):
     """The :class:`~hybridhash.app.compare.grid.Grid` the options name; under --report-only the grid
     recorded in OUT fills --methods, --bits and --seeds when they are not given."""
-    from hybridhash.methods import list_methods
     from hybridhash.app.compare.grid import Grid
+    from hybridhash.app.train.build import trainable_methods
 
     recorded = Grid.read(args.out) if args.report_only else None
     methods = args.methods or (list(recorded.methods) if recorded else ["all"])
@@ -78,7 +78,7 @@ def grid_from_args(args):
             from hybridhash.errors import ConfigError
 
             raise ConfigError(f"--methods: 'all' stands alone, got {' '.join(methods)}")
-        methods = list_methods()
+        methods = trainable_methods()  # the methods the training loop can feed
     return Grid(
         methods=tuple(methods), bits=tuple(args.bits or (recorded.bits if recorded else (16, 32, 64))),
         seeds=tuple(args.seeds if args.seeds is not None else (recorded.seeds if recorded else (0, 1, 2))),

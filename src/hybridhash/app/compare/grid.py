@@ -101,6 +101,7 @@ class Grid:
     def check(self) -> None:
         """Raise ConfigError naming the first option that cannot work (before any work)."""
         from ...methods import list_methods
+        from ..train.build import check_trainable
 
         known = list_methods()
         if not self.methods:
@@ -108,6 +109,7 @@ class Grid:
         for m in self.methods:
             if m not in known:
                 raise ConfigError(f"--methods: unknown method {m!r}; known: {', '.join(known)}, or 'all'")
+            check_trainable(m, "--methods")  # every cell is a run of the training loop
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"--methods lists a method twice: {' '.join(self.methods)}")
         check_bits_list(self.bits)

@@ -1,12 +1,36 @@
 """What a training config names: the network and the hashing method, built for one code length."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
+from ...errors import ConfigError
 from .recipe import TrainConfig
+
+# what the training loop feeds a method's loss (a method's ``trains_on``): the labels of the batch
+TRAINER_FEEDS = ("labels",)
+
+
+def trainable_methods() -> List[str]:
+    """The registered methods the training loop can feed, sorted."""
+    from ...methods import list_methods, method_class
+
+    return [m for m in list_methods() if method_class(m).trains_on in TRAINER_FEEDS]
+
+
+def check_trainable(method: str, option: str = "--method") -> None:
+    """Raise ConfigError unless the training loop can feed ``method`` what it trains on (an unknown
+    name: the registry's error)."""
+    from ...methods import method_class
+
+    cls = method_class(method)
+    if cls.trains_on not in TRAINER_FEEDS:
+        raise ConfigError(f"{option}: {method} is {cls.family} and trains on {cls.trains_on}, which the training "
+                          f"loop does not feed yet (it feeds {', '.join(TRAINER_FEEDS)}); choose one of "
+                          f"{', '.join(trainable_methods())}")
+
 
 def build_model(config: TrainConfig, bits: int) -> nn.Module:
     """The network ``config`` names, initialised from the current torch seed."""

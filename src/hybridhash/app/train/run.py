@@ -22,7 +22,7 @@ from ...locking import exclusive
 from ...outdir import check_claim, claim
 from ...runtime import device_option, pick_device, usable_cores
 from . import distributed as D
-from .build import build_method, method_params
+from .build import build_method, check_trainable, method_params
 from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
 from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, check_numbers, resolve
 from .state import STATE_NAME, read_training_state
@@ -142,6 +142,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
 
     check_numbers(config)  # named as the options they are, before the method checks its share of them
     check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
+    check_trainable(config.method)  # before its published settings, which the loop may not offer
     dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
     img_size = build_config(config.model, 16, **config.model_overrides).img_size
     config = resolve(config, img_size, published_settings(config))
