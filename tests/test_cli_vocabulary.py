@@ -371,3 +371,13 @@ def test_a_record_of_before_the_progress_switch_is_read(tmp_path):
     assert recorded_options(path) == {"progress": False, "epochs": 3}
     with pytest.raises(ConfigError, match="not the run.json"):
         recorded_options(_bad_record(tmp_path, {"hybridhash": "0", "config": None}))
+
+
+def test_config_without_a_file_is_a_usage_error_and_an_abbreviation_still_reads_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--config"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "hybridhash train: error: argument --config: expected one argument"
+    path = _bad_record(tmp_path, {"hybridhash": "0", "config": {"epochs": "ten"}})
+    rc, _, err = run_cli(["train", "--conf", path, "--out", tmp_path / "run"], capsys)  # argparse's own prefixes
+    assert rc == 1 and one_error_line(err) == f"--config {path}: --epochs must be an integer from 1 to 4294967295, got 'ten'"

@@ -97,9 +97,12 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         if self.config_loader is not None and namespace is None:
-            first = argparse.ArgumentParser(add_help=False)
+            first = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)
             first.add_argument("--config")
-            found, _ = first.parse_known_args(sys.argv[1:] if args is None else args)
+            try:
+                found, _ = first.parse_known_args(sys.argv[1:] if args is None else args)
+            except argparse.ArgumentError:  # e.g. --config without a file: the parser below says so
+                found = argparse.Namespace(config=None)
             if found.config is not None:
                 namespace = argparse.Namespace(**self.config_loader(found.config, self))
         return super().parse_known_args(args, namespace)
