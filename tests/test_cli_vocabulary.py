@@ -381,3 +381,39 @@ def test_config_without_a_file_is_a_usage_error_and_an_abbreviation_still_reads_
     path = _bad_record(tmp_path, {"hybridhash": "0", "config": {"epochs": "ten"}})
     rc, _, err = run_cli(["train", "--conf", path, "--out", tmp_path / "run"], capsys)  # argparse's own prefixes
     assert rc == 1 and one_error_line(err) == f"--config {path}: --epochs must be an integer from 1 to 4294967295, got 'ten'"
+
+
+# --------------------------------------------------------------------------------------------
+# --max-pixels acts where images are decoded
+
+@pytest.fixture
+def six_pixel_folder(tmp_path):
+    """Two classes of four 6 x 6 images (36 pixels each)."""
+    from tests.helpers.fakes import write_folder
+
+    write_folder(tmp_path / "photos", {"cat": 4, "dog": 4})
+    return tmp_path / "photos"
+
+
+def test_data_check_decodes_under_max_pixels(six_pixel_folder, capsys):
+    argv = ["data", "check", f"folder:{six_pixel_folder}", "--verify-images", "--no-progress"]
+    rc, out, _ = run_cli([*argv, "--max-pixels", "36"], capsys)
+    assert rc == 0 and out.splitlines()[-1] == "OK"
+    rc, out, _ = run_cli([*argv, "--max-pixels", "35"], capsys)
+    assert rc == 1 and out.count("6x6 = 36 pixels is over the limit of 35") == 8
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_training_and_evaluation_decode_under_max_pixels(six_pixel_folder, tmp_path, capsys, command):
+    import hybridhash
+
+    if command == "train":
+        argv = ["train", *TINY, "--out", tmp_path / "run"]
+    else:
+        ckpt = tmp_path / "ckpt"
+        hybridhash.create_model("hybridhash_cpu", bits=8, depths=(1, 1, 1)).save_pretrained(str(ckpt))
+        argv = ["evaluate", "--checkpoint", ckpt, "--device", "cpu", "--queries", "1", "--out", tmp_path / "eval"]
+    argv += ["--dataset", f"folder:{six_pixel_folder}", "--max-pixels", "35"]
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 1 and one_error_line(err).endswith("6x6 = 36 pixels is over the limit of 35"), err
