@@ -116,8 +116,8 @@ def build(tmp: Path, megapixels: float) -> tuple[Path, Path]:
     torch.manual_seed(0)
     hybridhash.create_model("hybridhash_cpu", bits=32).save_pretrained(str(tmp / "ckpt"))
     assert cli.main(["encode", "--checkpoint", str(tmp / "ckpt"), "--images", str(images),
-                     "--out", str(tmp / "codes"), "--workers", "0", "--no-progress"]) == 0
-    assert cli.main(["index", "--codes", str(tmp / "codes")]) == 0
+                     "--collection", str(tmp / "codes"), "--workers", "0", "--no-progress"]) == 0
+    assert cli.main(["index", "--collection", str(tmp / "codes")]) == 0
     width = int((megapixels * 1e6 * 5 / 4) ** 0.5)  # 5:4
     height = int(megapixels * 1e6 / width)
     big = tmp / "big.png"
@@ -127,7 +127,7 @@ def build(tmp: Path, megapixels: float) -> tuple[Path, Path]:
 
 def one_run(src: Path, codes: Path, payload: bytes, small: bytes, args, log: Path, extra_env: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1", **extra_env}
-    options = ["--index", codes, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"]
+    options = ["--collection", codes, "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"]
     with serve_process(options, log, env=env) as (pid, url):
         with httpx.Client(base_url=url, timeout=600) as c:  # one small search: the model is loaded and run
             c.post("/search", files={"image": ("small.png", small, "image/png")}).raise_for_status()

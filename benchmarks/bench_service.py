@@ -168,8 +168,8 @@ def main(argv=None) -> dict:
         model.save_pretrained(str(tmp / "ckpt"))
         t0 = time.perf_counter()
         assert cli.main(["encode", "--checkpoint", str(tmp / "ckpt"), "--images", str(tmp / "images"),
-                         "--out", str(tmp / "codes"), "--no-progress"]) == 0
-        assert cli.main(["index", "--codes", str(tmp / "codes")]) == 0
+                         "--collection", str(tmp / "codes"), "--no-progress"]) == 0
+        assert cli.main(["index", "--collection", str(tmp / "codes")]) == 0
         result["encode_and_index_s"] = round(time.perf_counter() - t0, 2)
         retriever = Retriever.open(tmp / "codes")
         result["index"] = getattr(retriever.index, "kind", None)
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
         record(f"in-process, {args.clients} threads",
                concurrent(lambda: (inproc, lambda: None), queries, args.clients, args.per_client))
         for label, max_batch in (("batched", 16), ("unbatched", 1)):
-            options = ["--index", tmp / "codes", "--port", "0", "--max-batch", max_batch, "--log-level", "warning"]
+            options = ["--collection", tmp / "codes", "--port", "0", "--max-batch", max_batch, "--log-level", "warning"]
             with serve_process(options, tmp / "serve.log") as (_, url):
                 caller = http_caller(url, args.k)
                 if label == "batched":

@@ -240,7 +240,7 @@ def small_digits():
 
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(model="cnn_cpu", bits=(16,), out=str(out), quiet=True, threads=1, parallel=1, eval_every=1)
+    base = dict(model="cnn_cpu", bits=(16,), out=str(out), progress=False, threads=1, parallel=1, eval_every=1)
     base.update(kw)
     return TrainConfig(**base)
 

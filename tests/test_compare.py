@@ -24,7 +24,7 @@ from hybridhash.app.compare.report import Finished, recipe_label, schedule_note,
 # hybridhash_cpu with one layer per level: learns on a few digits in seconds
 SMALL = {"depths": [1, 1, 1]}
 ARGS = ["compare", "--methods", "hybridhash", "dsh", "--bits", "16", "--seeds", "0", "1", "--epochs", "1",
-        "--model-overrides", json.dumps(SMALL), "--threads", "1", "--quiet"]
+        "--model-overrides", json.dumps(SMALL), "--threads", "1", "--no-progress"]
 
 
 def _cli(argv):
@@ -133,7 +133,7 @@ def test_a_cell_trained_with_other_options_is_refused_before_any_work(grid_out, 
 
 def test_interrupted_grid_resumes_cell_by_cell(tmp_path, small_digits):
     grid = Grid(methods=("hybridhash", "dsh"), bits=(16,), seeds=(0,), out=str(tmp_path / "grid"),
-                model_overrides=SMALL, epochs=2, threads=1, parallel=1, quiet=True)
+                model_overrides=SMALL, epochs=2, threads=1, parallel=1, progress=False)
     first, second = grid.cells()
 
     class Killed(Exception):

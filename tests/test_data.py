@@ -231,19 +231,19 @@ def test_cifar_errors(fake_cifar, tmp_path):
 
 def test_cifar_check_and_export(fake_cifar, tmp_path, capsys):
     root, images, _ = fake_cifar
-    assert cli.main(["data", "check", "cifar10", "--root", str(root)]) == 1  # 12 per class, 600 needed
+    assert cli.main(["data", "check", "cifar10", "--data-root", str(root)]) == 1  # 12 per class, 600 needed
     assert "class 0 has 12 images, the protocol needs 100 query + 500 train" in capsys.readouterr().out
-    assert cli.main(["data", "check", "cifar10-1", "--root", str(root), "--sizes", "query=2,train=4"]) == 0
+    assert cli.main(["data", "check", "cifar10-1", "--data-root", str(root), "--sizes", "query=2,train=4"]) == 0
     out = capsys.readouterr().out
     assert "query" in out and "OK" in out
-    assert cli.main(["data", "check", "cifar10-1", "--root", str(root), "--sizes", "query=2,train=4",
+    assert cli.main(["data", "check", "cifar10-1", "--data-root", str(root), "--sizes", "query=2,train=4",
                      "--verify-images"]) == 1
     assert "test_batch: md5 differs from the published CIFAR-10 archive" in capsys.readouterr().out
-    assert cli.main(["data", "check", "cifar10", "--root", str(tmp_path)]) == 1
+    assert cli.main(["data", "check", "cifar10", "--data-root", str(tmp_path)]) == 1
     assert "data_batch_1: missing" in capsys.readouterr().out
 
     out_dir = tmp_path / "exp"
-    assert cli.main(["data", "export", "cifar10-2", "--root", str(root), "--sizes", "query=1",
+    assert cli.main(["data", "export", "cifar10-2", "--data-root", str(root), "--sizes", "query=1",
                      "--sets", "query", "--out", str(out_dir)]) == 0
     lines = (out_dir / "test.txt").read_text().splitlines()
     assert len(lines) == 10 and lines[0].startswith("images/")
@@ -362,7 +362,7 @@ def test_data_check_finds_every_problem(list_dir, capsys):
 
 def test_data_check_missing_list_file(tmp_path, capsys):
     (tmp_path / "train.txt").write_text("a.png 0 1\n")
-    assert cli.main(["data", "check", "list", "--root", str(tmp_path), "--no-progress"]) == 1
+    assert cli.main(["data", "check", "list", "--data-root", str(tmp_path), "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "test.txt: list file missing" in out and "a.png: missing" in out
 

@@ -8,7 +8,7 @@ from hybridhash.app import cli
 
 def test_demo_quick_writes_the_table_and_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    assert cli.main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     table = [line.split() for line in printed.splitlines() if line.strip().split()[:1] in (["16"], ["32"])]
     assert [row[0] for row in table] == ["16", "32"] and all(len(row) == 5 for row in table)

@@ -55,7 +55,7 @@ def assert_same_files(a: Path, b: Path) -> None:
 def test_encode_cli_matches_model_and_reports_bad_images(setup, tmp_path, capsys):
     out = tmp_path / "codes"
     rc = cli.main(["encode", "--checkpoint", str(setup["ckpt"]), "--images", str(setup["images"]),
-                   "--out", str(out), "--workers", "2", "--batch-size", "7", "--shard-size", "16",
+                   "--collection", str(out), "--workers", "2", "--batch-size", "7", "--shard-size", "16",
                    "--max-pixels", str(MAX_PIXELS), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -89,7 +89,7 @@ def test_encode_cli_matches_model_and_reports_bad_images(setup, tmp_path, capsys
 
 def test_strict_stops_at_the_first_bad_image(setup, tmp_path, capsys):
     rc = cli.main(["encode", "--checkpoint", str(setup["ckpt"]), "--images", str(setup["images"]),
-                   "--out", str(tmp_path / "codes"), "--workers", "0", "--strict", "--no-progress",
+                   "--collection", str(tmp_path / "codes"), "--workers", "0", "--strict", "--no-progress",
                    "--max-pixels", str(MAX_PIXELS)])
     assert rc == 1
     err = capsys.readouterr().err.strip()
@@ -149,7 +149,7 @@ def test_resume_refuses_another_checkpoint_or_image_list(setup, tmp_path, capsys
     encode_collection(setup["images"], out, setup["ckpt"], model=setup["model"], **kw)
 
     other = save_model(tmp_path / "other", seed=1)
-    rc = cli.main(["encode", "--checkpoint", str(other), "--images", str(setup["images"]), "--out", str(out),
+    rc = cli.main(["encode", "--checkpoint", str(other), "--images", str(setup["images"]), "--collection", str(out),
                    "--workers", "0", "--shard-size", "16", "--max-pixels", str(MAX_PIXELS), "--no-progress"])
     assert rc == 1
     err = capsys.readouterr().err
@@ -165,7 +165,7 @@ def test_resume_refuses_another_checkpoint_or_image_list(setup, tmp_path, capsys
         encode_collection(fewer, out, setup["ckpt"], model=setup["model"], **kw)
 
     # --no-resume replaces the collection
-    rc = cli.main(["encode", "--checkpoint", str(other), "--images", str(fewer), "--out", str(out),
+    rc = cli.main(["encode", "--checkpoint", str(other), "--images", str(fewer), "--collection", str(out),
                    "--workers", "0", "--no-resume", "--no-progress"])
     assert rc == 0
     col = open_collection(out)
@@ -278,12 +278,12 @@ def test_collection_paths_never_leave_the_image_root(tmp_path):
 
 def test_bad_arguments_are_one_line_errors(setup, tmp_path, capsys):
     assert cli.main(["encode", "--checkpoint", str(setup["ckpt"]), "--images", str(tmp_path / "nope"),
-                     "--out", str(tmp_path / "c")]) == 1
+                     "--collection", str(tmp_path / "c")]) == 1
     assert "no such folder or list file" in capsys.readouterr().err
     not_empty = tmp_path / "docs"
     not_empty.mkdir()
     (not_empty / "thesis.tex").write_text("x")
     assert cli.main(["encode", "--checkpoint", str(setup["ckpt"]), "--images", str(setup["images"]),
-                     "--out", str(not_empty), "--workers", "0"]) == 1
+                     "--collection", str(not_empty), "--workers", "0"]) == 1
     assert "not a code collection" in capsys.readouterr().err
     assert (not_empty / "thesis.tex").exists()

@@ -107,7 +107,7 @@ def test_encode_and_search_give_the_same_codes_on_every_runtime(world, capsys):
     outs = {}
     for runtime in ("torch", "onnx", "openvino"):
         out = world["base"] / f"codes_{runtime}"
-        assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+        assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--collection", str(out),
                          "--workers", "0", "--no-progress", "--runtime", runtime]) == 0
         outs[runtime] = out
     a = open_collection(outs["torch"])
@@ -117,7 +117,7 @@ def test_encode_and_search_give_the_same_codes_on_every_runtime(world, capsys):
         assert np.array_equal(np.asarray(a.codes), np.asarray(b.codes))  # every bit
     capsys.readouterr()
     query = str(images / a.path(3))
-    assert cli.main(["search", "--index", str(outs["onnx"]), query, "--k", "1", "--json", "--runtime", "onnx"]) == 0
+    assert cli.main(["search", "--collection", str(outs["onnx"]), query, "--k", "1", "--json", "--runtime", "onnx"]) == 0
     hit = json.loads(capsys.readouterr().out)["results"][0]["hits"][0]
     assert hit["distance"] == 0 and hit["path"] == a.path(3)
 

@@ -170,7 +170,7 @@ def test_refuses_checkpoint_of_other_bits_or_model(world, tmp_path, capsys):
         Retriever.open(world["codes"], checkpoint=other_model)
     assert fp_other in str(err.value) and fp_codes in str(err.value)
 
-    assert cli.main(["search", "--index", str(world["codes"]), world["queries"][0], "--checkpoint",
+    assert cli.main(["search", "--collection", str(world["codes"]), world["queries"][0], "--checkpoint",
                      str(other_model)]) == 1
     err_text = capsys.readouterr().err
     assert err_text.startswith("error: ") and fp_other in err_text
@@ -179,7 +179,7 @@ def test_refuses_checkpoint_of_other_bits_or_model(world, tmp_path, capsys):
 def test_index_command_and_saved_index(world, retriever, tmp_path, capsys):
     from hybridhash.index import HashIndex
 
-    assert cli.main(["index", "--codes", str(world["codes"])]) == 0
+    assert cli.main(["index", "--collection", str(world["codes"])]) == 0
     capsys.readouterr()
     assert index_path(world["codes"]).is_file()
     r = Retriever.open(world["codes"])
@@ -196,28 +196,28 @@ def test_index_command_and_saved_index(world, retriever, tmp_path, capsys):
 
     # a sub-linear kind: saved with its parameters; scanning every cell it equals the exact search
     out = tmp_path / "ivf"
-    assert cli.main(["index", "--codes", str(world["codes"]), "--kind", "ivf", "--nlist", "2", "--nprobe", "2",
+    assert cli.main(["index", "--collection", str(world["codes"]), "--kind", "ivf", "--nlist", "2", "--nprobe", "2",
                      "--out", str(out)]) == 0
     ivf = HashIndex.load(index_path(out), expect_bits=BITS)
     assert (ivf.kind, ivf.params["nlist"], ivf.nprobe, ivf.ntotal) == ("ivf", 2, 2, r.count)
     assert Retriever(r.model, r.collection, ivf).search(queries, k=9) == retriever.search(queries, k=9)
     r_ivf = Retriever.open(world["codes"], kind="ivf")  # not the saved kind: built in memory
     assert r_ivf.index.kind == "ivf" and r_ivf.index.ntotal == r.count
-    assert cli.main(["index", "--codes", str(world["codes"]), "--nprobe", "2"]) == 1
+    assert cli.main(["index", "--collection", str(world["codes"]), "--nprobe", "2"]) == 1
     assert "applies to ivf" in capsys.readouterr().err
 
 
 def test_search_cli_table_and_json(world, retriever, capsys):
     queries = world["queries"]
     want = retriever.search(queries, k=3)
-    assert cli.main(["search", "--index", str(world["codes"]), *queries, "--k", "3"]) == 0
+    assert cli.main(["search", "--collection", str(world["codes"]), *queries, "--k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ["query", "rank", "distance", "path", "label"]
     assert len(lines) == 1 + 3 * len(queries)
     for line, (q, h) in zip(lines[1:], [(q, h) for q, row in zip(queries, want) for h in row]):
         assert line.split() == [q, str(h.rank), str(h.distance), h.path, h.label]
 
-    assert cli.main(["search", "--index", str(world["codes"]), *queries, "--k", "3", "--json"]) == 0
+    assert cli.main(["search", "--collection", str(world["codes"]), *queries, "--k", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["k"] == 3 and [res["query"] for res in doc["results"]] == queries
     assert [res["hits"] for res in doc["results"]] == [[h.to_dict() for h in row] for row in want]

@@ -358,17 +358,17 @@ def test_paths_leaving_the_image_root_are_not_served(built, tmp_path):
 # the command
 
 def test_serve_command_rejects_bad_options(built, capsys):
-    assert cli.main(["serve", "--index", str(built["codes"]), "--port", "70000"]) == 1
+    assert cli.main(["serve", "--collection", str(built["codes"]), "--port", "70000"]) == 1
     assert "--port" in capsys.readouterr().err
-    assert cli.main(["serve", "--index", str(built["codes"]), "--max-upload-mb", "0"]) == 1
+    assert cli.main(["serve", "--collection", str(built["codes"]), "--max-upload-mb", "0"]) == 1
     assert "--max-upload-mb" in capsys.readouterr().err
-    assert cli.main(["serve", "--index", str(built["codes"].parent / "nowhere")]) == 1
+    assert cli.main(["serve", "--collection", str(built["codes"].parent / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
 
 
 def test_serve_command_binds_loopback_and_prints_the_url(built, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc, lines_q = start_serve(["--index", built["codes"], "--port", "0", "--log-level", "warning"],
+    proc, lines_q = start_serve(["--collection", built["codes"], "--port", "0", "--log-level", "warning"],
                                 tmp_path / "stderr.txt", env=env)  # stderr to a file, not a pipe nobody drains
     try:
         lines = [lines_q.get(timeout=120), lines_q.get(timeout=120)]

@@ -33,7 +33,7 @@ def small_digits():
 
 
 def small_config(out, **kw) -> TrainConfig:
-    base = dict(model="hybridhash_cpu", model_overrides=SMALL, bits=(16,), out=str(out), quiet=True, threads=1,
+    base = dict(model="hybridhash_cpu", model_overrides=SMALL, bits=(16,), out=str(out), progress=False, threads=1,
                 parallel=1, eval_every=1)
     base.update(kw)
     return TrainConfig(**base)
@@ -278,7 +278,7 @@ def test_cli_train_in_process(tmp_path, capsys, caplog):
     # per-image transforms in a DataLoader (the pretrained recipe's path) and the original's selection
     out = tmp_path / "cli"
     args = ["train", "--dataset", "digits", "--model", "hybridhash_cpu", "--model-overrides", '{"depths": [1, 1, 1]}',
-            "--bits", "8", "16", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--quiet",
+            "--bits", "8", "16", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-progress",
             "--threads", "1", "--parallel", "1", "--data-mode", "stream", "--select-on", "query"]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out

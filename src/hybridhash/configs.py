@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Type, TypeVar
 
 from .errors import ConfigError
+from .limits import MAX_INT_OPTION, MAX_PIXELS_CAP, MAX_THREADS, MAX_WORKERS
 
 T = TypeVar("T")
 
@@ -65,3 +66,14 @@ class Bounds:
             ok = value < self.high if self.high_open else value <= self.high
         if not ok:
             raise ConfigError(f"{name} must be {self.describe()}, got {value!r}")
+
+
+# ranges shared by the options of several commands and configs
+COUNT = Bounds(1, MAX_INT_OPTION, integer=True)  # epochs, sizes, intervals
+NONNEGATIVE_INT = Bounds(0, MAX_INT_OPTION, integer=True)  # seeds, counts that may be 0
+POSITIVE = Bounds(0, low_open=True)
+NONNEGATIVE = Bounds(0)
+FRACTION = Bounds(0, 1, high_open=True)  # a share of a set, e.g. the validation images
+WORKERS = Bounds(0, MAX_WORKERS, integer=True)  # data-loading processes
+THREADS = Bounds(1, MAX_THREADS, integer=True)  # threads of one process
+PIXELS = Bounds(1, MAX_PIXELS_CAP, integer=True)  # width * height of the largest image decoded

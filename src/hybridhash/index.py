@@ -41,6 +41,7 @@ from .codes import MAX_BITS, check_bits, hamming_distances  # noqa: F401  (re-ex
 from .codes import as_packed as pack_codes  # the lenient reader: packed, or values of any sign
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json
+from .limits import K_CAP
 from .runtime import usable_cores
 
 _log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ __all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "MAX_K", "check_k
 
 EMPTY_ID = -1
 EMPTY_DISTANCE = int(np.iinfo(np.int32).max)  # faiss fills empty heap slots with this
-# most results one search may ask for: the (n, k) result is allocated up front, at 12 bytes a slot
-MAX_K = 1_000_000
+# most results one search may ask for (limits.K_CAP)
+MAX_K = K_CAP
 MANIFEST_FORMAT = "hybridhash-index"
 MANIFEST_VERSION = 1
 

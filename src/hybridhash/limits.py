@@ -6,6 +6,9 @@ from __future__ import annotations
 # thumbnails alike, so an image that was encoded can always be shown. PIL's own bomb limit.
 MAX_PIXELS: int = 89_478_485
 
+# the most --max-pixels may raise that limit to: a 65536 x 65536 image (12 GiB as 8-bit RGB)
+MAX_PIXELS_CAP: int = 1 << 32
+
 # Longest edge an image is resized to before the centre crop (img_size / crop_pct, from a config
 # or an export's metadata): a square image resized to 8192 px takes 200 MB as 8-bit RGB.
 MAX_RESIZE: int = 8192
@@ -24,14 +27,24 @@ MAX_UPLOAD_BYTES: int = 20 * 2**20  # largest accepted upload
 # uncompressed (16-bit RGBA TIFF, 8 bytes a pixel)
 UPLOAD_BYTES_CAP: int = 1024 * 2**20
 MAX_K: int = 100  # most results one search may ask for
+# the most any search may ask for (and --max-k allow): the (n, k) result is allocated up front, at 12
+# bytes a slot
+K_CAP: int = 1_000_000
 MAX_BATCH: int = 16  # most concurrent queries encoded in one forward
 MAX_DECODES: int = 2  # images decoded at once (a 49 MP PNG costs ~190 MB while it decodes)
 MAX_REQUESTS: int = 32  # requests answered at once; more get 503 with Retry-After
 BODY_TIMEOUT: float = 30.0  # seconds an upload may stall between two chunks before a 408
 KEEP_ALIVE_TIMEOUT: int = 5  # seconds an idle keep-alive connection stays open
+# the most the service's options may raise those to
+MAX_BATCH_CAP: int = 4096
+MAX_DECODES_CAP: int = 256
+MAX_REQUESTS_CAP: int = 65536
+MAX_TIMEOUT: int = 3600  # seconds, for --body-timeout and --keep-alive-timeout
 
-# the oldest ONNX opset the export writes (and its default)
+# the oldest ONNX opset the export writes (and its default), and the most --opset may ask for (the
+# torch installed says which of those it writes)
 ONNX_OPSET: int = 17
+ONNX_OPSET_CAP: int = 99
 
 # training and evaluation options
 MAX_INT_OPTION: int = 2**32 - 1  # seeds, epochs, sizes, intervals, methods' integer hyper-parameters:

@@ -50,7 +50,7 @@ def test_train_refuses_a_code_length_no_index_holds_before_any_work(bits, tmp_pa
     monkeypatch.setattr(trainer, "load_run_protocol", no_work)
     out = tmp_path / "run"
     start = time.monotonic()
-    assert cli.main(["train", "--bits", "16", bits, "--out", str(out), "--quiet"]) == 1
+    assert cli.main(["train", "--bits", "16", bits, "--out", str(out), "--no-progress"]) == 1
     assert time.monotonic() - start < 5
     err = capsys.readouterr().err
     assert err == f"error: --bits {BITS_MESSAGE.format(bits)}\n"
@@ -135,7 +135,7 @@ def test_retriever_answers_a_huge_k_with_the_whole_collection_in_bounded_memory(
 
 @pytest.mark.parametrize("k", ["1000001", str(10**30), "0"])
 def test_search_cli_refuses_k_in_one_line_before_loading(k, tmp_path, capsys):
-    assert cli.main(["search", str(tmp_path / "q.png"), "--index", str(tmp_path / "nowhere"), "--k", k]) == 1
+    assert cli.main(["search", str(tmp_path / "q.png"), "--collection", str(tmp_path / "nowhere"), "--k", k]) == 1
     err = capsys.readouterr().err
     assert err == f"error: --k must be a positive integer of at most {MAX_K}, got {k}\n"
 
@@ -435,7 +435,7 @@ def test_an_idle_keep_alive_connection_is_closed(tmp_path):
 @pytest.mark.parametrize("option, value", [("--max-decodes", "0"), ("--body-timeout", "0"),
                                            ("--keep-alive-timeout", "0")])
 def test_serve_refuses_bad_limits_in_one_line(tmp_path, capsys, option, value):
-    assert cli.main(["serve", "--index", str(tmp_path / "nowhere"), option, value]) == 1
+    assert cli.main(["serve", "--collection", str(tmp_path / "nowhere"), option, value]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {option} must be") and err.count("\n") == 1
 

@@ -59,7 +59,7 @@ def model(ckpt):
 
 
 def encode_cli(images: Path, out: Path, ckpt: Path, *extra: str) -> int:
-    return cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+    return cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--collection", str(out),
                      "--workers", "0", "--no-progress", "--shard-size", "2", *extra])
 
 
@@ -78,20 +78,20 @@ def test_reencoded_collection_is_not_answered_by_the_old_index(tmp_path, ckpt, c
     b_names = make_flat(b, 4, seed=2, prefix="b")
     assert encode_cli(a, out, ckpt) == 0
     codes_a = np.array(open_collection(out).codes)
-    assert cli.main(["index", "--codes", str(out)]) == 0
+    assert cli.main(["index", "--collection", str(out)]) == 0
 
     assert encode_cli(b, out, ckpt, "--no-resume") == 0  # same count, same model
     col = open_collection(out)
     assert not np.array_equal(codes_a, np.asarray(col.codes))
     capsys.readouterr()
     j = 2
-    assert cli.main(["search", "--index", str(out), str(b / b_names[j]), "--k", "4", "--json"]) == 0
+    assert cli.main(["search", "--collection", str(out), str(b / b_names[j]), "--k", "4", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
     want = brute_force(np.asarray(col.codes)[j], np.asarray(col.codes))
     assert [(h["distance"], h["id"]) for h in hits] == want
     assert {"distance": 0, "path": b_names[j]}.items() <= next(h for h in hits if h["id"] == j).items()
     assert not (out / "index.faiss").exists()  # the project's own index of A's codes went with them
-    assert cli.main(["index", "--codes", str(out)]) == 0
+    assert cli.main(["index", "--collection", str(out)]) == 0
     side = json.loads((out / "index.faiss.json").read_text())
     assert side["codes_sha256"] == col.codes_sha256
 
@@ -107,7 +107,7 @@ def test_a_stale_saved_index_is_rebuilt_and_an_explicit_one_refused(tmp_path, ck
     assert encode_cli(a, other, ckpt) == 0
     col, col_other = open_collection(out), open_collection(other)
     # an index of A's codes planted beside B's collection (count and model agree)
-    assert cli.main(["index", "--codes", str(other), "--out", str(out)]) == 0
+    assert cli.main(["index", "--collection", str(other), "--out", str(out)]) == 0
     with caplog.at_level(logging.WARNING, logger="hybridhash.retrieval"):
         r = Retriever.open(out)
     assert "not these codes" in caplog.text
@@ -133,7 +133,7 @@ def test_foreign_directory_is_refused_and_left_byte_identical(tmp_path, ckpt, ca
     before = snapshot(out)
     assert encode_cli(images, out, ckpt, *([] if resume else ["--no-resume"])) == 1
     err = one_line_error(capsys)
-    assert err == (f"error: --out {out} is not empty and is not a hybridhash collection (not a code collection "
+    assert err == (f"error: --collection {out} is not empty and is not a hybridhash collection (not a code collection "
                    f"this project wrote); choose an empty or new directory")
     assert snapshot(out) == before
 
@@ -305,15 +305,15 @@ def test_disk_full_while_saving_an_index(tmp_path, ckpt, capsys, monkeypatch):
 
     monkeypatch.setattr(index_mod.faiss, "write_index_binary", full)
     capsys.readouterr()
-    assert cli.main(["index", "--codes", str(out)]) == 1
+    assert cli.main(["index", "--collection", str(out)]) == 1
     assert one_line_error(capsys) == (f"error: no space left on device while writing {out / 'index.faiss'}: "
                                       f"free space and rerun; no index was saved")
     assert snapshot(out) == before
     monkeypatch.undo()
-    assert cli.main(["index", "--codes", str(out)]) == 0
+    assert cli.main(["index", "--collection", str(out)]) == 0
     saved = snapshot(out)
     monkeypatch.setattr(index_mod.faiss, "write_index_binary", full)
-    assert cli.main(["index", "--codes", str(out)]) == 1
+    assert cli.main(["index", "--collection", str(out)]) == 1
     assert snapshot(out) == saved  # a failed re-save leaves the saved pair as it was
     monkeypatch.undo()
     assert HashIndex.load(out / "index.faiss", expect_codes_sha256=open_collection(out).codes_sha256).ntotal == 4
@@ -397,7 +397,7 @@ def test_inconsistent_manifest_is_a_one_line_error_naming_it(tmp_path, model, ck
     with pytest.raises(DataError, match="manifest.json"):
         Retriever.open(out)
     capsys.readouterr()
-    for argv in (["index", "--codes", str(out)], ["search", "--index", str(out), str(images / "img_0.png")]):
+    for argv in (["index", "--collection", str(out)], ["search", "--collection", str(out), str(images / "img_0.png")]):
         assert cli.main(argv) == 1
         msg = one_line_error(capsys)
         assert str(mpath) in msg and words in msg

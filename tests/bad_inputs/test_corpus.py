@@ -150,7 +150,7 @@ def write_good(folder: Path) -> list:
 
 
 def encode_argv(images, out, ckpt, *extra):
-    return ["encode", "--checkpoint", ckpt, "--images", images, "--out", out, "--workers", "0",
+    return ["encode", "--checkpoint", ckpt, "--images", images, "--collection", out, "--workers", "0",
             "--no-progress", *extra]
 
 
@@ -228,7 +228,7 @@ def test_encode_strict_stops_at_a_bad_image_and_leaves_nothing(tmp_path, ckpt, c
     assert sorted(set(after) - set(before)) == ["codes/.hybridhash.lock", "codes/shards/items.txt",
                                                 "codes/shards/plan.json"]
     assert {k: v for k, v in after.items() if k in before} == before
-    assert run_cli(["index", "--codes", tmp_path / "codes"]) == 1
+    assert run_cli(["index", "--collection", tmp_path / "codes"]) == 1
     one_error_line(capsys, str(tmp_path / "codes"), "encoding has not finished")
 
 
@@ -480,7 +480,7 @@ def collection(tmp_path_factory, ckpt):
     base = tmp_path_factory.mktemp("col")
     write_good(base / "images")
     assert run_cli(encode_argv(base / "images", base / "codes", ckpt)) == 0
-    assert run_cli(["index", "--codes", base / "codes"]) == 0
+    assert run_cli(["index", "--collection", base / "codes"]) == 0
     return base / "images", base / "codes"
 
 
@@ -556,7 +556,7 @@ def test_search_refuses_a_checkpoint_of_another_model(collection, tmp_path, caps
     images, codes = collection
     extra, want = SEARCH_MISMATCH[case](tmp_path)
     before = snapshot(codes), snapshot(images), snapshot(tmp_path)
-    assert run_cli(["search", images / "good_0.png", "--index", codes, *extra]) == 1
+    assert run_cli(["search", images / "good_0.png", "--collection", codes, *extra]) == 1
     line = one_error_line(capsys, str(codes), str(extra[1]))
     fingerprint = open_collection(codes).fingerprint
     assert line.startswith("error: " + want.format(c=codes, k=extra[1], f=fingerprint))
@@ -566,7 +566,7 @@ def test_search_refuses_a_checkpoint_of_another_model(collection, tmp_path, caps
 def test_search_refuses_an_index_that_is_not_a_collection(collection, capsys):
     images, _ = collection
     before = snapshot(images)
-    assert run_cli(["search", images / "good_0.png", "--index", images]) == 1
+    assert run_cli(["search", images / "good_0.png", "--collection", images]) == 1
     assert one_error_line(capsys) == f"error: {images}: not a code collection (no manifest.json)"
     assert snapshot(images) == before
 
@@ -607,7 +607,7 @@ def test_index_refuses_damaged_code_files(collection, tmp_path, capsys, case):
     d = _copy(codes, tmp_path / "codes")
     culprit, want = CODE_FILES[case](d, tmp_path / "marker")
     before = snapshot(tmp_path), snapshot(images)
-    assert run_cli(["index", "--codes", d]) == 1
+    assert run_cli(["index", "--collection", d]) == 1
     assert one_error_line(capsys, culprit).startswith(want)
     assert not (tmp_path / "marker").exists()
     assert (snapshot(tmp_path), snapshot(images)) == before

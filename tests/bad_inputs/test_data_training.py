@@ -30,7 +30,7 @@ from hybridhash.runtime import pick_device
 
 SMALL = '{"depths": [1, 1, 1]}'
 TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits", "8", "--epochs", "1",
-              "--batch-size", "4", "--quiet", "--threads", "1", "--parallel", "1", "--device", "cpu"]
+              "--batch-size", "4", "--no-progress", "--threads", "1", "--parallel", "1", "--device", "cpu"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_a_cifar_batch_that_runs_code_is_refused_unrun(crafted_cifar, tmp_path, 
     root, batch, marker = crafted_cifar
     before = snapshot(root)
     out = tmp_path / "run"
-    argv = command + ["--root", root] + (["--out", out] if command[0] == "train" else [])
+    argv = command + ["--data-root", root] + (["--out", out] if command[0] == "train" else [])
     rc, _, err = run_cli(argv, capsys)
     assert rc == 1
     assert one_error_line(err) == unsafe_message(batch, "io.open")
@@ -202,9 +202,9 @@ def test_pick_device_messages(no_gpu, monkeypatch):
 @pytest.mark.parametrize("command", [
     ["train", "--dataset", "digits", "--bits", "8"],
     ["evaluate", "--checkpoint", "{tmp}"],
-    ["encode", "--checkpoint", "{tmp}/ck", "--images", "{tmp}", "--out", "{tmp}/codes"],
-    ["search", "{tmp}/q.png", "--index", "{tmp}/codes"],
-    ["serve", "--index", "{tmp}/codes"],
+    ["encode", "--checkpoint", "{tmp}/ck", "--images", "{tmp}", "--collection", "{tmp}/codes"],
+    ["search", "{tmp}/q.png", "--collection", "{tmp}/codes"],
+    ["serve", "--collection", "{tmp}/codes"],
 ])
 def test_unusable_device_is_a_one_line_error_in_every_command(no_gpu, tmp_path, capsys, command, device):
     before = snapshot(tmp_path)

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 BITS = 8
 SMALL = '{"depths": [1, 1, 1]}'
 TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits", str(BITS), "--epochs", "1",
-              "--batch-size", "4", "--quiet", "--threads", "1", "--parallel", "1", "--device", "cpu"]
+              "--batch-size", "4", "--no-progress", "--threads", "1", "--parallel", "1", "--device", "cpu"]
 DEADLINE = 90.0  # seconds a command on a handful of 6 px images may take on a loaded machine
 DEEP = "[" * 100_000 + "]" * 100_000  # far past the recursion limit of any parser that recurses
 SRC = str(Path(hybridhash.__file__).resolve().parents[1])  # the hybridhash these tests import
@@ -106,7 +106,7 @@ def ckpt(tmp_path_factory):
 
 
 def encode_argv(images: Path, out: Path, ckpt: Path, *extra) -> list:
-    return ["encode", "--checkpoint", ckpt, "--images", images, "--out", out, "--workers", "0", "--no-progress",
+    return ["encode", "--checkpoint", ckpt, "--images", images, "--collection", out, "--workers", "0", "--no-progress",
             *extra]
 
 
@@ -205,7 +205,7 @@ def test_search_refuses_a_named_pipe_as_a_query(tmp_path, ckpt, capsys):
     write_folder(images, {"a": 2})
     assert run_cli(encode_argv(images, out, ckpt), capsys)[0] == 0
     pipe = fifo(tmp_path / "query.png")
-    rc, _, err = within_deadline(lambda: run_cli(["search", "--index", out, pipe], capsys), pipe)
+    rc, _, err = within_deadline(lambda: run_cli(["search", "--collection", out, pipe], capsys), pipe)
     assert rc == 1 and one_error_line(err) == f"{pipe}: is a named pipe (FIFO), {NOT_REGULAR}"
 
 
@@ -358,7 +358,7 @@ def test_a_deeply_nested_manifest_json_is_one_line(tmp_path, ckpt, capsys):
     assert run_cli(encode_argv(images, out, ckpt), capsys)[0] == 0
     manifest = out / "manifest.json"
     manifest.write_text(DEEP)
-    for argv in (["search", "--index", out, images / "a" / "000.png"], ["index", "--codes", out]):
+    for argv in (["search", "--collection", out, images / "a" / "000.png"], ["index", "--collection", out]):
         rc, _, err = run_cli(argv, capsys)
         assert rc == 1
         assert one_error_line(err) == f"{manifest}: JSON nested too deeply to read; is this the right file?"

@@ -228,10 +228,10 @@ def test_a_collection_refuses_other_weights_under_an_old_config(tmp_path, base, 
     ckpt, _ = swapped
     images, out = tmp_path / "images", tmp_path / "codes"
     names = make_flat(images, 2)
-    assert cli.main(["encode", "--checkpoint", str(base), "--images", str(images), "--out", str(out),
+    assert cli.main(["encode", "--checkpoint", str(base), "--images", str(images), "--collection", str(out),
                      "--workers", "0", "--no-progress"]) == 0
     capsys.readouterr()
-    assert cli.main(["search", "--index", str(out), "--checkpoint", str(ckpt), str(images / names[0])]) == 1
+    assert cli.main(["search", "--collection", str(out), "--checkpoint", str(ckpt), str(images / names[0])]) == 1
     assert "encoded by model" in one_line_error(capsys)
 
 

@@ -32,7 +32,7 @@ from tests.bad_inputs.test_data_training import one_error_line, run_cli, snapsho
 
 SMALL = {"depths": [1, 1, 1]}
 TINY = ["--model", "hybridhash_cpu", "--model-overrides", '{"depths": [1, 1, 1]}', "--epochs", "1",
-        "--batch-size", "16", "--quiet", "--threads", "1", "--parallel", "1", "--device", "cpu"]
+        "--batch-size", "16", "--no-progress", "--threads", "1", "--parallel", "1", "--device", "cpu"]
 WAIT = 180  # seconds a test waits for a spawned process to reach its lock (it imports torch first)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -45,7 +45,7 @@ def small_digits():
 
 def tiny_config(out: Path, **kw) -> TrainConfig:
     """The options TINY gives on the command line, with 16 bits."""
-    base = dict(model="hybridhash_cpu", model_overrides=SMALL, bits=(16,), epochs=1, batch_size=16, quiet=True,
+    base = dict(model="hybridhash_cpu", model_overrides=SMALL, bits=(16,), epochs=1, batch_size=16, progress=False,
                 threads=1, parallel=1, device="cpu", out=str(out))
     return TrainConfig(**{**base, **kw})
 
@@ -81,7 +81,7 @@ def _compare(out: Path, log: Path, ready: typing.Optional[Path], go: typing.Opti
 
     torch.set_num_threads(1)
     grid = Grid(methods=("hybridhash", "dsh"), bits=(16,), seeds=(0,), out=str(out), model_overrides=SMALL,
-                epochs=1, threads=1, parallel=1, quiet=True, device="cpu")
+                epochs=1, threads=1, parallel=1, progress=False, device="cpu")
     with open(log, "w") as f:
         def echo(line):
             f.write(line + "\n")

@@ -26,6 +26,7 @@ from hybridhash.app import cli
 from hybridhash.collection import open_collection
 from hybridhash.errors import ConfigError, DataError
 from hybridhash.index import MAX_K as K_CAP
+from hybridhash.limits import MAX_REQUESTS_CAP
 from hybridhash.retrieval import Hit
 from hybridhash.app.serve import BackgroundServer, create_app
 from hybridhash.app.serve import uploads as uploads_mod
@@ -123,7 +124,7 @@ def test_allowed_hosts_are_the_loopback_names_the_bound_name_and_the_additions(t
 
 @pytest.mark.parametrize("value", ["http://photos.lan", "photos.lan:80"])
 def test_serve_refuses_a_malformed_allowed_host_in_one_line(tmp_path, capsys, value):
-    assert cli.main(["serve", "--index", str(tmp_path / "nowhere"), "--allowed-host", "ok.lan",
+    assert cli.main(["serve", "--collection", str(tmp_path / "nowhere"), "--allowed-host", "ok.lan",
                      "--allowed-host", value]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: --allowed-host {value!r}: not a host name") and err.count("\n") == 1
@@ -146,7 +147,7 @@ def evil_collection(tmp_path_factory):
     torch.manual_seed(0)
     hybridhash.create_model("hybridhash_cpu", bits=32).save_pretrained(str(base / "ckpt"))
     codes = base / "codes"
-    assert cli.main(["encode", "--checkpoint", str(base / "ckpt"), "--images", str(images), "--out", str(codes),
+    assert cli.main(["encode", "--checkpoint", str(base / "ckpt"), "--images", str(images), "--collection", str(codes),
                      "--workers", "0", "--no-progress"]) == 0
     return {"images": images, "codes": codes, "evil": images / (EVIL + ".png")}
 
@@ -154,14 +155,14 @@ def evil_collection(tmp_path_factory):
 def test_search_table_escapes_names_and_json_keeps_them_exact(evil_collection, capsys):
     capsys.readouterr()
     query = str(evil_collection["evil"])
-    assert cli.main(["search", "--index", str(evil_collection["codes"]), query, "--k", "3"]) == 0
+    assert cli.main(["search", "--collection", str(evil_collection["codes"]), query, "--k", "3"]) == 0
     out = capsys.readouterr().out
     _no_escape(out)
     shown = r"evil\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J.png"
     rows = out.splitlines()[1:]
     assert len(rows) == 3 and all(r.startswith(query.replace(EVIL, shown[:-4])) for r in rows)  # the query column
     assert sum(r.endswith(" " + shown) for r in rows) == 1  # its own hit, in the path column
-    assert cli.main(["search", "--index", str(evil_collection["codes"]), query, "--k", "3", "--json"]) == 0
+    assert cli.main(["search", "--collection", str(evil_collection["codes"]), query, "--k", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["results"][0]["query"] == query
     assert EVIL + ".png" in [h["path"] for h in doc["results"][0]["hits"]]
@@ -169,7 +170,7 @@ def test_search_table_escapes_names_and_json_keeps_them_exact(evil_collection, c
 
 def test_an_error_naming_a_hostile_file_is_escaped(evil_collection, capsys):
     missing = str(evil_collection["images"] / ("gone" + EVIL + ".png"))
-    assert cli.main(["search", "--index", str(evil_collection["codes"]), missing]) == 1
+    assert cli.main(["search", "--collection", str(evil_collection["codes"]), missing]) == 1
     err = capsys.readouterr().err
     _no_escape(err)
     assert err.startswith("error: ") and err.count("\n") == 1 and r"gone" + r"evil\x1b]52" in err
@@ -327,7 +328,7 @@ def test_serve_memory_follows_the_decoders_not_the_clients(serve_collection, tmp
     assert len(payload) < 200_000
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("MALLOC_ARENA_MAX", None)
-    with serve_process(["--index", serve_collection["codes"], "--port", "0", "--log-level", "warning"],
+    with serve_process(["--collection", serve_collection["codes"], "--port", "0", "--log-level", "warning"],
                        tmp_path / "stderr.txt", env=env, start_timeout=120) as (pid, url):
         assert url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=url, timeout=300) as c:
@@ -406,7 +407,7 @@ def test_a_manifest_field_of_the_wrong_type_is_refused_naming_the_manifest(copie
     with pytest.raises(DataError) as err:
         open_collection(copied["codes"])
     assert str(err.value).startswith(f"{mpath}: {expect}")
-    assert cli.main(["search", "--index", str(copied["codes"]), str(copied["images"] / "circles/circles_00.png")]) == 1
+    assert cli.main(["search", "--collection", str(copied["codes"]), str(copied["images"] / "circles/circles_00.png")]) == 1
     out = capsys.readouterr().err
     assert out.startswith(f"error: {mpath}: {field}") and out.count("\n") == 1
 
@@ -467,22 +468,22 @@ def no_serving(monkeypatch):
 
 
 @pytest.mark.parametrize("option, value, expect", [
-    ("--max-upload-mb", "inf", "--max-upload-mb must be at most 1024, got inf"),
-    ("--max-upload-mb", "1e400", "--max-upload-mb must be at most 1024, got inf"),
-    ("--max-upload-mb", "5000", "--max-upload-mb must be at most 1024, got 5000"),
-    ("--max-upload-mb", "nan", "--max-upload-mb must be positive, got nan"),
+    ("--max-upload-mb", "inf", "--max-upload-mb must be a finite number > 0 and <= 1024, got inf"),
+    ("--max-upload-mb", "1e400", "--max-upload-mb must be a finite number > 0 and <= 1024, got inf"),
+    ("--max-upload-mb", "5000", "--max-upload-mb must be a finite number > 0 and <= 1024, got 5000.0"),
+    ("--max-upload-mb", "nan", "--max-upload-mb must be a finite number > 0 and <= 1024, got nan"),
     ("--max-k", str(K_CAP + 1), f"--max-k must be a positive integer of at most {K_CAP}, got {K_CAP + 1}"),
     ("--max-k", str(10**30), f"--max-k must be a positive integer of at most {K_CAP}, got {10**30}"),
-    ("--max-requests", "0", "--max-requests must be at least 1, got 0"),
+    ("--max-requests", "0", f"--max-requests must be an integer from 1 to {MAX_REQUESTS_CAP}, got 0"),
 ])
 def test_serve_refuses_unbounded_limits_in_one_line(serve_collection, capsys, no_serving, option, value, expect):
-    assert cli.main(["serve", "--index", str(serve_collection["codes"]), "--port", "0", option, value]) == 1
+    assert cli.main(["serve", "--collection", str(serve_collection["codes"]), "--port", "0", option, value]) == 1
     assert capsys.readouterr().err == f"error: {expect}\n"
 
 
 def test_serve_accepts_the_caps_themselves(serve_collection, no_serving):
     with pytest.raises(no_serving):
-        cli.main(["serve", "--index", str(serve_collection["codes"]), "--port", "0", "--max-upload-mb", "1024",
+        cli.main(["serve", "--collection", str(serve_collection["codes"]), "--port", "0", "--max-upload-mb", "1024",
                   "--max-k", str(K_CAP)])
 
 

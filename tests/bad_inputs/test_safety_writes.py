@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 BITS = 16
 SMALL = '{"depths": [1, 1, 1]}'
 TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits", "8", "--epochs", "1",
-              "--batch-size", "4", "--quiet", "--threads", "1", "--parallel", "1", "--device", "cpu"]
+              "--batch-size", "4", "--no-progress", "--threads", "1", "--parallel", "1", "--device", "cpu"]
 FOREIGN = b"a file hybridhash did not write: "
 
 
@@ -70,7 +70,8 @@ def stop(*args, **kwargs):
 # every command that takes --out, with a folder of someone else's files
 
 def out_commands() -> list:
-    """The words of every sub-command, nested ones included, whose options include ``--out``."""
+    """The words of every sub-command, nested ones included, whose options include ``--out`` (among them
+    ``encode``, whose ``--collection`` still answers to ``--out``, its spelling before)."""
     found = []
 
     def walk(parser: argparse.ArgumentParser, words: tuple) -> None:
@@ -114,7 +115,7 @@ def _setups(base: Path, ckpt: Path) -> dict:
 
     def encoded(monkeypatch):
         if not codes.exists():
-            assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(flat), "--out", str(codes),
+            assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(flat), "--collection", str(codes),
                              "--workers", "0", "--no-progress"]) == 0
 
     return {
@@ -123,13 +124,13 @@ def _setups(base: Path, ckpt: Path) -> dict:
                          "--out", "{out}"], None, None),
         ("compare",): (["compare", "--methods", "hybridhash", "--bits", "8", "--seeds", "0", "--epochs", "1",
                         *data, "--model-overrides", SMALL, "--threads", "1", "--device", "cpu", "--no-floor",
-                        "--quiet", "--out", "{out}"], None, None),
+                        "--no-progress", "--out", "{out}"], None, None),
         ("encode",): (["encode", "--checkpoint", str(ckpt), "--images", str(flat), "--workers", "0",
-                       "--no-progress", "--out", "{out}"], None, None),
-        ("index",): (["index", "--codes", str(codes), "--out", "{out}"], None, encoded),
+                       "--no-progress", "--collection", "{out}"], None, None),
+        ("index",): (["index", "--collection", str(codes), "--out", "{out}"], None, encoded),
         ("export",): (["export", "--checkpoint", str(ckpt), "--no-verify", "--out", "{out}"], "model.onnx", None),
         ("data", "export"): (["data", "export", "digits", "--sets", "query", "--out", "{out}"], None, None),
-        ("demo",): (["demo", "--bits", "8", "--epochs", "1", "--quiet", "--out", "{out}"], None, _small_digits),
+        ("demo",): (["demo", "--bits", "8", "--epochs", "1", "--no-progress", "--out", "{out}"], None, _small_digits),
     }
 
 
@@ -187,7 +188,7 @@ def test_demo_refuses_a_folder_of_other_files(tmp_path, capsys, monkeypatch, the
     out = tmp_path / "runs"  # `demo --out runs` beside train's default runs/train, or `demo --out .`
     before = fill(out, theirs)
     monkeypatch.setattr(hybridhash.data, "load_protocol", stop)  # the demo must not get this far
-    assert cli.main(["demo", "--quick", "--quiet", "--out", str(out)]) == 1
+    assert cli.main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 1
     assert one_line_error(capsys) == (f"error: --out {out} is not empty and is not a hybridhash demo directory "
                                       f"(no .hybridhash-output.json); choose an empty or new directory")
     assert snapshot(out) == before
@@ -204,7 +205,7 @@ def test_demo_removes_what_it_made_and_nothing_else(tmp_path, capsys, monkeypatc
                                      "<title>hybridhash demo: digits</title></head></html>")
     monkeypatch.setattr(hybridhash.data, "load_protocol", stop)
     with pytest.raises(Stop):
-        cli.main(["demo", "--quick", "--quiet", "--out", str(out)])
+        cli.main(["demo", "--quick", "--no-progress", "--out", str(out)])
     assert sorted(snapshot(out)) == [".hybridhash-output.json", "mine/photo.jpg", "notes.txt"]
 
     # a marker edited to claim the person's folder does not make the demo remove it
@@ -212,12 +213,12 @@ def test_demo_removes_what_it_made_and_nothing_else(tmp_path, capsys, monkeypatc
     marker["made"] += ["mine", "notes.txt", "../elsewhere"]
     (out / ".hybridhash-output.json").write_text(json.dumps(marker))
     with pytest.raises(Stop):
-        cli.main(["demo", "--quick", "--quiet", "--out", str(out)])
+        cli.main(["demo", "--quick", "--no-progress", "--out", str(out)])
     assert sorted(snapshot(out)) == [".hybridhash-output.json", "mine/photo.jpg", "notes.txt"]
 
     # a name the demo writes, put there by someone else after the demo ran: refused, kept
     before = fill(out, ["data/train.txt"])
-    assert cli.main(["demo", "--quick", "--quiet", "--out", str(out)]) == 1
+    assert cli.main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 1
     assert one_line_error(capsys) == (f"error: --out {out} holds {out / 'data'}, which the demo did not write; "
                                       f"move it away or choose another --out")
     assert snapshot(out) == before
@@ -258,14 +259,14 @@ def test_save_split_never_replaces_another_file(tmp_path, capsys):
 
 def test_no_resume_ignores_other_names_in_a_crafted_manifest(tmp_path, ckpt):
     images, out = make_flat(tmp_path / "images"), tmp_path / "codes"
-    assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+    assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--collection", str(out),
                      "--workers", "0", "--no-progress"]) == 0
     theirs = fill(out, ["holiday.jpg", "notes.txt", "shards/my-notes.txt"])
     (tmp_path / "beside.txt").write_bytes(b"beside")
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"] += ["holiday.jpg", "notes.txt"]  # names a collection never holds
     (out / "manifest.json").write_text(json.dumps(manifest))
-    assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(out),
+    assert cli.main(["encode", "--checkpoint", str(ckpt), "--images", str(images), "--collection", str(out),
                      "--workers", "0", "--no-progress", "--no-resume"]) == 0
     after = snapshot(out)
     assert {n: after.get(n) for n in theirs if n.startswith(("holiday", "notes", "shards/my"))} == \
@@ -309,7 +310,7 @@ def test_a_shard_of_the_wrong_width_is_not_to_be_encoded_the_same_way_again(tmp_
         merge_shards(out)
     msg = str(err.value)
     assert msg.startswith(f"{path}: holds codes of shape (2, {2 * BITS // 8})")
-    assert msg.endswith("encode again with --no-resume, or into another --out")
+    assert msg.endswith("encode again with --no-resume, or into another --collection")
     assert "same encode command" not in msg
 
 

@@ -70,9 +70,9 @@ def build_collection(base: Path, bits: int = BITS) -> dict:
     checkpoint = base / "ckpt"
     hybridhash.create_model("hybridhash_cpu", bits=bits).save_pretrained(str(checkpoint))
     codes = base / "codes"
-    assert cli.main(["encode", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(codes),
+    assert cli.main(["encode", "--checkpoint", str(checkpoint), "--images", str(images), "--collection", str(codes),
                      "--workers", "0", "--no-progress"]) == 0
-    assert cli.main(["index", "--codes", str(codes)]) == 0
+    assert cli.main(["index", "--collection", str(codes)]) == 0
     return {"images": images, "checkpoint": checkpoint, "codes": codes, "paths": paths}
 
 

@@ -12,6 +12,7 @@ import sys
 
 from ..errors import HybridHashError
 from ..terminal import EscapingFormatter, printable
+from .commands.options import HelpFormatter, Parser
 
 # (sub-command, module under hybridhash.app.commands)
 COMMANDS = [
@@ -31,7 +32,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hybridhash",
         description="Deep-hashing image retrieval with HybridHash: train, evaluate, encode, index, search, serve.",
     )
@@ -45,15 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not available in this build
             raise
         p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         module.configure(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _error_line(err: BaseException) -> str:
+    """The one line a refused command prints for ``err``."""
+    if isinstance(err, HybridHashError):
+        return f"error: {printable(err)}"
+    reason = err.strerror or str(err) or type(err).__name__  # the system's own reason and the file
+    return printable(f"error: {reason}: {err.filename}" if err.filename else f"error: {reason}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # a number out of range, or a --config file that cannot be used, is one line too
+        args = parser.parse_args(argv)
+    except (HybridHashError, OSError) as err:
+        print(_error_line(err), file=sys.stderr)
+        return 1
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
@@ -62,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except HybridHashError as err:
-        print(f"error: {printable(err)}", file=sys.stderr)
-        return 1
-    except OSError as err:  # the system's own reason and the file, not a traceback
-        reason = err.strerror or str(err) or type(err).__name__
-        print(printable(f"error: {reason}: {err.filename}" if err.filename else f"error: {reason}"), file=sys.stderr)
+    except (HybridHashError, OSError) as err:
+        print(_error_line(err), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -165,8 +165,9 @@ def top_results(query_codes: np.ndarray, database_codes: np.ndarray, k: int = 10
 # checkpoints of a run -> metrics.json and figures
 
 def load_eval_protocol(checkpoint: "Path", *, dataset: Optional[str] = None, root=None, image_root=None,
-                       split_file=None, seed: int = 0, download: bool = False):
-    """The protocol to evaluate on: the training run's recorded split unless another dataset is named."""
+                       split_file=None, seed: int = 0, download: bool = False, max_pixels: Optional[int] = None):
+    """The protocol to evaluate on: the training run's recorded split unless another dataset is named.
+    ``max_pixels``: the largest image decoded (None: the project's limit)."""
     import os
     from pathlib import Path
 
@@ -174,6 +175,7 @@ def load_eval_protocol(checkpoint: "Path", *, dataset: Optional[str] = None, roo
     from ..errors import ConfigError
     from ..fileio import read_json
 
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     run_dir = R.find_run_dir(Path(checkpoint).resolve())
     saved: Dict[str, Any] = {}
     if run_dir is not None and (run_dir / R.RUN_NAME).is_file():
@@ -190,22 +192,24 @@ def load_eval_protocol(checkpoint: "Path", *, dataset: Optional[str] = None, roo
         root = root if root is not None else (saved.get("root") if same else None)
         image_root = image_root if image_root is not None else (saved.get("image_root") if same else None)
         return load_protocol(dataset, root, image_root=image_root, split_file=os.fspath(split_file),
-                             download=download)
+                             download=download, **limit)
     if dataset is None:
         raise ConfigError(f"{checkpoint}: no recorded split beside it; name the data with --dataset")
-    return load_protocol(dataset, root, image_root=image_root, seed=seed, download=download)
+    return load_protocol(dataset, root, image_root=image_root, seed=seed, download=download, **limit)
 
 
 def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[str] = None, root=None,
                          image_root=None, split_file=None, seed: int = 0, device: str = "auto",
                          batch_size: int = 256, workers: int = 0, n_queries: int = 6, k: int = 10,
-                         progress: bool = False, download: bool = False) -> Dict[str, Any]:
+                         progress: bool = False, download: bool = False,
+                         max_pixels: Optional[int] = None) -> Dict[str, Any]:
     """Evaluate every checkpoint under ``checkpoint`` and write ``out/metrics.json`` and figures.
 
     Writes ``metrics.json`` ({"dataset", "split_hash", "results": {bits: retrieval_metrics + checkpoint
     facts}}), ``pr_curve.png``, ``precision_at_n.png``, ``map_vs_bits.png`` (two or more code lengths)
     and ``retrieval_bits{N}.png`` (``n_queries`` queries with their top ``k``), and the codes as
-    ``codes_bits{N}.npz`` (query, database). Returns the metrics document.
+    ``codes_bits{N}.npz`` (query, database). ``max_pixels``: the largest image decoded (None: the
+    project's limit). Returns the metrics document.
     """
     from pathlib import Path
 
@@ -218,7 +222,8 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
     check_claim(out, "evaluation", legacy=is_evaluation_dir)  # a folder of other files: refused before any work
     if protocol is None:
         protocol = load_eval_protocol(next(iter(ckpts.values())), dataset=dataset, root=root,
-                                      image_root=image_root, split_file=split_file, seed=seed, download=download)
+                                      image_root=image_root, split_file=split_file, seed=seed, download=download,
+                                      max_pixels=max_pixels)
     claim(out, "evaluation", legacy=is_evaluation_dir)
     # every file is written whole or not at all; a full disk names the directory and what is kept
     with disk_full(out, "no file was left half written; files of an earlier evaluation there are as they were"):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..terminal import printable
-from .images import open_image
+from .images import DEFAULT_MAX_PIXELS, open_image
 from .folder import has_class_folders
 from .listfile import Problem
 from .protocols import LIST_FILES, get_spec
@@ -73,19 +73,19 @@ class CheckReport:
         return "\n".join(printable(line) for line in out)
 
 
-def _verify(paths: List[str], progress: bool, workers: int) -> Dict[str, str]:
-    """Decode every image; returns {path: reason} for those that fail."""
+def _verify(paths: List[str], progress: bool, threads: int, max_pixels: Optional[int]) -> Dict[str, str]:
+    """Decode every image on ``threads`` threads; returns {path: reason} for those that fail."""
     from tqdm import tqdm
 
     def attempt(path):
         try:
-            open_image(path)
+            open_image(path, max_pixels)
             return None
         except DataError as err:
             return str(err)
 
     failed = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = pool.map(attempt, paths)
         for path, reason in tqdm(zip(paths, results), total=len(paths), desc="decoding images",
                                  unit="img", disable=not progress):
@@ -131,9 +131,10 @@ def _check_split(report: CheckReport, spec, name, pools, sizes, val_fraction) ->
 
 
 def check_protocol(name: str, root=None, *, image_root=None, verify_images: bool = False,
-                   progress: bool = False, workers: int = 4, sizes: Optional[dict] = None,
-                   val_fraction: float = 0.1) -> CheckReport:
+                   progress: bool = False, threads: int = 4, sizes: Optional[dict] = None,
+                   val_fraction: float = 0.1, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> CheckReport:
     """Check a dataset for its protocol; see the module doc. Never raises for bad data: reports it.
+    ``verify_images`` decodes every image on ``threads`` threads, refusing those over ``max_pixels``.
 
     Raises :class:`~hybridhash.data.cifar.UnsafePickleError` for a CIFAR-10 batch that asks to run
     code: that is a hostile file, not a defect to list among others."""
@@ -151,10 +152,10 @@ def check_protocol(name: str, root=None, *, image_root=None, verify_images: bool
         return _check_cifar(spec, name, root, verify_images, sizes, val_fraction)
     if spec.kind == "images" or (spec.kind == "folder" and root is not None and os.path.isdir(root)
                                  and not has_class_folders(root)):
-        return _check_images(spec, name, root, verify_images, progress, workers, sizes, val_fraction)
+        return _check_images(spec, name, root, verify_images, (progress, threads, max_pixels), sizes, val_fraction)
     if spec.kind == "folder":
-        return _check_folder(spec, name, root, verify_images, progress, workers, sizes, val_fraction)
-    return _check_lists(spec, name, root, image_root, verify_images, progress, workers)
+        return _check_folder(spec, name, root, verify_images, (progress, threads, max_pixels), sizes, val_fraction)
+    return _check_lists(spec, name, root, image_root, verify_images, (progress, threads, max_pixels))
 
 
 def _check_cifar(spec, name, root, verify_images, sizes, val_fraction) -> CheckReport:
@@ -185,7 +186,8 @@ def _check_cifar(spec, name, root, verify_images, sizes, val_fraction) -> CheckR
     return report
 
 
-def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val_fraction) -> CheckReport:
+def _check_folder(spec, name, root, verify_images, decoding, sizes, val_fraction) -> CheckReport:
+    """``decoding``: (progress, threads, max_pixels) of :func:`_verify`."""
     from .folder import folder_pool, scan_folder, usable_images
 
     report = CheckReport(name, f"class folders under {root}")
@@ -205,7 +207,7 @@ def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val
     s.missing = sum(v == "missing" for v in bad.values())
     s.empty = sum(v == "empty" for v in bad.values())
     if verify_images:
-        failed = _verify([p for p in paths if p not in bad], progress, workers)
+        failed = _verify([p for p in paths if p not in bad], *decoding)
         s.unreadable = len(failed)
         report.errors += [Problem(p, reason.partition(": ")[2] or reason) for p, reason in failed.items()]
     report.sets.append(s)
@@ -217,8 +219,9 @@ def _check_folder(spec, name, root, verify_images, progress, workers, sizes, val
     return report
 
 
-def _check_images(spec, name, root, verify_images, progress, workers, sizes, val_fraction) -> CheckReport:
-    """Images without labels (a flat folder, a folder tree, a list file of paths)."""
+def _check_images(spec, name, root, verify_images, decoding, sizes, val_fraction) -> CheckReport:
+    """Images without labels (a flat folder, a folder tree, a list file of paths); ``decoding``:
+    (progress, threads, max_pixels) of :func:`_verify`."""
     from .folder import image_pool
 
     report = CheckReport(name, f"images without labels from {root}")
@@ -234,7 +237,7 @@ def _check_images(spec, name, root, verify_images, progress, workers, sizes, val
     s.missing = sum(v == "missing" for v in bad.values())
     s.empty = sum(v == "empty" for v in bad.values())
     if verify_images:
-        failed = _verify([p for p in paths if p not in bad], progress, workers)
+        failed = _verify([p for p in paths if p not in bad], *decoding)
         s.unreadable = len(failed)
         report.errors += [Problem(p, reason.partition(": ")[2] or reason) for p, reason in failed.items()]
     report.sets.append(s)
@@ -243,7 +246,8 @@ def _check_images(spec, name, root, verify_images, progress, workers, sizes, val
     return report
 
 
-def _check_lists(spec, name, root, image_root, verify_images, progress, workers) -> CheckReport:
+def _check_lists(spec, name, root, image_root, verify_images, decoding) -> CheckReport:
+    """``decoding``: (progress, threads, max_pixels) of :func:`_verify`."""
     from .listfile import find_list_dir, read_list_dir
     from .sets import resolve_path
 
@@ -267,7 +271,7 @@ def _check_lists(spec, name, root, image_root, verify_images, progress, workers)
     resolved = {set_name: [resolve_path(image_root, r) for r in lf.rel_paths] for set_name, lf in files.items()}
     unique = sorted({p for ps in resolved.values() for p in ps})
     bad = _stat_files(unique)
-    failed = _verify([p for p in unique if p not in bad], progress, workers) if verify_images else {}
+    failed = _verify([p for p in unique if p not in bad], *decoding) if verify_images else {}
 
     for set_name, lf in files.items():
         fname = LIST_FILES[set_name]

@@ -165,7 +165,7 @@ def find_images(images: PathLike, root: Optional[PathLike] = None) -> ImageList:
     p = Path(images)
     if p.is_dir():
         if root is not None:
-            raise DataError(f"{images}: --root applies to list files; a folder is its own image root")
+            raise DataError(f"{images}: --image-root applies to list files; a folder is its own image root")
         return scan_image_folder(p)
     if p.is_file():
         return read_image_list(p, root)

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import DataError
 from ..fileio import atomic_path, read_json, write_bytes
 from .protocols import LIST_FILES, WITH_PATH, ProtocolSpec, get_spec
-from .sets import Pool, RetrievalSet
+from .images import DEFAULT_MAX_PIXELS
+from .sets import FilePool, Pool, RetrievalSet
 from .splits import STREAM_SPLIT, STREAM_VAL, decode_rows, draw_val, encode_rows, rng_for, split_per_class
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,8 @@ def _check_sizes(spec: ProtocolSpec, sizes: Optional[dict]) -> Optional[dict]:
 
 
 def load_protocol(name: str, root=None, *, image_root=None, seed: int = 0, download: bool = False,
-                  split_file=None, val_fraction: float = 0.1, sizes: Optional[dict] = None) -> Protocol:
+                  split_file=None, val_fraction: float = 0.1, sizes: Optional[dict] = None,
+                  max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Protocol:
     """Load a dataset and split it by its retrieval protocol.
 
     Args:
@@ -279,6 +281,8 @@ def load_protocol(name: str, root=None, *, image_root=None, seed: int = 0, downl
         sizes: per-class protocols only: override the per-class ``query``/``train`` sizes (an int
             count, or a float fraction of the class; train counts from what the queries leave),
             e.g. ``sizes=dict(query=2, train=5)`` for a small test copy of CIFAR-10.
+        max_pixels: the largest image (width * height) decoded from files; larger ones are refused
+            unread (see :func:`~hybridhash.data.images.decode_image`).
     """
     spec, name_dir = get_spec(name)
     if name_dir is not None:
@@ -288,6 +292,9 @@ def load_protocol(name: str, root=None, *, image_root=None, seed: int = 0, downl
     per_class = _check_sizes(spec, sizes)
     record = _read_record(split_file, spec, name) if split_file is not None else None
     pools, root_used, image_root_used = _build_pools(spec, name, root, image_root, download)
+    for pool in pools.values():
+        if isinstance(pool, FilePool):
+            pool.max_pixels = max_pixels
 
     if record is not None:
         rows, seed, val_fraction, per_class = _rows_from_record(record, pools, split_file)

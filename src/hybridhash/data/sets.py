@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import open_image
+from .images import DEFAULT_MAX_PIXELS, open_image
 
 
 class Pool:
@@ -92,7 +92,10 @@ class FilePool(Pool):
 
     ``source`` is the text that defines the pool (a list file's bytes, a folder's file listing);
     the fingerprint hashes it, not the images, so a split stays valid when the images move.
+    ``max_pixels``: the largest image decoded (set by ``load_protocol``).
     """
+
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
 
     def __init__(self, name: str, image_root: str, rel_paths: Sequence[str], labels: np.ndarray,
                  source: bytes, class_names: Optional[List[str]] = None, labelled: bool = True):
@@ -117,7 +120,7 @@ class FilePool(Pool):
         return True
 
     def image(self, j: int) -> Image.Image:
-        return open_image(self.path(j))
+        return open_image(self.path(j), self.max_pixels)
 
     def _hash_content(self, h) -> None:
         h.update(self.source)

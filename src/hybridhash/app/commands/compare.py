@@ -6,7 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from .options import json_object, nonnegative_int, positive_float, positive_int
+from .options import add_option, from_bounds, json_object
+from .vocabulary import add_batch_size, add_data_root, add_image_root, add_max_pixels, add_progress, add_threads
+from .vocabulary import code_length
 
 HELP = "compare hashing methods: one model, one protocol, methods x code lengths x seeds, mean +- std"
 DESCRIPTION = (
@@ -24,45 +26,54 @@ DESCRIPTION = (
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    from hybridhash.app.train.recipe import TrainConfig  # torch-free
+
+    # the ranges of train's options of the same names
+    ranges = {f.name: f.metadata.get("bounds") for f in dataclasses.fields(TrainConfig)}
     g = p.add_argument_group("grid")
     g.add_argument("--methods", nargs="+", metavar="NAME",
                    help="'all' (every method the training loop can feed: those that train on labels) or method "
                         "names, e.g. hybridhash dsh adsh (default: all, or the grid recorded in OUT with --report-only)")
-    g.add_argument("--bits", type=positive_int, nargs="+", help="code lengths (default: 16 32 64)")
-    g.add_argument("--seeds", type=nonnegative_int, nargs="+",
-                   help="seeds; each draws its own split, shared by every method (default: 0 1 2)")
+    add_option(g, "--bits", type=code_length(), nargs="+", help="code lengths (default: 16 32 64)")
+    add_option(g, "--seeds", type=from_bounds(ranges["seed"]), nargs="+",
+               help="seeds; each draws its own split, shared by every method (default: 0 1 2)")
     g.add_argument("--out", default="runs/compare", help="grid directory (cells, table, figures)")
     g.add_argument("--shard", default="0/1", metavar="I/N", help="run only the cells whose index %% N == I")
     g.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished cells of OUT")
     g.add_argument("--no-floor", action="store_true", help="leave out the LSH floor rows")
     d = p.add_argument_group("data and model (one for every cell)")
     d.add_argument("--dataset", default="digits", help="protocol name (digits, cifar10, ..., list:<dir>, folder:<dir>)")
-    d.add_argument("--root", help="data directory (not needed for digits)")
-    d.add_argument("--image-root", help="where list-file image paths start")
-    d.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out for "
-                                                                   "selection")
+    add_data_root(d)
+    add_image_root(d)
+    add_option(d, "--val-fraction", type=from_bounds(ranges["val_fraction"]), default=0.1,
+               help="share of the training images held out for selection")
+    add_max_pixels(d, "refuse images with more pixels (width * height) than this, unread")
     d.add_argument("--model", default="hybridhash_cpu", help="preset name (see `hybridhash models`)")
     d.add_argument("--model-overrides", type=json_object, default={}, metavar="JSON",
                    help="preset options to change, e.g. '{\"depths\": [1, 1, 1]}'")
     d.add_argument("--pretrained", help="'imagenet' or a NesT weights file (then each method's published recipe)")
     o = p.add_argument_group("training (shared by every method)")
-    o.add_argument("--epochs", type=positive_int, help="training epochs of every method (default: each recipe's; "
-                                                      "ADSH's outer iterations are scaled to match)")
+    add_option(o, "--epochs", type=from_bounds(ranges["epochs"]), help="training epochs of every method (default: each "
+                                                             "recipe's; ADSH's outer iterations are scaled to match)")
     o.add_argument("--same-optimizer", action="store_true",
                    help="impose one optimiser setting on every method: --optimizer, --lr, --weight-decay, "
                         "--batch-size, unset ones as the hybridhash method gets them under the model's recipe")
     o.add_argument("--optimizer", help="with --same-optimizer: rmsprop, adamw or adam")
-    o.add_argument("--lr", type=positive_float, help="with --same-optimizer: peak learning rate")
-    o.add_argument("--weight-decay", type=float, help="with --same-optimizer: weight decay")
-    o.add_argument("--batch-size", type=positive_int, help="with --same-optimizer: images per step")
+    add_option(o, "--lr", type=from_bounds(ranges["lr"]), help="with --same-optimizer: peak learning rate")
+    add_option(o, "--weight-decay", type=from_bounds(ranges["weight_decay"]), help="with --same-optimizer: weight decay")
+    add_batch_size(o, None, "with --same-optimizer: images per step")
     o.add_argument("--method-params", type=json_object, default={}, metavar="JSON",
                    help="hyper-parameters per method, e.g. '{\"adsh\": {\"iterations\": 5}}'")
     r = p.add_argument_group("machinery")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
-    r.add_argument("--threads", type=positive_int, help="torch CPU threads (per process)")
-    r.add_argument("--parallel", type=nonnegative_int,
-                   help="CPU only: code lengths trained at once in separate processes (default: by recipe)")
-    r.add_argument("--quiet", action="store_true", help="no per-epoch lines (the per-cell lines and the table remain)")
+    add_threads(r)
+    add_option(r, "--parallel", type=from_bounds(ranges["parallel"]),
+               help="CPU only: code lengths trained at once in separate processes (0: one per core; default: by "
+                    "recipe)")
+    add_progress(r, help="show per-epoch lines and progress bars (the per-cell lines and the table remain)",
+                 quiet=True)
 
 
 def grid_from_args(args):
@@ -87,7 +98,7 @@ def grid_from_args(args):
         epochs=args.epochs, same_optimizer=args.same_optimizer or bool(recorded and recorded.same_optimizer),
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
         method_params=args.method_params or (recorded.method_params if recorded else {}), device=args.device,
-        threads=args.threads, parallel=args.parallel, quiet=args.quiet)
+        threads=args.threads, parallel=args.parallel, progress=args.progress, max_pixels=args.max_pixels)
 
 
 def run(args) -> int:

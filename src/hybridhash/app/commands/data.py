@@ -6,11 +6,13 @@ import json
 
 from ...errors import DataError
 from ...terminal import printable
+from .options import HelpFormatter, add_option, from_bounds
+from .vocabulary import add_data_root, add_image_root, add_max_pixels, add_progress, add_seed, add_threads
 
 HELP = "list, describe, check or export datasets and their retrieval protocols"
 DESCRIPTION = (
     "Datasets by name with their retrieval protocols. 'data list' shows the table, 'data info NAME' "
-    "the sizes of a split, 'data check NAME --root DIR' finds missing or malformed data before a "
+    "the sizes of a split, 'data check NAME --data-root DIR' finds missing or malformed data before a "
     "long run, 'data export NAME --out DIR' writes in-memory images (digits, CIFAR-10) as PNG files "
     "with list files."
 )
@@ -30,16 +32,19 @@ def _parse_sizes(text: str) -> dict:
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, split: bool = True) -> None:
+    from hybridhash.configs import FRACTION
+
     p.add_argument("name", help="digits, cifar10, cifar10-1, cifar10-2, nuswide_21, nuswide_21_m, "
                                 "nuswide_81_m, coco, imagenet, list:DIR or folder:DIR")
-    p.add_argument("--root", default=None, help="data directory (not needed for digits)")
-    p.add_argument("--image-root", default=None, help="where list-file image paths start (unset: the list-file directory)")
+    add_data_root(p)
+    add_image_root(p, help="the folder a list file's relative image paths start from (unset: the list file's folder)")
     p.add_argument("--sizes", type=_parse_sizes, default=None, metavar="query=N,train=N",
                    help="per-class protocols: per-class query/train counts (int) or fractions (float), "
                         "for a smaller copy of the data")
     if split:
-        p.add_argument("--seed", type=int, default=0, help="seed of the query/train/val draws")
-        p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for model selection")
+        add_seed(p, "seed of the query/train/val draws")
+        add_option(p, "--val-fraction", type=from_bounds(FRACTION), default=0.1,
+                   help="share of training images held out for model selection")
         p.add_argument("--split-file", default=None, help="re-create the split recorded in this JSON file")
         p.add_argument("--download", action="store_true", help="download CIFAR-10 if absent")
 
@@ -47,7 +52,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, split: bool = True) -> None:
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     sub.add_parser("list", help="the protocol table", formatter_class=fmt)
 
@@ -61,9 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_data_args(p, split=False)
     p.add_argument("--verify-images", action="store_true",
                    help="decode every image (and check CIFAR-10's md5 sums)")
-    p.add_argument("--workers", type=int, default=4, help="threads decoding images")
-    p.add_argument("--max-problems", type=int, default=20, help="problems printed per kind")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from hybridhash.configs import NONNEGATIVE_INT
+
+    add_threads(p, "--workers", default=4, help="threads decoding images")
+    add_max_pixels(p, "with --verify-images: report images with more pixels (width * height) than this, unread")
+    add_option(p, "--max-problems", type=from_bounds(NONNEGATIVE_INT), default=20, metavar="N", help="problems printed per kind")
+    add_progress(p)
 
     p = sub.add_parser("export", help="write in-memory images (digits, CIFAR-10) as PNG files plus list files",
                        formatter_class=fmt)
@@ -92,7 +100,7 @@ def _info(args) -> int:
         print(f"{spec.name}: {spec.description}")
         print(f"  classes {spec.n_class or 'from the data'}, mAP@{spec.topk_label}; published sizes: "
               + ", ".join(f"{k} {v}" for k, v in pub.items()))
-        print("  pass --root DIR for the split of your copy")
+        print("  pass --data-root DIR for the split of your copy")
         return 0
     proto = load_protocol(args.name, args.root, image_root=args.image_root, seed=args.seed,
                           download=args.download, split_file=args.split_file, val_fraction=args.val_fraction,
@@ -121,7 +129,8 @@ def _check(args) -> int:
     from ...data.check import check_protocol
 
     report = check_protocol(args.name, args.root, image_root=args.image_root, verify_images=args.verify_images,
-                            progress=not args.no_progress, workers=args.workers, sizes=args.sizes)
+                            progress=args.progress, threads=args.threads, sizes=args.sizes,
+                            max_pixels=args.max_pixels)
     print(report.format(args.max_problems))
     return 0 if report.ok else 1
 

@@ -24,13 +24,18 @@ TITLE = "hybridhash demo: digits"
 
 
 def configure(p) -> None:
-    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 48, 64], help="code lengths")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's recipe)")
+    from hybridhash.configs import COUNT
+
+    from .options import add_option, from_bounds
+    from .vocabulary import add_progress, add_seed, code_length
+
+    add_option(p, "--bits", type=code_length(), nargs="+", default=[16, 32, 48, 64], help="code lengths")
+    add_option(p, "--epochs", type=from_bounds(COUNT), help="training epochs (default: the preset's recipe)")
     p.add_argument("--out", default="runs/demo",
                    help="output directory: new, empty, or an earlier demo's (whose results are replaced)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, "seed of the split, the init and every random draw")
     p.add_argument("--quick", action="store_true", help="1 epoch at 16 and 32 bits: a smoke test, not a result")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    add_progress(p, help="show per-epoch lines and progress bars (on a terminal)", quiet=True)
 
 
 def _index_and_search(run_dir: Path, protocol) -> Optional[str]:
@@ -55,10 +60,10 @@ def _index_and_search(run_dir: Path, protocol) -> Optional[str]:
         if len(queries) == 4:
             break
     steps = [
-        ["encode", "--checkpoint", str(best), "--images", str(data / "database.txt"), "--root", str(data),
-         "--out", str(codes), "--no-progress"],
-        ["index", "--codes", str(codes)],
-        ["search", "--index", str(codes), "--k", "5", *queries],
+        ["encode", "--checkpoint", str(best), "--images", str(data / "database.txt"), "--image-root", str(data),
+         "--collection", str(codes), "--no-progress"],
+        ["index", "--collection", str(codes)],
+        ["search", "--collection", str(codes), "--k", "5", *queries],
     ]
     print("\nIndex and search the database with the 64-bit model:")
     shown = []
@@ -72,7 +77,7 @@ def _index_and_search(run_dir: Path, protocol) -> Optional[str]:
         if rc:
             print(f"(step failed with exit code {rc})")
             return "\n".join(shown)
-    hint = f"Web page on this collection: .venv/bin/hybridhash serve --index {codes}  (then open http://127.0.0.1:8000)"
+    hint = f"Web page on this collection: .venv/bin/hybridhash serve --collection {codes}  (then open http://127.0.0.1:8000)"
     print(hint)
     return "\n".join(shown) + "\n" + hint
 
@@ -124,8 +129,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     note_made(out, ["train"])
     config = TrainConfig(dataset="digits", model="hybridhash_cpu", bits=bits_list, out=str(out / "train"),
-                         seed=args.seed, epochs=epochs, quiet=args.quiet or not sys.stderr.isatty())
-    results = train(config, protocol=protocol, callbacks=[] if args.quiet else [_EpochPrinter()])
+                         seed=args.seed, epochs=epochs, progress=args.progress and sys.stderr.isatty())
+    results = train(config, protocol=protocol, callbacks=[_EpochPrinter()] if args.progress else [])
     t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -4,37 +4,40 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import add_runtime_option, check_options
+from .options import add_option, add_runtime_option, from_bounds
+from .vocabulary import add_batch_size, add_collection, add_image_root, add_max_pixels, add_progress, add_workers
 
 HELP = "encode a folder or list file of images into a code collection"
 DESCRIPTION = (
     "Encode images into packed binary codes with paths, labels and a manifest. Work is written in "
     "shards, so running the same command again after a crash resumes at the first missing shard; shards "
     "whose images changed since (size or modification time) or whose file is damaged are encoded again. "
-    "--out must be new, empty, or a collection hybridhash wrote; only files hybridhash wrote are replaced. "
-    "Unreadable images are skipped and listed in CODES/skipped.json (or stop the run with --strict). "
+    "--collection must be new, empty, or a collection hybridhash wrote; only files hybridhash wrote are replaced. "
+    "Unreadable images are skipped and listed in COLLECTION/skipped.json (or stop the run with --strict). "
     "Under torchrun each rank encodes its own shards and rank 0 merges them, e.g. "
     "`torchrun --nproc_per_node 4 -m hybridhash.app.cli encode ...`.")
 
 
 def configure(p):
-    from hybridhash.limits import MAX_PIXELS as DEFAULT_MAX_PIXELS, SHARD_SIZE as DEFAULT_SHARD_SIZE
+    from hybridhash.configs import COUNT
+    from hybridhash.limits import SHARD_SIZE as DEFAULT_SHARD_SIZE
 
     p.add_argument("--checkpoint", required=True, help="project checkpoint directory (model.safetensors, config.json)")
     p.add_argument("--images", required=True,
                    help="a folder of images (class sub-folders give labels) or a list file ('path 0 1 0 ...' per line)")
-    p.add_argument("--out", required=True, help="the collection directory to write")
-    p.add_argument("--root", default=None, help="image root of a list file's paths (None: the list file's folder)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
+    add_collection(p, "--out", help="the collection directory to write")
+    add_image_root(p, help="the folder a list file's relative image paths start from (unset: the list file's "
+                           "folder); a folder of images is its own", old=("--root",))
+    add_batch_size(p, 64, "images per forward pass")
+    add_workers(p, min(4, os.cpu_count() or 1), help="image-decoding processes (0: decode in the main process)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per resumable shard")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="skip images with more pixels than this (decompression bombs)")
+    add_option(p, "--shard-size", type=from_bounds(COUNT), default=DEFAULT_SHARD_SIZE, metavar="N",
+               help="images per resumable shard")
+    add_max_pixels(p, "skip images with more pixels (width * height) than this, unread (decompression bombs)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun cuda means cuda:LOCAL_RANK)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse finished shards of an earlier run of the same checkpoint and images")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    add_progress(p)
     add_runtime_option(p)
 
 
@@ -42,11 +45,10 @@ def run(args) -> int:
     from hybridhash.app.encode import encode_collection
     from hybridhash.runtime import dist_env
 
-    check_options(args, at_least={"batch_size": 1, "workers": 0, "max_pixels": 1, "shard_size": 1})
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
-    col = encode_collection(args.images, args.out, args.checkpoint, root=args.root, batch_size=args.batch_size,
+    col = encode_collection(args.images, args.collection, args.checkpoint, root=args.image_root, batch_size=args.batch_size,
                             workers=args.workers, strict=args.strict, shard_size=args.shard_size,
                             max_pixels=args.max_pixels, device=args.device, resume=args.resume,
                             progress=args.progress, runtime=args.runtime)

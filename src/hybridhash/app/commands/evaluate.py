@@ -1,6 +1,9 @@
 """``hybridhash evaluate``: score checkpoints on a protocol's queries and database; metrics.json and figures."""
 from __future__ import annotations
 
+from .options import add_option, from_bounds
+from .vocabulary import add_batch_size, add_data_root, add_image_root, add_max_pixels, add_progress, add_seed, add_workers
+
 HELP = "evaluate checkpoints: mAP, tie-aware mAP, PR curve, precision@N, retrieval picture"
 DESCRIPTION = (
     "Encode the queries and the database of the run's recorded split (or of --dataset) with each checkpoint "
@@ -9,19 +12,23 @@ DESCRIPTION = (
 
 
 def configure(p) -> None:
+    from hybridhash.configs import COUNT, NONNEGATIVE_INT
+
     p.add_argument("--checkpoint", required=True, help="a run directory, one of its bits{N}/ or a checkpoint directory")
     p.add_argument("--out", help="output directory (default: CHECKPOINT/eval for a run directory, else ./eval)")
     p.add_argument("--dataset", help="protocol to evaluate on (default: the run's recorded split)")
-    p.add_argument("--root", help="data directory (default: the run's)")
-    p.add_argument("--image-root", help="where list-file image paths start")
+    add_data_root(p, help="the dataset's folder (default: the run's)")
+    add_image_root(p)
     p.add_argument("--split", help="a split.json to use instead of the run's")
-    p.add_argument("--seed", type=int, default=0, help="split seed when no recorded split is used")
+    add_seed(p, "split seed when no recorded split is used")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision when absent")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--queries", type=int, default=6, help="queries in the retrieval picture")
-    p.add_argument("--top", type=int, default=10, help="results per query in the retrieval picture")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
+    add_batch_size(p, 256, "images per forward pass")
+    add_workers(p, 0)
+    add_max_pixels(p, "refuse images with more pixels (width * height) than this, unread")
+    add_option(p, "--queries", type=from_bounds(NONNEGATIVE_INT), default=6, help="queries in the retrieval picture")
+    add_option(p, "--top", type=from_bounds(COUNT), default=10, help="results per query in the retrieval picture")
+    add_progress(p)
     p.add_argument("--json", action="store_true", help="print metrics.json")
 
 
@@ -32,12 +39,7 @@ def run(args) -> int:
 
     from hybridhash.app.evaluation import evaluate_checkpoints
     from hybridhash.app.rundir import find_run_dir
-    from hybridhash.app.train.recipe import COUNT, NONNEGATIVE_INT, WORKERS
 
-    # the ranges of train's --eval-batch-size, --workers and --seed
-    for name, bounds in (("batch_size", COUNT), ("workers", WORKERS), ("seed", NONNEGATIVE_INT),
-                         ("queries", NONNEGATIVE_INT), ("top", COUNT)):
-        bounds.check("--" + name.replace("_", "-"), getattr(args, name))
     ck = Path(args.checkpoint)
     out = args.out
     if out is None:
@@ -46,7 +48,8 @@ def run(args) -> int:
     doc = evaluate_checkpoints(ck, out, dataset=args.dataset, root=args.root, image_root=args.image_root,
                                split_file=args.split, seed=args.seed, device=args.device, batch_size=args.batch_size,
                                workers=args.workers, n_queries=args.queries, k=args.top,
-                               progress=sys.stderr.isatty(), download=args.download)
+                               progress=args.progress and sys.stderr.isatty(), download=args.download,
+                               max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

@@ -18,7 +18,10 @@ DESCRIPTION = (
 
 
 def configure(p):
-    from hybridhash.limits import ONNX_OPSET as DEFAULT_OPSET
+    from hybridhash.limits import ONNX_OPSET as DEFAULT_OPSET, ONNX_OPSET_CAP
+
+    from .options import add_option, bounded
+    from .vocabulary import code_length
 
     p.add_argument("--checkpoint", required=True,
                    help="project checkpoint directory (model.safetensors, config.json), or a run directory "
@@ -26,9 +29,10 @@ def configure(p):
     p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
     p.add_argument("--out", default=None, help="the file to write (default: model.onnx in the checkpoint directory, "
                                                 "where --runtime auto finds it)")
-    p.add_argument("--bits", type=int, default=None,
-                   help="which code length, when --checkpoint is a run directory holding several")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (17 or later)")
+    add_option(p, "--bits", type=code_length(), default=None,
+               help="which code length, when --checkpoint is a run directory holding several")
+    add_option(p, "--opset", type=bounded(int, DEFAULT_OPSET, ONNX_OPSET_CAP), default=DEFAULT_OPSET,
+               help=f"ONNX opset version ({DEFAULT_OPSET} or later; the installed torch says how far it goes)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="run the written graph with onnxruntime (else OpenVINO) and compare it with PyTorch")
     p.add_argument("--force", action="store_true", help="replace --out even if it is not a hybridhash export")
@@ -92,14 +96,12 @@ def verify(model, path, n: int = 2, seed: int = 0):
 def run(args) -> int:
     from pathlib import Path
 
-    from hybridhash.errors import ConfigError, HybridHashError
-    from hybridhash.export import MIN_OPSET, export_onnx
+    from hybridhash.errors import HybridHashError
+    from hybridhash.export import export_onnx
     from hybridhash.fileio import atomic_path
     from hybridhash.inference import ONNX_NAME
     from hybridhash.models import from_pretrained
 
-    if args.opset < MIN_OPSET:
-        raise ConfigError(f"--opset {args.opset} is too old; the export needs opset {MIN_OPSET} or later")
     ckpt = _checkpoint(args.checkpoint, args.bits)
     out = Path(args.out) if args.out is not None else Path(ckpt) / ONNX_NAME
     _check_out(out, args.force)

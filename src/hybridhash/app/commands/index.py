@@ -1,26 +1,29 @@
 """``hybridhash index``: build a HashIndex over a code collection and save it beside the manifest."""
 from __future__ import annotations
 
-from .options import check_options
+from .options import add_option, from_bounds
+from .vocabulary import add_collection
 
 HELP = "build and save the search index of a code collection"
 DESCRIPTION = ("Build a binary index over the codes of a collection written by `hybridhash encode` and save it "
-               "(CODES/index.faiss and its JSON sidecar by default), where `hybridhash search` and "
+               "(COLLECTION/index.faiss and its JSON sidecar by default), where `hybridhash search` and "
                "`hybridhash serve` find it. `flat` is exact; the other kinds are sub-linear and approximate.")
 
 
 def configure(p):
+    from hybridhash.configs import COUNT
     from hybridhash.index import KINDS
 
-    p.add_argument("--codes", required=True, help="the collection directory (from hybridhash encode)")
+    add_collection(p, "--codes", help="the collection directory (from hybridhash encode)")
     p.add_argument("--kind", default="flat", choices=list(KINDS), help="index kind")
-    p.add_argument("--nlist", type=int, default=None, help="ivf: number of cells (None: chosen from the count)")
-    p.add_argument("--nprobe", type=int, default=None, help="ivf: cells scanned per query (None: the index default)")
+    add_option(p, "--nlist", type=from_bounds(COUNT), default=None, metavar="N",
+               help="ivf: number of cells (None: chosen from the count)")
+    add_option(p, "--nprobe", type=from_bounds(COUNT), default=None, metavar="N",
+               help="ivf: cells scanned per query (None: the index default)")
     p.add_argument("--out", default=None, help="directory to save the index in (None: the collection directory)")
 
 
 def run(args) -> int:
-    check_options(args, at_least={"nlist": 1, "nprobe": 1})
     import errno
     import time
     from pathlib import Path
@@ -33,7 +36,7 @@ def run(args) -> int:
     params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
     if params and args.kind == "flat":
         raise ConfigError(f"--{next(iter(params))} applies to ivf indexes, not flat")
-    col = open_collection(args.codes)
+    col = open_collection(args.collection)
     t0 = time.perf_counter()
     index = build_index(col, args.kind, **params)
     seconds = time.perf_counter() - t0

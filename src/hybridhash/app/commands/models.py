@@ -11,7 +11,10 @@ HELP = "list model presets or describe one (any timm model name works too)"
 
 def configure(p):
     p.add_argument("name", nargs="?", help="a preset or timm model to describe (omit to list the presets)")
-    p.add_argument("--bits", type=int, default=64, help="code length")
+    from .options import add_option
+    from .vocabulary import code_length
+
+    add_option(p, "--bits", type=code_length(), default=64, help="code length")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 

@@ -4,19 +4,33 @@ from __future__ import annotations
 import json
 
 from ...terminal import printable
-from .options import add_runtime_option
+from .options import Bounded, add_option, add_runtime_option
+from .vocabulary import add_collection, add_image_root, add_max_pixels
 
 HELP = "search an indexed collection with query images"
 
 
+def k_type(high: int) -> Bounded:
+    """The ``type`` of a number of results: 1 to ``high``, checked as the index checks ``k``."""
+    from hybridhash.configs import Bounds
+    from hybridhash.index import check_k
+
+    return Bounded(int, Bounds(1, high, integer=True), check=lambda k, name: check_k(k, name))
+
+
 def configure(p):
+    from hybridhash.limits import K_CAP
+
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files")
-    p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
-    p.add_argument("--k", type=int, default=10, help="results per query (at most 1000000)")
+    add_collection(p, "--index", help="the collection directory (encoded, optionally indexed)")
+    add_option(p, "--k", type=k_type(K_CAP), default=10, help=f"results per query (at most {K_CAP})")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the one the manifest names)")
     p.add_argument("--kind", default=None, help="index kind (default: the saved index, else flat)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_runtime_option(p)
+    add_image_root(p, help="the folder the collection's image paths start from, when its manifest records none "
+                           "or the images moved (unset: the manifest's)")
+    add_max_pixels(p, "refuse query images with more pixels (width * height) than this, unread")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -34,15 +48,12 @@ def format_table(rows: list) -> str:
 
 
 def run(args) -> int:
-    from hybridhash.index import check_k
     from hybridhash.retrieval import Retriever
-
-    check_k(args.k, "--k")  # before the model and index are loaded
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
-    retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
-                               runtime=args.runtime)
+    retriever = Retriever.open(args.collection, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
+                               runtime=args.runtime, max_pixels=args.max_pixels, root=args.image_root)
     results = retriever.search(list(args.images), k=args.k)
     if args.json:
         print(json.dumps({"index": str(retriever.collection.directory), "k": args.k,

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ...terminal import printable
-from .options import add_runtime_option, check_options
+from .options import add_option, add_runtime_option, bounded
+from .vocabulary import add_collection, add_image_root, add_max_pixels
 
 HELP = "serve an indexed collection over HTTP: a search API and a web page"
 DESCRIPTION = (
@@ -15,15 +16,19 @@ DESCRIPTION = (
 
 def configure(p):
     from hybridhash.limits import BODY_TIMEOUT as DEFAULT_BODY_TIMEOUT, KEEP_ALIVE_TIMEOUT as DEFAULT_KEEP_ALIVE_TIMEOUT
+    from hybridhash.limits import K_CAP, MAX_BATCH_CAP, MAX_DECODES_CAP, MAX_REQUESTS_CAP, MAX_TIMEOUT
     from hybridhash.limits import MAX_BATCH as DEFAULT_MAX_BATCH, MAX_DECODES as DEFAULT_MAX_DECODES
-    from hybridhash.limits import MAX_K as DEFAULT_MAX_K, MAX_PIXELS as DEFAULT_MAX_PIXELS
+    from hybridhash.limits import MAX_K as DEFAULT_MAX_K
     from hybridhash.limits import MAX_REQUESTS as DEFAULT_MAX_REQUESTS, MAX_UPLOAD_BYTES as DEFAULT_MAX_UPLOAD_BYTES
     from hybridhash.limits import UPLOAD_BYTES_CAP
 
-    p.add_argument("--index", required=True, help="the collection directory (encoded, optionally indexed)")
+    from .search import k_type
+
+    add_collection(p, "--index", help="the collection directory (encoded, optionally indexed)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory; none: the one the manifest names")
     p.add_argument("--kind", default=None, help="index kind; none: the saved index, else flat")
-    p.add_argument("--root", default=None, help="the image root, when the images moved since encoding")
+    add_image_root(p, help="the folder the collection's image paths start from, when the images moved since "
+                           "encoding (unset: the manifest's)", old=("--root",))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_runtime_option(p)
     p.add_argument("--host", default="127.0.0.1",
@@ -33,56 +38,42 @@ def configure(p):
                         "*.example.org for its subdomains; repeatable); the service always answers "
                         "127.0.0.1, localhost, [::1] and the --host name, nothing else, so a web page that "
                         "points its own domain at this address cannot read it")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-                   help=f"largest accepted upload, in MB (at most {UPLOAD_BYTES_CAP // 2**20})")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="largest accepted image (width * height), checked before decoding")
-    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K,
-                   help="most results one search may ask for (at most 1000000)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help="most concurrent queries encoded in one model forward")
-    p.add_argument("--max-decodes", type=int, default=DEFAULT_MAX_DECODES,
-                   help="most images decoded at once (each may take hundreds of MB while decoded)")
-    p.add_argument("--max-requests", type=int, default=DEFAULT_MAX_REQUESTS,
-                   help="most requests answered at once; more get 503 with Retry-After")
-    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
-                   help="seconds an upload may stall before the request gets 408 and is closed")
-    p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE_TIMEOUT,
-                   help="seconds an idle connection is kept open after a response")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_option(p, "--port", type=bounded(int, 0, 65535), default=8000, help="TCP port (0: any free port)")
+    add_option(p, "--max-upload-mb", type=bounded(float, 0, UPLOAD_BYTES_CAP // 2**20, low_open=True),
+               default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+               help=f"largest accepted upload, in MB (at most {UPLOAD_BYTES_CAP // 2**20})")
+    add_max_pixels(p, "largest accepted image (width * height), checked before decoding")
+    add_option(p, "--max-k", type=k_type(K_CAP), default=DEFAULT_MAX_K,
+               help=f"most results one search may ask for (at most {K_CAP})")
+    add_option(p, "--max-batch", type=bounded(int, 1, MAX_BATCH_CAP), default=DEFAULT_MAX_BATCH,
+               help="most concurrent queries encoded in one model forward")
+    add_option(p, "--max-decodes", type=bounded(int, 1, MAX_DECODES_CAP), default=DEFAULT_MAX_DECODES,
+               help="most images decoded at once (each may take hundreds of MB while decoded)")
+    add_option(p, "--max-requests", type=bounded(int, 1, MAX_REQUESTS_CAP), default=DEFAULT_MAX_REQUESTS,
+               help="most requests answered at once; more get 503 with Retry-After")
+    add_option(p, "--body-timeout", type=bounded(float, 0, MAX_TIMEOUT, low_open=True), default=DEFAULT_BODY_TIMEOUT,
+               help="seconds an upload may stall before the request gets 408 and is closed")
+    add_option(p, "--keep-alive-timeout", type=bounded(int, 1, MAX_TIMEOUT), default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+               help="seconds an idle connection is kept open after a response")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the server's log level")
 
 
 def run(args) -> int:
-    import math
-
-    from hybridhash.errors import ConfigError
-    from hybridhash.index import check_k
-    from hybridhash.limits import UPLOAD_BYTES_CAP
     from hybridhash.retrieval import Retriever
     from hybridhash.app.serve.app import create_app
     from hybridhash.app.serve.decodes import limit_arenas
     from hybridhash.app.serve.headers import allowed_hosts
     from hybridhash.app.serve.server import bind_socket, is_loopback, run_server, socket_url
 
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be 0..65535, got {args.port}")
-    check_options(args, at_least=dict.fromkeys(("max_pixels", "max_batch", "max_decodes", "max_requests",
-                                                "keep_alive_timeout"), 1),
-                  positive=("max_upload_mb", "body_timeout"))
-    check_k(args.max_k, "--max-k")
-    cap_mb = UPLOAD_BYTES_CAP // 2**20
-    if not math.isfinite(args.max_upload_mb) or args.max_upload_mb > cap_mb:
-        raise ConfigError(f"--max-upload-mb must be at most {cap_mb}, got {args.max_upload_mb:g}")
     hosts = allowed_hosts(args.host, args.allowed_host)
     # before the server's threads start: they share few malloc arenas (see hybridhash.app.serve.decodes)
     limit_arenas()
     from hybridhash.runtime import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
-    retriever = Retriever.open(args.index, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
-                               runtime=args.runtime,
-                               max_pixels=args.max_pixels, root=args.root)
+    retriever = Retriever.open(args.collection, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
+                               runtime=args.runtime, max_pixels=args.max_pixels, root=args.image_root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      max_k=args.max_k, max_batch=args.max_batch, max_decodes=args.max_decodes,
                      body_timeout=args.body_timeout, max_requests=args.max_requests, allowed_hosts=hosts)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_dataclass_options, dataclass_from_args
+from .options import add_config_option, add_dataclass_options, dataclass_from_args
 
 HELP = "train HybridHash models (one per code length) on a dataset"
 DESCRIPTION = (
@@ -11,7 +11,14 @@ DESCRIPTION = (
     "Options left unset take the recipe of the model: the original's (RMSprop 2.5e-5, 15 epochs, ...) for "
     "pretrained or 224 px presets, a from-scratch one (AdamW with warm-up and cosine decay, cached images "
     "shifted per batch) for small presets such as hybridhash_cpu. Multi-GPU: torchrun --nproc-per-node N "
-    "$(which hybridhash) train ...")
+    "$(which hybridhash) train ... To re-run a recorded run: --config RUN/run.json (or RUN) --out NEW; the options "
+    "given beside it override the recorded ones.")
+
+# what run.json records that does not define the run: the first run may have been resumed, or
+# stopped early by the tests' hook
+NOT_REPEATED = ("resume", "stop_after_epochs")
+# a run.json is a few kilobytes; anything past this is not one
+MAX_RECORD_BYTES = 16 * 2**20
 
 
 GROUPS = {"data": "data", "model": "model", "method": "method",
@@ -21,9 +28,47 @@ GROUPS = {"data": "data", "model": "model", "method": "method",
 def configure(p: argparse.ArgumentParser) -> None:
     from hybridhash.app.train.recipe import TrainConfig  # torch-free
 
-    groups = add_dataclass_options(p, TrainConfig, GROUPS)
+    from .vocabulary import code_length
+
+    add_config_option(p, recorded_options,
+                      help="re-run a recorded run: its run.json (or its directory) gives every option the command "
+                           "line does not; the recorded options are the resolved ones (the recipe's values filled in)")
+    groups = add_dataclass_options(p, TrainConfig, GROUPS, types={"bits": code_length()})
     groups["optimisation"].add_argument("--original-bank-rows", action="store_true",
                                         help="use the original's row count for the dataset")
+
+
+def recorded_options(path: str) -> dict:
+    """{option dest: value} that the run.json at ``path`` (or in the run directory ``path``) records,
+    in today's names, without what does not define the run (:data:`NOT_REPEATED`); a one-line
+    ConfigError for a file that is not a training run's record."""
+    from pathlib import Path
+
+    from hybridhash.errors import ConfigError, DataError
+    from hybridhash.fileio import read_json
+    from hybridhash.app.rundir import RUN_NAME
+    from hybridhash.app.train.recipe import legacy_options
+
+    given = Path(path)
+    file = given / RUN_NAME if given.is_dir() else given
+    hint = "name the run.json of a training run, or its directory"
+    if not file.is_file():
+        why = "no such file" if not file.exists() else "not a regular file"
+        raise ConfigError(f"--config {file}: {why}; {hint}")
+    if file.stat().st_size > MAX_RECORD_BYTES:
+        raise ConfigError(f"--config {file}: {file.stat().st_size} bytes, too large for a run.json; {hint}")
+    try:
+        record = read_json(file)
+    except DataError as err:  # nested past the parser's recursion limit
+        raise ConfigError(f"--config {err}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"--config {file}: not JSON; {hint}") from None
+    if not (isinstance(record, dict) and isinstance(record.get("config"), dict) and "hybridhash" in record):
+        raise ConfigError(f"--config {file}: not the run.json of a hybridhash training run; {hint}")
+    values = legacy_options(record["config"])
+    for name in NOT_REPEATED:
+        values.pop(name, None)
+    return values
 
 
 def config_from_args(args) -> "TrainConfig":

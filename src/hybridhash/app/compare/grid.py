@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .. import rundir as R
 from ...errors import ConfigError, HybridHashError
 from ...fileio import read_json, write_json
+from ...limits import MAX_PIXELS
 from ...locking import LockedError, exclusive
 from ...outdir import claim
 from ..train.recipe import NONNEGATIVE_INT, RESUME_KEYS, TrainConfig, check_bits_list
@@ -92,7 +93,8 @@ class Grid:
     device: str = "auto"
     threads: Optional[int] = None
     parallel: Optional[int] = None
-    quiet: bool = False
+    progress: bool = True
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         self.methods, self.bits, self.seeds = tuple(self.methods), tuple(self.bits), tuple(self.seeds)
@@ -153,7 +155,8 @@ class Grid:
             model_overrides=dict(self.model_overrides), pretrained=self.pretrained, bits=self.bits,
             method=cell.method, method_params=dict(self.method_params.get(cell.method, {})),
             out=str(cell.directory), seed=cell.seed, val_fraction=self.val_fraction, epochs=self.epochs,
-            device=self.device, threads=self.threads, parallel=self.parallel, quiet=self.quiet)
+            device=self.device, threads=self.threads, parallel=self.parallel, progress=self.progress,
+            max_pixels=self.max_pixels)
         kw.update(self.train_options)
         if self.same_optimizer and impose:
             kw.update(self.imposed_settings())
@@ -173,7 +176,7 @@ class Grid:
         from ...data import load_protocol
 
         return load_protocol(self.dataset, self.root, image_root=self.image_root, seed=seed,
-                             val_fraction=self.val_fraction)
+                             val_fraction=self.val_fraction, max_pixels=self.max_pixels)
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -182,7 +185,9 @@ class Grid:
     def from_dict(cls, d: Dict[str, Any]) -> "Grid":
         from ...configs import from_json_dict
 
-        return from_json_dict(cls, d, f"grid options in {GRID_NAME}")
+        from ..train.recipe import legacy_options
+
+        return from_json_dict(cls, legacy_options(d), f"grid options in {GRID_NAME}")
 
     @classmethod
     def read(cls, out) -> Optional["Grid"]:

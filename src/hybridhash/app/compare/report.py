@@ -147,7 +147,7 @@ def floor_metrics(grid: Grid, seed: int, split_hash: str, cell: Cell, protocol=N
     if protocol is None or protocol.split_record()["hash"] != split_hash:
         c = read_json(cell.directory / R.RUN_NAME)["config"]
         protocol = load_protocol(c["dataset"], c.get("root"), image_root=c.get("image_root"),
-                                 split_file=str(cell.directory / R.SPLIT_NAME))
+                                 split_file=str(cell.directory / R.SPLIT_NAME), max_pixels=grid.max_pixels)
     try:
         tr, q, db = (pixel_vectors(s) for s in (protocol.train, protocol.query, protocol.database))
     except ValueError as err:  # images of several sizes have no common pixel vector

@@ -158,7 +158,7 @@ def _encoder_leftovers_only(out: Path) -> bool:
 
 
 def _not_ours(out: Path) -> DataError:
-    return DataError(f"--out {out} is not empty and is not a hybridhash collection (not a code collection this "
+    return DataError(f"--collection {out} is not empty and is not a hybridhash collection (not a code collection this "
                      f"project wrote); choose an empty or new directory")
 
 

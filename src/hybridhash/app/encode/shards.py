@@ -182,7 +182,7 @@ def merge_shards(out: PathLike) -> "coll.Collection":
         problem, z = check_shard(out, plan, s)
         if problem is not None:
             # a shard of another run or of the wrong width would be kept or written the same way again
-            hint = ("encode again with --no-resume, or into another --out"
+            hint = ("encode again with --no-resume, or into another --collection"
                     if problem == "belongs to another encoding run" or problem.startswith("holds codes of shape")
                     else "run the same encode command again to re-encode it")
             raise DataError(f"{shard_path(out, s)}: {problem}; {hint}")

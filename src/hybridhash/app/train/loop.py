@@ -171,7 +171,7 @@ class Trainer:
             cb(event, self, **info)
 
     def _progress(self) -> bool:
-        return not self.config.quiet and self.dist.is_main and sys.stderr.isatty()
+        return self.config.progress and self.dist.is_main and sys.stderr.isatty()
 
     def _set_lr(self) -> float:
         f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.config.schedule)
@@ -413,7 +413,7 @@ class Trainer:
             for k in ("loss", "lr", self.metric_name):
                 if k in record:
                     self.writer.add_scalar(f"{k}", record[k], self.epoch)
-        if not c.quiet:
+        if c.progress:
             _log.info("%d bits, epoch %d/%d: %s", self.bits, self.epoch, c.epochs,
                       ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in record.items() if k not in ("epoch", "best")))

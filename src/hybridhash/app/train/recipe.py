@@ -19,10 +19,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ...configs import Bounds, from_json_dict, to_json_dict
+from ...configs import COUNT, FRACTION, NONNEGATIVE, NONNEGATIVE_INT, PIXELS, POSITIVE, THREADS, WORKERS, Bounds
+from ...configs import from_json_dict, to_json_dict
 from ...codes import check_bits
 from ...errors import ConfigError
-from ...limits import MAX_INT_OPTION, MAX_THREADS, MAX_WORKERS
+from ...limits import MAX_PIXELS, MAX_THREADS
 
 OPTIMIZERS = ("rmsprop", "adamw", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -31,13 +32,6 @@ SELECT_ON = ("val", "query")
 # largest image edge the scratch recipe is meant for
 SCRATCH_MAX_IMG = 64
 
-
-# the ranges of numeric options
-COUNT = Bounds(1, MAX_INT_OPTION, integer=True)  # epochs, sizes, intervals
-NONNEGATIVE_INT = Bounds(0, MAX_INT_OPTION, integer=True)
-POSITIVE = Bounds(0, low_open=True)
-NONNEGATIVE = Bounds(0)
-WORKERS = Bounds(0, MAX_WORKERS, integer=True)  # data-loading processes
 
 
 def _opt(default: Any, help: str, group: str, bounds: Optional[Bounds] = None, **argparse_kw: Any) -> Any:
@@ -60,8 +54,11 @@ class TrainConfig:
     """
 
     dataset: str = _opt("digits", "protocol name (digits, cifar10, ..., list:<dir>, folder:<dir>)", "data")
-    root: Optional[str] = _opt(None, "data directory (not needed for digits)", "data")
-    image_root: Optional[str] = _opt(None, "where list-file image paths start", "data")
+    # --data-root, as in every command (--root before)
+    root: Optional[str] = _opt(None, "the dataset's folder: CIFAR-10's batches, the list files, or the class folders "
+                               "(not needed for digits)", "data", flag="--data-root", old=("--root",), metavar="DIR")
+    image_root: Optional[str] = _opt(None, "the folder a list file's relative image paths start from", "data",
+                                     metavar="DIR")
     download: bool = _opt(False, "download CIFAR-10 through torchvision when absent", "data")
     model: str = _opt("hybridhash_cpu", "a HybridHash preset, cnn_cpu, or any timm model name (see `hybridhash "
                       "models`)", "model")
@@ -76,8 +73,7 @@ class TrainConfig:
                                          parse="json_object")
     out: str = _opt("runs/train", "run directory", "run")
     seed: int = _opt(0, "seed of the split, the init and every random draw", "run", NONNEGATIVE_INT)
-    val_fraction: float = _opt(0.1, "share of the training images held out for selection", "data",
-                               Bounds(0, 1, high_open=True))
+    val_fraction: float = _opt(0.1, "share of the training images held out for selection", "data", FRACTION)
     select_on: str = _opt("val", "split that picks the best epoch; 'query' reproduces the original (not a fair "
                           "protocol)", "run", choices=SELECT_ON)
     # recipe-filled
@@ -109,13 +105,16 @@ class TrainConfig:
     bank_fp16: bool = _opt(False, "hybridhash: keep the bank in float16 as the original", "method")
     # machinery
     device: str = _opt("auto", "cpu, cuda, cuda:1, or auto", "run")
-    workers: int = _opt(0, "data-loading processes", "data", WORKERS)
+    workers: int = _opt(0, "data-loading processes (0: load in the main process)", "data", WORKERS, metavar="N")
+    max_pixels: int = _opt(MAX_PIXELS, "refuse images with more pixels (width * height) than this, unread", "data",
+                           PIXELS, metavar="N")
     eval_batch_size: int = _opt(256, "images per forward when encoding for selection", "run", COUNT)
     save_every: int = _opt(1, "save last/ every N epochs", "run", COUNT)
     resume: bool = _opt(False, "continue the run in --out from its last saved epoch", "run")
     tensorboard: bool = _opt(False, "also log to OUT/bits{N}/tensorboard", "run")
-    quiet: bool = _opt(False, "no progress bars or per-epoch lines", "run")
-    threads: Optional[int] = _opt(None, "torch CPU threads (per process)", "run", Bounds(1, MAX_THREADS, integer=True))
+    progress: bool = _opt(True, "show progress bars (on a terminal) and per-epoch lines", "run", parse="progress",
+                          old=("--quiet",))
+    threads: Optional[int] = _opt(None, "torch CPU threads (per process)", "run", THREADS, metavar="N")
     # code lengths trained at once in separate CPU processes (0: as many as cores and code lengths)
     parallel: Optional[int] = _opt(None, "CPU only: code lengths trained at once in separate processes (0: one per "
                                    "core; default: by recipe, 0 for small presets, 1 otherwise)", "run",
@@ -133,7 +132,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        return from_json_dict(cls, d, "training options")
+        return from_json_dict(cls, legacy_options(d), "training options")
+
+
+def legacy_options(d: Dict[str, Any]) -> Dict[str, Any]:
+    """Recorded options in today's names: ``quiet`` (before ``progress``) becomes ``progress``."""
+    if "quiet" not in d or "progress" in d:
+        return dict(d)
+    d = dict(d)
+    quiet = d.pop("quiet")
+    d["progress"] = not quiet if isinstance(quiet, bool) else quiet
+    return d
 
 
 def original_recipe() -> Dict[str, Any]:

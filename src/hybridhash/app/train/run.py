@@ -114,7 +114,7 @@ def load_run_protocol(config: TrainConfig, run_dir: Path):
     from ...data import load_protocol
 
     split = run_dir / R.SPLIT_NAME
-    kw = dict(root=config.root, image_root=config.image_root, download=config.download)
+    kw = dict(root=config.root, image_root=config.image_root, download=config.download, max_pixels=config.max_pixels)
     if split.exists():
         return load_protocol(config.dataset, split_file=str(split), **kw)
     return load_protocol(config.dataset, seed=config.seed, val_fraction=config.val_fraction, **kw)
@@ -290,5 +290,5 @@ def _build_cache(config: TrainConfig, protocol, bits: int, dist_info: D.DistInfo
         raise ConfigError(f"caching {len(protocol.train)} training images of {model_cfg.img_size} px needs "
                           f"{size / 2**30:.1f} GiB; use --data-mode stream")
     transform = build_transform(with_pipeline(model_cfg.preprocess, protocol.name), train=False)
-    desc = "cache training images" if (not config.quiet and dist_info.is_main and sys.stderr.isatty()) else None
+    desc = "cache training images" if (config.progress and dist_info.is_main and sys.stderr.isatty()) else None
     return CachedImages(protocol.train, transform, desc)
