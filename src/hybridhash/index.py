@@ -46,12 +46,10 @@ from .runtime import usable_cores
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "MAX_K", "check_k", "pack_codes", "hamming_distances"]
+__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "K_CAP", "check_k", "pack_codes", "hamming_distances"]
 
 EMPTY_ID = -1
 EMPTY_DISTANCE = int(np.iinfo(np.int32).max)  # faiss fills empty heap slots with this
-# most results one search may ask for (limits.K_CAP)
-MAX_K = K_CAP
 MANIFEST_FORMAT = "hybridhash-index"
 MANIFEST_VERSION = 1
 
@@ -70,11 +68,11 @@ class StaleIndexError(IndexMismatchError):
 
 
 def check_k(k: Any, name: str = "k", allow_zero: bool = False) -> int:
-    """``k`` as an int in ``0 or 1 .. MAX_K``, or ConfigError naming ``name``."""
+    """``k`` as an int in ``0 or 1 .. K_CAP``, or ConfigError naming ``name``."""
     low = 0 if allow_zero else 1
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not low <= k <= MAX_K:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not low <= k <= K_CAP:
         kind = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"{name} must be a {kind} integer of at most {MAX_K}, got {k!r}")
+        raise ConfigError(f"{name} must be a {kind} integer of at most {K_CAP}, got {k!r}")
     return int(k)
 
 
@@ -242,7 +240,7 @@ class HashIndex:
 
         Args:
             codes: queries, packed ``(n, bits/8)`` or +-1 ``(n, bits)``.
-            k: results per query, 0..``MAX_K`` (it may exceed ntotal: the rest are empty slots;
+            k: results per query, 0..``K_CAP`` (it may exceed ntotal: the rest are empty slots;
                 callers that want no padding pass ``min(k, ntotal)``).
 
         Returns:
@@ -250,7 +248,7 @@ class HashIndex:
             empty slots hold ``EMPTY_ID`` and ``EMPTY_DISTANCE``. Exact with ties by id for ``flat``.
 
         Raises:
-            ConfigError: k negative, not an integer, or over ``MAX_K`` (the result is allocated
+            ConfigError: k negative, not an integer, or over ``K_CAP`` (the result is allocated
                 before searching: an unbounded k would be an unbounded allocation).
         """
         k = check_k(k, allow_zero=True)

@@ -189,7 +189,7 @@ class Retriever:
     def search_codes(self, codes: np.ndarray, k: int = 10) -> List[List[Hit]]:
         """Codes (+-1 (B, bits) or packed uint8 (B, bits/8)) -> B lists of at most ``k`` hits, nearest first
         (ties by id); fewer than ``k`` when the collection is smaller. ``k`` is at most
-        :data:`hybridhash.index.MAX_K`."""
+        :data:`hybridhash.limits.K_CAP`."""
         from .index import check_k
 
         k = check_k(k)
