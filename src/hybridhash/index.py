@@ -37,16 +37,15 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import faiss
 import numpy as np
 
-from .codes import MAX_BITS, check_bits, hamming_distances  # noqa: F401  (re-exported)
-from .codes import as_packed as pack_codes  # the lenient reader: packed, or values of any sign
+from .codes import as_packed, check_bits, rank_rows  # as_packed: the lenient reader, packed or values of any sign
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json
+from .environment import usable_cores
 from .limits import K_CAP
-from .runtime import usable_cores
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "K_CAP", "check_k", "pack_codes", "hamming_distances"]
+__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "K_CAP", "check_k"]
 
 EMPTY_ID = -1
 EMPTY_DISTANCE = int(np.iinfo(np.int32).max)  # faiss fills empty heap slots with this
@@ -179,7 +178,7 @@ class HashIndex:
     def train(self, codes: Any) -> None:
         """Train an ``ivf`` index's cells on ``codes`` ``(n, bits/8)`` or ``(n, bits)`` (a random
         sample of at most 256 codes per cell is used). A no-op for ``flat``."""
-        x = pack_codes(codes, self.bits)
+        x = as_packed(codes, self.bits)
         if self.kind == "flat":
             return
         if self.is_trained:
@@ -203,7 +202,7 @@ class HashIndex:
 
         An untrained ``ivf`` index is first trained on these codes.
         """
-        x = pack_codes(codes, self.bits)
+        x = as_packed(codes, self.bits)
         if x.shape[0] == 0:
             return
         if not self.is_trained:
@@ -252,7 +251,7 @@ class HashIndex:
                 before searching: an unbounded k would be an unbounded allocation).
         """
         k = check_k(k, allow_zero=True)
-        q = pack_codes(codes, self.bits)
+        q = as_packed(codes, self.bits)
         n = q.shape[0]
         dist = np.full((n, k), EMPTY_DISTANCE, dtype=np.int32)
         ids = np.full((n, k), EMPTY_ID, dtype=np.int64)
@@ -265,9 +264,7 @@ class HashIndex:
         d = np.concatenate([p[0] for p in parts])  # (n, kk)
         i = np.concatenate([p[1] for p in parts])
         d[i < 0] = EMPTY_DISTANCE
-        order = np.lexsort((i, d), axis=1)  # (distance, id) per row; flat is already in this order
-        dist[:, :kk] = np.take_along_axis(d, order, axis=1)
-        ids[:, :kk] = np.take_along_axis(i, order, axis=1)
+        dist[:, :kk], ids[:, :kk] = rank_rows(d, i)  # (distance, id) per row; flat is already in this order
         return dist, ids
 
     # ------------------------------------------------------------------ persistence
