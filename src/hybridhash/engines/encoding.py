@@ -26,16 +26,21 @@ def encode_batch(model: Any, x: torch.Tensor, *, device: Union[str, torch.device
     of exactly 0 counts as +1), or with ``outputs`` the float32 outputs ``(B, bits)`` before the sign.
 
     Args:
-        model: a project model (or any module mapping images to ``(B, bits)`` outputs) or an export
-            engine (:mod:`hybridhash.engines`); its device and mode are the caller's to set.
+        model: a project model or an export engine (:mod:`hybridhash.engines`), whose ``encode``
+            gives the codes, or any module mapping images to ``(B, bits)`` outputs, whose sign is
+            taken here; its device and mode are the caller's to set.
         device: where the batch is moved first (None: where it is).
         amp: bf16 autocast, on the CUDA devices that support it (a no-op elsewhere).
     """
     if device is not None:
         x = x.to(torch.device(device), non_blocking=True)
     with torch.inference_mode(), autocast_context(x.device, amp):
-        u = model(x)  # (B, bits)
-        result = u.float() if outputs else binarize(u)
+        if outputs:
+            result = model(x).float()  # (B, bits)
+        elif hasattr(model, "encode"):  # the encoding contract: an export answers with its graph's codes
+            result = model.encode(x)  # (B, bits) int8
+        else:
+            result = binarize(model(x))
     return result.cpu().numpy()
 
 
