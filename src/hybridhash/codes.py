@@ -338,18 +338,19 @@ class PackedDatabase:
             self._samples[step] = np.ascontiguousarray(self.words_t[:, ::step])  # (W, n / step)
         return self._samples[step]
 
-    def topk(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def topk(self, query: np.ndarray, k: int, distances: bool = True):
         """The ``k`` nearest items of each query, ranked by (distance, database index).
 
         ``query``: uint64 (qc, W) words of at least one query; ``k`` >= 1. Returns distances
-        (qc, min(k, n)) of :attr:`dtype` and ids int64 (qc, min(k, n)), each row in rank order.
+        (qc, min(k, n)) of :attr:`dtype` (None when ``distances`` is False: the metrics need only
+        the order) and ids int64 (qc, min(k, n)), each row in rank order.
         """
         n, levels = self.n, self.levels
         qc = query.shape[0]
         if k >= n:  # the whole ranking: a stable radix sort of small unsigned ints
             D = self.distances(query)  # (qc, n)
             order = np.argsort(D, axis=1, kind="stable")
-            return np.take_along_axis(D, order, axis=1), order
+            return (np.take_along_axis(D, order, axis=1) if distances else None), order
         step = max(1, n // _SAMPLE_COLS)
         if step == 1:  # a small database: the threshold from all distances is exact
             D = self.distances(query)  # (qc, n)
@@ -359,16 +360,15 @@ class PackedDatabase:
             t = _threshold(self.distances(query, step=step), k, n, levels)
             D, mask = self.distances(query, threshold=t)  # (qc, n) each
         rows, cols = _candidates(D, k, t, mask)  # every row's top k are among them
-        flat = rows * n + cols
-        key = rows * levels + D.ravel()[flat]
+        key = rows * levels + D.ravel()[rows * n + cols]
         # sort by (query, distance); stability keeps database index order inside a distance
         key = key.astype(np.uint16 if qc * levels <= 1 << 16 else np.int64)
         order = np.argsort(key, kind="stable")
-        rows, flat = rows[order], flat[order]
+        rows, cols = rows[order], cols[order]
         per_row = np.bincount(rows, minlength=qc)
-        rank = np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows]  # 0-based
-        flat = flat[rank < k]  # exactly k per row, rows in order
-        return D.ravel()[flat].reshape(qc, k), (flat % n).reshape(qc, k)
+        keep = np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows] < k  # rank < k: exactly k a row
+        ids = cols[keep].reshape(qc, k)
+        return (D.ravel()[rows[keep] * n + ids.ravel()].reshape(qc, k) if distances else None), ids
 
 
 def _threshold(sample: np.ndarray, k: int, n: int, levels: int) -> np.ndarray:

@@ -146,10 +146,11 @@ class _Task:
             rank int64 (h,): its 0-based rank. Sorted by row, then rank.
         """
         qc, ndb = stop - start, self.ndb
-        _, ids = self.codes.database.topk(self.codes.query[start:stop], k)  # (qc, k') k' = min(k, ndb)
+        _, ids = self.codes.database.topk(self.codes.query[start:stop], k, distances=False)  # (qc, min(k, ndb))
         kk = ids.shape[1]
         if kk == ndb:  # the whole ranking: every pair's relevance, gathered in rank order (a 1-D gather)
-            ranked = self.labels.matrix(start, stop).ravel()[ids + (np.arange(qc) * ndb)[:, None]]
+            ids += (np.arange(qc) * ndb)[:, None]  # flat positions, in place: ids is ours
+            ranked = self.labels.matrix(start, stop).ravel()[ids]
         else:
             ranked = self.labels.pairs(np.repeat(np.arange(start, stop), kk), ids.ravel())
         flat = np.flatnonzero(ranked)
