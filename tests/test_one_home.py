@@ -184,21 +184,21 @@ def test_encode_images_over_batches_and_data_sets_equals_the_forward():
 # limits, packing, listing, fingerprints, the environment, the engines
 
 
-@pytest.mark.parametrize("name", ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMG_SIZE", "MAX_K", "DEFAULT_MAX_K",
+@pytest.mark.parametrize("name", ["IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMG_SIZE", "MAX_K", "K_CAP",
                                   "MAX_PIXELS", "MAX_EMBED_DIM", "MAX_DEPTH", "MAX_MLP_RATIO", "MAX_CNN_WIDTH"])
 def test_each_limit_is_defined_once_in_limits(name):
     assert _assigned()[name] == ["limits.py"]
 
 
 def test_max_k_names_one_thing():
-    from hybridhash import limits
+    """K_CAP: the largest k any search accepts; MAX_K: the service's default --max-k (the index has none)."""
+    from hybridhash import index, limits
     from hybridhash.app.serve import app
-    from hybridhash.index import check_k
 
-    assert check_k(limits.MAX_K) == limits.MAX_K
-    with pytest.raises(hybridhash.errors.ConfigError, match=f"at most {limits.MAX_K}"):
-        check_k(limits.MAX_K + 1)
-    assert app.DEFAULT_MAX_K is limits.DEFAULT_MAX_K and limits.DEFAULT_MAX_K <= limits.MAX_K
+    assert index.check_k(limits.K_CAP) == limits.K_CAP
+    with pytest.raises(hybridhash.errors.ConfigError, match=f"at most {limits.K_CAP}"):
+        index.check_k(limits.K_CAP + 1)
+    assert not hasattr(index, "MAX_K") and app.DEFAULT_MAX_K == limits.MAX_K <= limits.K_CAP
 
 
 def test_one_strict_and_one_lenient_packer():
