@@ -41,10 +41,12 @@ import numpy as np
 import torch
 
 import hybridhash
-from hybridhash.export import OnnxEncoder, export_onnx
+from hybridhash.engines import openvino_available
+from hybridhash.engines.onnx import OnnxEncoder
+from hybridhash.engines.openvino import OpenVinoEncoder
+from hybridhash.export import export_onnx
 from hybridhash.models import cpu_gemm
 from hybridhash.models.hybridhash import CPU_MICRO_BATCH
-from hybridhash.openvino_encoder import OpenVinoEncoder, openvino_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_export import ort_matmul_rate  # noqa: E402

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 import hybridhash
-from hybridhash.export import OnnxEncoder, export_onnx
+from hybridhash.engines.onnx import OnnxEncoder
+from hybridhash.export import export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import count_flops, matmul_rate  # noqa: E402

@@ -20,7 +20,7 @@ from hybridhash.codes import binarize
 from hybridhash.data import load_protocol
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from hybridhash.methods import list_methods, method_class
-from hybridhash.models import BackboneConfig, BackboneHash, CnnConfig, CnnHash, build_config, list_presets, read_config
+from hybridhash.models import BackboneConfig, BackboneHash, CnnConfig, CnnHash, build_config, list_models, read_config
 from hybridhash.app.train import TrainConfig, train
 
 
@@ -85,7 +85,7 @@ def test_cnn_preset():
     convs = [(3, 32), (32, 64), (64, 64), (64, 128), (128, 128), (128, 256)]
     expected = sum(9 * a * b + 2 * b for a, b in convs) + 256 * 32 + 32
     assert model.num_params() == expected and 0.3e6 < expected < 1e6
-    assert "cnn_cpu" in list_presets() and "cnn_cpu" not in hybridhash.list_models()
+    assert "cnn_cpu" in list_models(arch="*") and "cnn_cpu" not in hybridhash.list_models()
     with pytest.raises(CheckpointError, match="no ImageNet weights"):
         hybridhash.create_model("cnn_cpu", pretrained="imagenet")
 

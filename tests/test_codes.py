@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridhash import codes, index, metrics
+from hybridhash import codes, metrics
 from hybridhash.errors import ConfigError, DataError, IndexMismatchError
 
 BITS = [8, 16, 24, 40, 64, 72, 128, 200, 256]
@@ -151,7 +151,7 @@ def test_hamming_distances_match_per_bit_loop(bits, popcount_path):
     d[1] = ~q[1]  # every bit differs
     expected = naive_hamming(q.tolist(), d.tolist())
     assert expected[0, 0] == 0 and expected[1, 1] == bits
-    for fn in (codes.hamming_distances, index.hamming_distances, metrics.hamming_distances):
+    for fn in (codes.hamming_distances, metrics.hamming_distances):
         got = fn(q, d)
         assert got.dtype == np.int32 and np.array_equal(got, expected), fn.__module__
 
@@ -169,6 +169,46 @@ def test_hamming_width_mismatch_is_named():
         codes.hamming_distances(np.zeros((1, 2), np.uint8), np.zeros((1, 3), np.uint8))
 
 
+def naive_topk(dist: np.ndarray, k: int):
+    """Each row's first k of sorted (distance, index) pairs, by Python's sort: (d (nq, k'), ids (nq, k'))."""
+    rows = [sorted((int(v), j) for j, v in enumerate(row))[:k] for row in dist]
+    return (np.array([[d for d, _ in r] for r in rows], np.int64).reshape(len(rows), -1),
+            np.array([[j for _, j in r] for r in rows], np.int64).reshape(len(rows), -1))
+
+
+@pytest.mark.parametrize("sample_cols", [8, 8192])  # 8: the sampled threshold guess, often too low
+def test_hamming_topk_equals_a_sorted_ranking_with_ties_by_index(monkeypatch, popcount_path, sample_cols):
+    monkeypatch.setattr(codes, "_SAMPLE_COLS", sample_cols)
+    monkeypatch.setattr(codes, "_CHUNK_CELLS", 4000)  # several chunks of queries
+    rng = np.random.default_rng(11)
+    pool = rng.integers(0, 256, (25, 3), dtype=np.uint8)  # 24 bits from 25 distinct codes: many ties
+    d = pool[rng.integers(0, 25, 300)]
+    q = np.concatenate([pool[rng.integers(0, 25, 30)], rng.integers(0, 256, (10, 3), dtype=np.uint8)])
+    dist = naive_hamming(q.tolist(), d.tolist())  # (40, 300)
+    for k in (1, 5, 37, 299, 300, 1000):
+        got_d, got_i = codes.hamming_topk(q, d, k)
+        want_d, want_i = naive_topk(dist, k)
+        assert got_d.dtype == np.int32 and got_i.dtype == np.int64 and got_i.shape == (40, min(k, 300))
+        assert np.array_equal(got_i, want_i) and np.array_equal(got_d, want_d), k
+    pm_q, pm_d = codes.unpack_codes(q), codes.unpack_codes(d)  # the same codes as +-1
+    assert np.array_equal(codes.hamming_topk(pm_q, pm_d, 9)[1], naive_topk(dist, 9)[1])
+    assert codes.hamming_topk(q, d, 0)[1].shape == (40, 0) and codes.hamming_topk(q[:0], d, 4)[0].shape == (0, 4)
+    with pytest.raises(ConfigError, match="k must be a non-negative integer"):
+        codes.hamming_topk(q, d, -1)
+    with pytest.raises(IndexMismatchError, match="3 packed bytes but database codes have 2"):
+        codes.hamming_topk(q, d[:, :2], 3)
+
+
+def test_rank_rows_orders_by_distance_then_id():
+    rng = np.random.default_rng(12)
+    dist = rng.integers(0, 4, (20, 15)).astype(np.int32)
+    ids = np.stack([rng.permutation(100)[:15] for _ in range(20)]).astype(np.int64)
+    got_d, got_i = codes.rank_rows(dist, ids)
+    for r in range(20):
+        pairs = sorted(zip(dist[r].tolist(), ids[r].tolist()))
+        assert got_d[r].tolist() == [p[0] for p in pairs] and got_i[r].tolist() == [p[1] for p in pairs]
+
+
 def test_numpy1_without_bitwise_count(monkeypatch):
     """As on numpy 1.x: the switch off and np.bitwise_count absent; nothing may call it."""
     monkeypatch.setattr(codes, "USE_BITWISE_COUNT", False)
@@ -177,7 +217,7 @@ def test_numpy1_without_bitwise_count(monkeypatch):
     pm_q, pm_d = random_pm1(rng, 4, 64), random_pm1(rng, 30, 64)
     q, d = codes.pack_pm1(pm_q), codes.pack_pm1(pm_d)
     expected = naive_hamming(q.tolist(), d.tolist())
-    np.testing.assert_array_equal(index.hamming_distances(q, d), expected)
+    np.testing.assert_array_equal(codes.hamming_distances(q, d), expected)
     np.testing.assert_array_equal(metrics.hamming_distances(pm_q, pm_d), expected)
     ql, dl = rng.integers(0, 3, 4), rng.integers(0, 3, 30)
     # mAP@all from the naive distances: stable ranking, precision at each relevant item
@@ -211,8 +251,7 @@ def test_one_owner_of_the_format():
     """No other module of the package packs, popcounts or binarises on its own."""
     patterns = [r"np\.packbits\(", r"np\.unpackbits\(", r"bitwise_count", r"0x5555", r">= 0, 1, -1",
                 r"def (_?pack_codes|_?popcount\w*|_?words|hamming_distances|_check_bits|_bits_from_pm1)\b"]
-    # metrics keeps hamming_distances as its public, validating entry point over codes' kernel
-    allowed = {("ranking_core.py", "def hamming_distances")}
+    allowed = set()
     offenders = []
     for path in SRC.rglob("*.py"):
         if path.name == "codes.py":

@@ -5,7 +5,7 @@ import torch
 from timm.models.nest import Attention as NestAttention
 
 import hybridhash
-from hybridhash.app.evaluation import encode_images
+from hybridhash.engines.encoding import encode_images
 from hybridhash.models.hybridhash import CPU_MICRO_BATCH, BlockAttention
 
 

@@ -13,9 +13,10 @@ from hybridhash.app import cli
 from hybridhash import metrics as M
 from hybridhash.data import load_protocol
 from hybridhash.data.transforms import build_transform, with_pipeline
-from hybridhash.app.evaluation import retrieval_metrics, top_results
+from hybridhash.app.evaluation import retrieval_metrics
 from hybridhash.app.rundir import find_checkpoints
 from hybridhash.app.report import GREEN, RED, pick_queries, retrieval_picture
+from hybridhash.codes import hamming_topk
 
 SMALL = {"depths": [1, 1, 1]}
 
@@ -99,7 +100,7 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):
 def test_top_results_and_metrics_on_hand_made_codes():
     q = np.array([[1, 1, 1, 1], [-1, -1, -1, -1]])
     d = np.array([[-1, -1, -1, -1], [1, 1, 1, -1], [1, 1, 1, 1], [1, 1, -1, -1]])
-    assert top_results(q, d, k=3).tolist() == [[2, 1, 3], [0, 3, 1]]  # ties by database index
+    assert hamming_topk(q, d, k=3)[1].tolist() == [[2, 1, 3], [0, 3, 1]]  # ties by database index
     r = retrieval_metrics(q, d, np.array([0, 1]), np.array([1, 0, 0, 1]), curves=True)
     # query 0: relevant items at ranks 1, 2 (rows 2, 1) -> AP 1; query 1: rows 0, 3 at ranks 1, 2 -> AP 1
     assert r["map"] == 1.0 and r["precision_at_n"]["precision"][0] == 1.0

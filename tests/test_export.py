@@ -16,8 +16,10 @@ from hybridhash.app import cli  # noqa: E402
 from hybridhash.data.transforms import build_transform, with_pipeline  # noqa: E402
 from hybridhash.app.encode import encode_collection, model_preprocess  # noqa: E402
 from hybridhash.errors import CheckpointError, ConfigError, DataError  # noqa: E402
-from hybridhash.app.evaluation import encode_images  # noqa: E402
-from hybridhash.export import OnnxEncoder, export_onnx, is_project_onnx, read_metadata  # noqa: E402
+from hybridhash.engines.encoding import encode_images  # noqa: E402
+from hybridhash.engines.exported import is_project_onnx, read_metadata  # noqa: E402
+from hybridhash.engines.onnx import OnnxEncoder  # noqa: E402
+from hybridhash.export import export_onnx  # noqa: E402
 from hybridhash.limits import ONNX_OPSET, ONNX_OPSET_CAP  # noqa: E402
 from hybridhash.models import model_fingerprint  # noqa: E402
 from hybridhash.retrieval import Retriever, load_or_build_index  # noqa: E402

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from hybridhash.errors import ConfigError, DataError, HybridHashError, IndexMismatchError
-from hybridhash.index import EMPTY_DISTANCE, EMPTY_ID, HashIndex, hamming_distances, pack_codes
+from hybridhash.codes import as_packed, hamming_distances
+from hybridhash.index import EMPTY_DISTANCE, EMPTY_ID, HashIndex
 
 
 # ---------------------------------------------------------------- independent reference
@@ -145,9 +146,9 @@ def test_pm1_packed_and_torch_inputs_agree():
     rng = np.random.default_rng(5)
     pm = np.where(rng.random((300, 32)) < 0.5, -1.0, 1.0).astype(np.float32)  # (n, bits) +-1
     packed = np.packbits(pm >= 0, axis=1)
-    np.testing.assert_array_equal(pack_codes(pm, 32), packed)
-    np.testing.assert_array_equal(pack_codes(torch.from_numpy(pm), 32), packed)
-    np.testing.assert_array_equal(pack_codes(pm.astype(np.int8), 32), packed)
+    np.testing.assert_array_equal(as_packed(pm, 32), packed)
+    np.testing.assert_array_equal(as_packed(torch.from_numpy(pm), 32), packed)
+    np.testing.assert_array_equal(as_packed(pm.astype(np.int8), 32), packed)
     a, b = HashIndex(32), HashIndex(32)
     a.add(pm)
     b.add(packed)
@@ -155,7 +156,7 @@ def test_pm1_packed_and_torch_inputs_agree():
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(a.search(torch.from_numpy(pm[:20]), 10)[1], b.search(packed[:20], 10)[1])
     # 0 counts as bit 1 (value >= 0), as the sign convention says
-    assert pack_codes(np.zeros((1, 8)), 8)[0, 0] == 255
+    assert as_packed(np.zeros((1, 8)), 8)[0, 0] == 255
 
 
 def test_wrong_width_and_bad_input_errors():

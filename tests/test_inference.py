@@ -16,10 +16,10 @@ import hybridhash  # noqa: E402
 from hybridhash.app import cli  # noqa: E402
 from hybridhash.collection import open_collection  # noqa: E402
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError  # noqa: E402
-from hybridhash.export import OnnxEncoder  # noqa: E402
-from hybridhash import inference  # noqa: E402
-from hybridhash.inference import ONNX_NAME, open_encoder, pick_runtime  # noqa: E402
-from hybridhash.openvino_encoder import OpenVinoEncoder  # noqa: E402
+from hybridhash import engines  # noqa: E402
+from hybridhash.engines import ONNX_NAME, open_encoder, pick_runtime  # noqa: E402
+from hybridhash.engines.onnx import OnnxEncoder  # noqa: E402
+from hybridhash.engines.openvino import OpenVinoEncoder  # noqa: E402
 from tests.helpers.encoding import make_images  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,11 +65,11 @@ def test_torch_until_an_export_is_beside_the_checkpoint(world, tmp_path, monkeyp
         open_encoder(ckpt / ONNX_NAME, "torch")
     # without OpenVINO, auto is PyTorch (as fast as onnxruntime or faster), and the export file
     # itself goes to onnxruntime
-    monkeypatch.setattr(inference, "_available", lambda name: name == "onnx")
+    monkeypatch.setattr(engines, "_available", lambda name: name == "onnx")
     assert pick_runtime(ckpt, "auto") == "torch" and pick_runtime(ckpt / ONNX_NAME, "auto") == "onnx"
     with pytest.raises(ConfigError, match="needs OpenVINO: pip install 'hybridhash\\[openvino\\]'"):
         pick_runtime(ckpt, "openvino")
-    monkeypatch.setattr(inference, "_available", lambda name: False)
+    monkeypatch.setattr(engines, "_available", lambda name: False)
     with pytest.raises(ConfigError, match="neither OpenVINO nor onnxruntime"):
         pick_runtime(ckpt / ONNX_NAME, "auto")
 
@@ -140,6 +140,6 @@ def test_openvino_outputs_equal_torch_at_several_batch_sizes(world):
 
 def test_export_verifies_on_openvino_where_onnxruntime_is_missing(tmp_path, capsys, monkeypatch):
     ckpt = _checkpoint(tmp_path / "ckpt")
-    monkeypatch.setattr(inference, "onnx_available", lambda: False)
+    monkeypatch.setattr(engines, "onnx_available", lambda: False)
     assert cli.main(["export", "--checkpoint", str(ckpt)]) == 0
     assert "OpenVINO matches PyTorch" in capsys.readouterr().out

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from hybridhash import codes as C
 from hybridhash import metrics
 from hybridhash.errors import ConfigError, DataError, IndexMismatchError
 from hybridhash.metrics import (
     average_precisions,
     hamming_distances,
     mean_average_precision,
-    pack_codes,
+    pack_pm1,
     precision_at_n,
     precision_recall_by_radius,
     precision_within_radius,
@@ -72,12 +73,12 @@ def test_pack_codes_follows_packbits_order_and_round_trips():
     rng = np.random.default_rng(0)
     for bits in (1, 8, 13, 64, 100):
         codes = rng.choice([-1, 1], (7, bits)).astype(np.float32)
-        packed = pack_codes(codes)
+        packed = pack_pm1(codes)
         assert packed.dtype == np.uint8 and packed.shape == (7, -(-bits // 8))
         assert np.array_equal(packed, np.packbits(codes > 0, axis=1))
         assert np.array_equal(unpack_codes(packed, bits), codes.astype(np.int8))
-    assert pack_codes(np.array([[1, -1, -1, -1, -1, -1, -1, 1]]))[0, 0] == 0b10000001
-    assert np.array_equal(pack_codes(torch.tensor([[1.0, -1.0]])), pack_codes(np.array([[True, False]])))
+    assert pack_pm1(np.array([[1, -1, -1, -1, -1, -1, -1, 1]]))[0, 0] == 0b10000001
+    assert np.array_equal(pack_pm1(torch.tensor([[1.0, -1.0]])), pack_pm1(np.array([[True, False]])))
 
 
 def test_hamming_distances_match_inner_products():
@@ -85,7 +86,7 @@ def test_hamming_distances_match_inner_products():
     for bits in (5, 64, 65, 300):  # one word, exactly a word, two words, uint16 distances
         q, db, _, _ = random_case(rng, 9, 31, bits, False)
         expected = naive_distances(q, db)
-        for a, b in ((q, db), (pack_codes(q), pack_codes(db)), (pack_codes(q), db), (torch.from_numpy(q), db)):
+        for a, b in ((q, db), (pack_pm1(q), pack_pm1(db)), (pack_pm1(q), db), (torch.from_numpy(q), db)):
             got = hamming_distances(a, b)
             assert got.dtype == np.int32 and np.array_equal(got, expected), bits
 
@@ -95,8 +96,8 @@ def test_swar_popcount_matches_bitwise_count():
     x = rng.integers(0, np.iinfo(np.uint64).max, 1000, dtype=np.uint64, endpoint=True)
     x[:3] = [0, np.iinfo(np.uint64).max, 1 << 63]
     expected = np.array([bin(int(v)).count("1") for v in x])
-    assert np.array_equal(metrics._popcount_swar(x, np.empty(x.shape, np.uint8)), expected)
-    assert np.array_equal(metrics._popcount(x, np.empty(x.shape, np.uint8)), expected)
+    assert np.array_equal(C.popcount_swar(x, np.empty(x.shape, np.uint8)), expected)
+    assert np.array_equal(C.popcount(x, np.empty(x.shape, np.uint8)), expected)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,8 +147,8 @@ def test_packed_torch_and_pm1_inputs_agree():
     rng = np.random.default_rng(5)
     q, db, ql, dbl = random_case(rng, 11, 97, 24, True)
     reference = average_precisions(q, db, ql, dbl, 20)
-    assert np.array_equal(average_precisions(pack_codes(q), pack_codes(db), ql, dbl, 20), reference)
-    assert np.array_equal(average_precisions(q.astype(np.float32), pack_codes(db), ql, dbl, 20), reference)
+    assert np.array_equal(average_precisions(pack_pm1(q), pack_pm1(db), ql, dbl, 20), reference)
+    assert np.array_equal(average_precisions(q.astype(np.float32), pack_pm1(db), ql, dbl, 20), reference)
     assert np.array_equal(
         average_precisions(torch.from_numpy(q).float(), torch.from_numpy(db), torch.from_numpy(ql), dbl, 20), reference
     )
@@ -159,7 +160,7 @@ def test_packed_torch_and_pm1_inputs_agree():
 @pytest.mark.parametrize("sample_cols", [8, 8192])
 def test_chunking_threads_and_threshold_guess_do_not_change_results(monkeypatch, sample_cols, bits):
     # few sampled columns make the threshold guess poor, so the rows that fall short are redone
-    monkeypatch.setattr(metrics.ranking_core, "_SAMPLE_COLS", sample_cols)
+    monkeypatch.setattr(C, "_SAMPLE_COLS", sample_cols)
     rng = np.random.default_rng(6)
     q, db, ql, dbl = random_case(rng, 41, 2000, bits, False, n_class=10)
     for topk in (1, 37, 500):
@@ -338,6 +339,6 @@ def test_bad_input_names_the_culprit():
     with pytest.raises(ConfigError, match="radius"):
         precision_within_radius(q, db, ql, dbl, radius=-1)
     with pytest.raises(DataError, match="uint8"):
-        pack_codes(np.zeros((1, 8), np.uint8))
+        pack_pm1(np.zeros((1, 8), np.uint8))
     with pytest.raises(DataError, match="must be 2-D"):
         hamming_distances(np.ones(4), db)

@@ -1,5 +1,6 @@
-"""The binary code format, for the whole project: code lengths, the sign rule, packing, popcount
-and Hamming distances. Every other module (metrics, index, encoder, service) uses these.
+"""The binary code format, for the whole project: code lengths, the sign rule, packing, popcount,
+Hamming distances and the exact top k (ties by database index). Every other module (metrics, index,
+encoder, evaluation) uses these.
 
 A code of ``bits`` bits is held in one of two forms:
 
@@ -35,7 +36,8 @@ from .errors import ConfigError, DataError, IndexMismatchError
 __all__ = [
     "MIN_BITS", "MAX_BITS", "USE_BITWISE_COUNT", "check_bits", "binarize", "to_numpy", "bits_from_pm1", "pack_bits",
     "pack_pm1", "as_packed", "unpack_codes", "words", "popcount", "popcount_swar", "distance_dtype",
-    "xor_popcount", "hamming_distances",
+    "xor_popcount", "read_codes", "read_pair", "PackedDatabase", "hamming_distances", "rank_rows",
+    "hamming_topk",
 ]
 
 MIN_BITS, MAX_BITS = 8, 256
@@ -45,6 +47,10 @@ USE_BITWISE_COUNT: bool = hasattr(np, "bitwise_count")
 
 # uint64 cells per xor tile: 1 MiB, so the xor buffer stays in cache between xor and popcount
 _TILE_CELLS = 1 << 17
+# query-by-database cells per chunk of a search: ~4 M keeps a chunk's buffers in tens of MB
+_CHUNK_CELLS = 1 << 22
+# database columns sampled to guess a top-k distance threshold
+_SAMPLE_COLS = 8192
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +107,7 @@ def bits_from_pm1(name: str, codes: np.ndarray) -> np.ndarray:
         bad = codes[~valid].ravel()[0].item()
         raise DataError(
             f"{name} holds {bad!r}: +-1 codes must be exactly -1 or +1 "
-            "(binarise with `where(u >= 0, 1, -1)`; 0/1 bits must be packed with pack_codes)"
+            "(binarise with `where(u >= 0, 1, -1)`; pack 0/1 bits with hybridhash.codes.pack_bits)"
         )
     return positive
 
@@ -231,7 +237,7 @@ def distance_dtype(nbytes: int) -> type:
 
 def xor_popcount(query: np.ndarray, database_t: np.ndarray, out: np.ndarray,
                  threshold: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Hamming distances of word-packed codes, tile by tile, into ``out``.
+    """Hamming distances of word-packed codes, tile by tile, into ``out``; returns ``out``.
 
     Args:
         query: uint64 (qc, W) words (see :func:`words`).
@@ -239,9 +245,6 @@ def xor_popcount(query: np.ndarray, database_t: np.ndarray, out: np.ndarray,
         out: (qc, n) unsigned integers that hold 64 * W (see :func:`distance_dtype`).
         threshold: optional (qc, 1) per-query distances; ``mask`` (qc, n) bool then receives
             ``out <= threshold``, built while the tile is still in cache.
-
-    Returns:
-        ``out``.
     """
     qc, n = query.shape[0], database_t.shape[1]
     tile = max(64, _TILE_CELLS // max(qc, 1))
@@ -261,14 +264,186 @@ def xor_popcount(query: np.ndarray, database_t: np.ndarray, out: np.ndarray,
     return out
 
 
-def hamming_distances(query_packed: np.ndarray, database_packed: np.ndarray) -> np.ndarray:
-    """Hamming distances ``int32 (nq, ndb)`` between packed codes ``(nq, B)`` and ``(ndb, B)``."""
-    q = np.ascontiguousarray(query_packed, dtype=np.uint8)
-    d = np.ascontiguousarray(database_packed, dtype=np.uint8)
-    if q.ndim != 2 or d.ndim != 2:
-        raise DataError(f"packed codes must be 2-D (n, bytes), got shapes {q.shape} and {d.shape}")
-    if q.shape[1] != d.shape[1]:
-        raise IndexMismatchError(f"query codes have {q.shape[1]} packed bytes but database codes have {d.shape[1]}")
-    out = np.empty((q.shape[0], d.shape[0]), distance_dtype(q.shape[1]))
-    xor_popcount(words(q), np.ascontiguousarray(words(d).T), out)
-    return out.astype(np.int32)
+# ----------------------------------------------------------------------------------------------
+# reading a query set against a database
+
+
+def read_codes(codes, name: str = "codes") -> tuple[np.ndarray, Optional[int]]:
+    """+-1 or packed codes -> (packed uint8 (n, nbytes), the bit length a +-1 width tells, else None);
+    a uint8 array reads as packed, anything else as strict +-1 (:func:`pack_pm1`)."""
+    arr = to_numpy(name, codes)
+    if arr.ndim != 2:
+        raise DataError(f"{name} must be 2-D (n, bits) or packed (n, bytes), got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr), None
+    return pack_pm1(arr, name), arr.shape[1]
+
+
+def read_pair(query, database, names: tuple[str, str] = ("query codes", "database codes")
+              ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Query and database codes (+-1 or packed, see :func:`read_codes`) checked against each other.
+
+    Returns (query packed uint8 (nq, B), database packed uint8 (n, B), bits); IndexMismatchError
+    when their lengths differ, naming them by ``names``.
+    """
+    qp, qbits = read_codes(query, names[0])
+    dp, dbits = read_codes(database, names[1])
+    if qp.shape[1] != dp.shape[1] or (qbits and dbits and qbits != dbits):
+        qdesc = f"{qbits} bits" if qbits else f"{qp.shape[1]} packed bytes"
+        ddesc = f"{dbits} bits" if dbits else f"{dp.shape[1]} packed bytes"
+        raise IndexMismatchError(f"{names[0]} have {qdesc} but {names[1]} have {ddesc}")
+    return qp, dp, qbits or dbits or 8 * qp.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# brute-force search: every distance, and the exact top k with ties by database index
+
+
+class PackedDatabase:
+    """Database codes laid out for brute-force Hamming search (popcount of xor, tile by tile).
+
+    ``packed``: uint8 (n, nbytes) codes. Attributes: ``n`` items; ``words_t`` uint64 (W, n), one
+    row per word; ``dtype`` of the distances (:func:`distance_dtype`); ``levels`` = 8 * nbytes + 1.
+    """
+
+    def __init__(self, packed: np.ndarray) -> None:
+        self.n, nbytes = packed.shape
+        self.words_t = np.ascontiguousarray(words(packed).T)  # (W, n)
+        self.dtype = distance_dtype(nbytes)
+        self.levels = 8 * nbytes + 1
+        self._samples: dict[int, np.ndarray] = {}
+
+    def distances(self, query: np.ndarray, threshold: Optional[np.ndarray] = None, step: int = 1):
+        """Hamming distances of query words ``(qc, W)`` (see :func:`words`) to the database.
+
+        Args:
+            threshold: optional (qc,) per-query distances; the mask D <= threshold is then built
+                tile by tile while the distances are still in cache.
+            step: take every step-th database item only (a sample).
+
+        Returns:
+            D (qc, ceil(n / step)) of :attr:`dtype`, and with a threshold also the bool mask of the
+            same shape.
+        """
+        database = self.words_t if step == 1 else self._sampled(step)  # (W, m)
+        qc, m = query.shape[0], database.shape[1]
+        out = np.empty((qc, m), self.dtype)
+        mask = None if threshold is None else np.empty((qc, m), np.bool_)
+        limit = None if threshold is None else threshold.astype(self.dtype)[:, None]  # (qc, 1)
+        xor_popcount(query, database, out, limit, mask)
+        return out if mask is None else (out, mask)
+
+    def _sampled(self, step: int) -> np.ndarray:
+        if step not in self._samples:
+            self._samples[step] = np.ascontiguousarray(self.words_t[:, ::step])  # (W, n / step)
+        return self._samples[step]
+
+    def topk(self, query: np.ndarray, k: int, distances: bool = True):
+        """The ``k`` nearest items of each query, ranked by (distance, database index).
+
+        ``query``: uint64 (qc, W) words of at least one query; ``k`` >= 1. Returns distances
+        (qc, min(k, n)) of :attr:`dtype` (None when ``distances`` is False: the metrics need only
+        the order) and ids int64 (qc, min(k, n)), each row in rank order.
+        """
+        n, levels = self.n, self.levels
+        qc = query.shape[0]
+        if k >= n:  # the whole ranking: a stable radix sort of small unsigned ints
+            D = self.distances(query)  # (qc, n)
+            order = np.argsort(D, axis=1, kind="stable")
+            return (np.take_along_axis(D, order, axis=1) if distances else None), order
+        step = max(1, n // _SAMPLE_COLS)
+        if step == 1:  # a small database: the threshold from all distances is exact
+            D = self.distances(query)  # (qc, n)
+            t = _threshold(D, k, n, levels)
+            mask = None
+        else:
+            t = _threshold(self.distances(query, step=step), k, n, levels)
+            D, mask = self.distances(query, threshold=t)  # (qc, n) each
+        rows, cols = _candidates(D, k, t, mask)  # every row's top k are among them
+        key = rows * levels + D.ravel()[rows * n + cols]
+        # sort by (query, distance); stability keeps database index order inside a distance
+        key = key.astype(np.uint16 if qc * levels <= 1 << 16 else np.int64)
+        order = np.argsort(key, kind="stable")
+        rows, cols = rows[order], cols[order]
+        per_row = np.bincount(rows, minlength=qc)
+        keep = np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows] < k  # rank < k: exactly k a row
+        ids = cols[keep].reshape(qc, k)
+        return (D.ravel()[rows[keep] * n + ids.ravel()].reshape(qc, k) if distances else None), ids
+
+
+def _threshold(sample: np.ndarray, k: int, n: int, levels: int) -> np.ndarray:
+    """Per-row distance t (qc,) meant to keep at least k of n items, from ``sample`` (qc, ns), the
+    distances to every (n / ns)-th item: exact (the k-th smallest distance) when ns = n, else a
+    little high (two standard deviations) so few rows fall short."""
+    qc, ns = sample.shape
+    keys = (np.arange(qc, dtype=np.intp) * levels)[:, None] + sample
+    hist = np.bincount(keys.ravel(), minlength=qc * levels).reshape(qc, levels)
+    need = k * ns / n
+    if ns < n:
+        need = min(need + 2.0 * np.sqrt(need), ns)
+    return np.argmax(np.cumsum(hist, axis=1) >= need, axis=1).astype(sample.dtype)
+
+
+def _candidates(D: np.ndarray, k: int, t: np.ndarray, mask: Optional[np.ndarray] = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Cells (rows, cols int64 (m,), each row's cols increasing) with D[row, col] <= t[row] of D
+    (qc, n), t (qc,) raised on rows that keep fewer than k; ``mask`` is D <= t if already computed.
+    The result holds every row's k nearest items whatever the first t; a good t only saves work."""
+    qc, n = D.shape
+    t = t.copy()
+    todo = np.arange(qc)
+    found_rows, found_cols = [], []
+    while todo.size:
+        if todo.size < qc:
+            sub = D[todo] <= t[todo, None]
+        elif mask is None:
+            sub = D <= t[:, None]
+        else:
+            sub, mask = mask, None  # the caller's mask holds for the first pass only
+        flat = np.flatnonzero(sub)
+        r = flat // n
+        c = flat - r * n
+        enough = np.bincount(r, minlength=todo.size) >= k
+        keep = enough[r]
+        found_rows.append(todo[r[keep]])
+        found_cols.append(c[keep])
+        todo = todo[~enough]
+        t[todo] += 1  # never past the largest distance, where a row holds all n >= k items
+    return np.concatenate(found_rows), np.concatenate(found_cols)
+
+
+def hamming_distances(query, database) -> np.ndarray:
+    """Hamming distances ``int32 (nq, n)`` between +-1 or packed codes ``(nq, .)`` and ``(n, .)``
+    (a uint8 array reads as packed, anything else as strict +-1)."""
+    qp, dp, _ = read_pair(query, database)
+    return PackedDatabase(dp).distances(words(qp)).astype(np.int32)
+
+
+def rank_rows(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of (dist, ids) (n, k) results found elsewhere (faiss) put in the project's order,
+    by (distance, id), as :func:`hamming_topk` ranks; returns the two reordered (n, k) arrays."""
+    order = np.lexsort((ids, dist), axis=1)
+    return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def hamming_topk(query, database, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest database codes of each query by Hamming distance, ties by database index.
+
+    Brute force (popcount of xor over every item), in chunks of queries so memory stays bounded.
+
+    ``query``, ``database``: +-1 ``(nq, bits)`` / ``(n, bits)`` or packed uint8 ``(nq, B)`` /
+    ``(n, B)``; ``k`` >= 0. Returns ``(distances int32 (nq, k'), ids int64 (nq, k'))`` with
+    k' = min(k, n), rows in rank order.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ConfigError(f"k must be a non-negative integer, got {k!r}")
+    qp, dp, _ = read_pair(query, database)
+    nq, kk = qp.shape[0], min(int(k), dp.shape[0])
+    dist, ids = np.empty((nq, kk), np.int32), np.empty((nq, kk), np.int64)
+    if nq == 0 or kk == 0:
+        return dist, ids
+    table, q = PackedDatabase(dp), words(qp)
+    chunk = max(1, _CHUNK_CELLS // table.n)
+    for s in range(0, nq, chunk):
+        dist[s:s + chunk], ids[s:s + chunk] = table.topk(q[s:s + chunk], kk)
+    return dist, ids

@@ -37,21 +37,18 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import faiss
 import numpy as np
 
-from .codes import MAX_BITS, check_bits, hamming_distances  # noqa: F401  (re-exported)
-from .codes import as_packed as pack_codes  # the lenient reader: packed, or values of any sign
+from .codes import as_packed, check_bits, rank_rows  # as_packed: the lenient reader, packed or values of any sign
 from .errors import ConfigError, DataError, IndexMismatchError
 from .fileio import atomic_path, read_json
+from .environment import usable_cores
 from .limits import K_CAP
-from .runtime import usable_cores
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "MAX_K", "check_k", "pack_codes", "hamming_distances"]
+__all__ = ["HashIndex", "KINDS", "EMPTY_ID", "EMPTY_DISTANCE", "K_CAP", "check_k"]
 
 EMPTY_ID = -1
 EMPTY_DISTANCE = int(np.iinfo(np.int32).max)  # faiss fills empty heap slots with this
-# most results one search may ask for (limits.K_CAP)
-MAX_K = K_CAP
 MANIFEST_FORMAT = "hybridhash-index"
 MANIFEST_VERSION = 1
 
@@ -70,11 +67,11 @@ class StaleIndexError(IndexMismatchError):
 
 
 def check_k(k: Any, name: str = "k", allow_zero: bool = False) -> int:
-    """``k`` as an int in ``0 or 1 .. MAX_K``, or ConfigError naming ``name``."""
+    """``k`` as an int in ``0 or 1 .. K_CAP``, or ConfigError naming ``name``."""
     low = 0 if allow_zero else 1
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not low <= k <= MAX_K:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not low <= k <= K_CAP:
         kind = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"{name} must be a {kind} integer of at most {MAX_K}, got {k!r}")
+        raise ConfigError(f"{name} must be a {kind} integer of at most {K_CAP}, got {k!r}")
     return int(k)
 
 
@@ -181,7 +178,7 @@ class HashIndex:
     def train(self, codes: Any) -> None:
         """Train an ``ivf`` index's cells on ``codes`` ``(n, bits/8)`` or ``(n, bits)`` (a random
         sample of at most 256 codes per cell is used). A no-op for ``flat``."""
-        x = pack_codes(codes, self.bits)
+        x = as_packed(codes, self.bits)
         if self.kind == "flat":
             return
         if self.is_trained:
@@ -205,7 +202,7 @@ class HashIndex:
 
         An untrained ``ivf`` index is first trained on these codes.
         """
-        x = pack_codes(codes, self.bits)
+        x = as_packed(codes, self.bits)
         if x.shape[0] == 0:
             return
         if not self.is_trained:
@@ -242,7 +239,7 @@ class HashIndex:
 
         Args:
             codes: queries, packed ``(n, bits/8)`` or +-1 ``(n, bits)``.
-            k: results per query, 0..``MAX_K`` (it may exceed ntotal: the rest are empty slots;
+            k: results per query, 0..``K_CAP`` (it may exceed ntotal: the rest are empty slots;
                 callers that want no padding pass ``min(k, ntotal)``).
 
         Returns:
@@ -250,11 +247,11 @@ class HashIndex:
             empty slots hold ``EMPTY_ID`` and ``EMPTY_DISTANCE``. Exact with ties by id for ``flat``.
 
         Raises:
-            ConfigError: k negative, not an integer, or over ``MAX_K`` (the result is allocated
+            ConfigError: k negative, not an integer, or over ``K_CAP`` (the result is allocated
                 before searching: an unbounded k would be an unbounded allocation).
         """
         k = check_k(k, allow_zero=True)
-        q = pack_codes(codes, self.bits)
+        q = as_packed(codes, self.bits)
         n = q.shape[0]
         dist = np.full((n, k), EMPTY_DISTANCE, dtype=np.int32)
         ids = np.full((n, k), EMPTY_ID, dtype=np.int64)
@@ -267,9 +264,7 @@ class HashIndex:
         d = np.concatenate([p[0] for p in parts])  # (n, kk)
         i = np.concatenate([p[1] for p in parts])
         d[i < 0] = EMPTY_DISTANCE
-        order = np.lexsort((i, d), axis=1)  # (distance, id) per row; flat is already in this order
-        dist[:, :kk] = np.take_along_axis(d, order, axis=1)
-        ids[:, :kk] = np.take_along_axis(i, order, axis=1)
+        dist[:, :kk], ids[:, :kk] = rank_rows(d, i)  # (distance, id) per row; flat is already in this order
         return dist, ids
 
     # ------------------------------------------------------------------ persistence

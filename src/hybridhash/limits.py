@@ -1,5 +1,5 @@
 """The project's limits and size defaults, in one place and importable without torch (the command
-line reads them to build its ``--help``)."""
+line reads them to build its ``--help``). Other modules import these names; none defines its own."""
 from __future__ import annotations
 
 # Largest image (width * height) decoded anywhere: training, encoding, search, serving and
@@ -26,9 +26,9 @@ MAX_UPLOAD_BYTES: int = 20 * 2**20  # largest accepted upload
 # the most --max-upload-mb may raise it to: an image under MAX_PIXELS is at most 716 MB even stored
 # uncompressed (16-bit RGBA TIFF, 8 bytes a pixel)
 UPLOAD_BYTES_CAP: int = 1024 * 2**20
-MAX_K: int = 100  # most results one search may ask for
-# the most any search may ask for (and --max-k allow): the (n, k) result is allocated up front, at 12
-# bytes a slot
+MAX_K: int = 100  # most results one search of the service may ask for (the default of --max-k)
+# the largest k any search accepts (the index, search --k, --max-k, the Python API): the (n, k)
+# result is allocated up front, at 12 bytes a slot
 K_CAP: int = 1_000_000
 MAX_BATCH: int = 16  # most concurrent queries encoded in one forward
 MAX_DECODES: int = 2  # images decoded at once (a 49 MP PNG costs ~190 MB while it decodes)
@@ -45,6 +45,17 @@ MAX_TIMEOUT: int = 3600  # seconds, for --body-timeout and --keep-alive-timeout
 # torch installed says which of those it writes)
 ONNX_OPSET: int = 17
 ONNX_OPSET_CAP: int = 99
+
+# model configs (a config.json may come from anywhere; these bound what it can make us allocate)
+IMAGENET_MEAN: tuple = (0.485, 0.456, 0.406)  # the default normalisation of every architecture
+IMAGENET_STD: tuple = (0.229, 0.224, 0.225)
+# largest image edge a config may ask for: a 4096 px HybridHash base model already holds half a GB of
+# position embeddings, and a config.json saying more is a mistake or an attempt to exhaust memory
+MAX_IMG_SIZE: int = 4096
+MAX_EMBED_DIM: int = 8192  # HybridHash's widest level
+MAX_DEPTH: int = 128  # HybridHash's blocks per level
+MAX_MLP_RATIO: float = 16.0  # HybridHash's MLP width over its embedding width
+MAX_CNN_WIDTH: int = 4096  # channels of a small-CNN stage
 
 # training and evaluation options
 MAX_INT_OPTION: int = 2**32 - 1  # seeds, epochs, sizes, intervals, methods' integer hyper-parameters:

@@ -21,8 +21,9 @@ from PIL import Image
 from .collection import INDEX_FILE, Collection, index_path, open_collection  # noqa: F401  (re-exported)
 from .data.images import DEFAULT_MAX_PIXELS, open_image
 from .data.transforms import eval_transform, model_preprocess
+from .engines.encoding import encode_batch
 from .errors import CheckpointError, DataError, IndexMismatchError
-from .models.weights import fingerprint_of
+from .models.weights import model_fingerprint
 
 if TYPE_CHECKING:
     from .index import HashIndex
@@ -66,7 +67,7 @@ class Retriever:
         if int(model.bits) != collection.bits:
             raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, {source} makes "
                                      f"{model.bits}-bit codes")
-        fp = fingerprint_of(model)
+        fp = model_fingerprint(model)
         if collection.fingerprint != fp:
             raise IndexMismatchError(f"{collection.directory} was encoded by model {collection.fingerprint}, "
                                      f"{source} is model {fp}; encode the images again with it")
@@ -114,13 +115,13 @@ class Retriever:
             kind: an index kind; None loads the saved index (or builds a flat one in memory when
                 none was saved); a kind other than the saved one is built in memory.
             root: the image root, when the images moved since encoding.
-            runtime: ``torch``, ``onnx``, ``openvino`` or ``auto`` (:func:`hybridhash.inference.open_encoder`);
+            runtime: ``torch``, ``onnx``, ``openvino`` or ``auto`` (:func:`hybridhash.engines.open_encoder`);
                 ``threads``: the export runtime's threads.
 
         Raises:
             IndexMismatchError: the collection or index has another bit length or model than the checkpoint.
         """
-        from .inference import open_encoder
+        from .engines import open_encoder
 
         collection = open_collection(index_dir, root=root)
         ckpt = checkpoint if checkpoint is not None else collection.checkpoint
@@ -181,15 +182,14 @@ class Retriever:
     def encode_images(self, images: Union[Sequence[ImageInput], ImageInput, torch.Tensor]) -> np.ndarray:
         """Paths, bytes, PIL images or prepared (3, H, W) tensors (or a preprocessed batch (B, 3, H, W))
         -> int8 +-1 codes (B, bits)."""
-        x = self._to_tensor(images).to(self.device)  # (B, 3, H, W)
+        x = self._to_tensor(images)  # (B, 3, H, W)
         with self._model_lock:
-            codes = self.model.encode(x)  # (B, bits) int8
-        return codes.cpu().numpy()
+            return encode_batch(self.model, x, device=self.device)  # (B, bits) int8
 
     def search_codes(self, codes: np.ndarray, k: int = 10) -> List[List[Hit]]:
         """Codes (+-1 (B, bits) or packed uint8 (B, bits/8)) -> B lists of at most ``k`` hits, nearest first
         (ties by id); fewer than ``k`` when the collection is smaller. ``k`` is at most
-        :data:`hybridhash.index.MAX_K`."""
+        :data:`hybridhash.limits.K_CAP`."""
         from .index import check_k
 
         k = check_k(k)

@@ -24,7 +24,8 @@ from hybridhash.data import images as images_mod
 from hybridhash.data.images import (DEFAULT_MAX_PIXELS, CorruptImageError, NotAnImageError,
                                     TooManyPixelsError, open_image)
 from hybridhash.errors import ConfigError, HybridHashError
-from hybridhash.index import EMPTY_ID, MAX_K, HashIndex
+from hybridhash.index import EMPTY_ID, HashIndex
+from hybridhash.limits import K_CAP
 from hybridhash.retrieval import Hit
 from hybridhash.app.serve import BackgroundServer, ThumbnailCache, create_app
 from hybridhash.app.serve import app as app_mod
@@ -91,10 +92,10 @@ def test_index_refuses_k_beyond_the_cap_without_allocating():
     index = HashIndex(16)
     index.add(np.random.default_rng(0).integers(0, 256, (9, 2), dtype=np.uint8))
     q = np.zeros((3, 2), np.uint8)
-    for k in (MAX_K + 1, 1_000_000_000, 10**30):
+    for k in (K_CAP + 1, 1_000_000_000, 10**30):
         tracemalloc.start()
         try:
-            with pytest.raises(ConfigError, match=f"k must be a non-negative integer of at most {MAX_K}"):
+            with pytest.raises(ConfigError, match=f"k must be a non-negative integer of at most {K_CAP}"):
                 index.search(q, k)
             assert tracemalloc.get_traced_memory()[1] < 1 << 20
         finally:
@@ -106,8 +107,8 @@ def test_index_pads_up_to_the_cap():
     db = rng.integers(0, 256, (9, 2), dtype=np.uint8)
     index = HashIndex(16)
     index.add(db)
-    d, i = index.search(db[:1], MAX_K)  # documented: k may exceed ntotal, the rest are empty slots
-    assert d.shape == i.shape == (1, MAX_K)
+    d, i = index.search(db[:1], K_CAP)  # documented: k may exceed ntotal, the rest are empty slots
+    assert d.shape == i.shape == (1, K_CAP)
     assert sorted(i[0, :9].tolist()) == list(range(9)) and (i[0, 9:] == EMPTY_ID).all()
 
 
@@ -123,12 +124,12 @@ def test_retriever_answers_a_huge_k_with_the_whole_collection_in_bounded_memory(
     codes = np.asarray(r.collection.codes[:2])
     tracemalloc.start()
     try:
-        hits = r.search_codes(codes, MAX_K)
+        hits = r.search_codes(codes, K_CAP)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert [len(h) for h in hits] == [24, 24] and hits[0][0].distance == 0
-    assert peak < 4 << 20  # no (2, MAX_K) padding: 24 MB at 12 bytes a slot
+    assert peak < 4 << 20  # no (2, K_CAP) padding: 24 MB at 12 bytes a slot
     with pytest.raises(ConfigError, match="k must be a positive integer of at most"):
         r.search_codes(codes, 10**30)
 
@@ -137,7 +138,7 @@ def test_retriever_answers_a_huge_k_with_the_whole_collection_in_bounded_memory(
 def test_search_cli_refuses_k_in_one_line_before_loading(k, tmp_path, capsys):
     assert cli.main(["search", str(tmp_path / "q.png"), "--collection", str(tmp_path / "nowhere"), "--k", k]) == 1
     err = capsys.readouterr().err
-    assert err == f"error: --k must be a positive integer of at most {MAX_K}, got {k}\n"
+    assert err == f"error: --k must be a positive integer of at most {K_CAP}, got {k}\n"
 
 
 # ----------------------------------------------------------------------------------------------

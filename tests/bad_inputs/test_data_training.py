@@ -26,7 +26,7 @@ from hybridhash.data import cifar
 from hybridhash.data.cifar import read_cifar10
 from hybridhash.data.splits import draw_val, rng_for, STREAM_VAL
 from hybridhash.errors import CheckpointError, ConfigError, DataError
-from hybridhash.runtime import pick_device
+from hybridhash.environment import pick_device
 
 SMALL = '{"depths": [1, 1, 1]}'
 TINY_TRAIN = ["--model", "hybridhash_cpu", "--model-overrides", SMALL, "--bits", "8", "--epochs", "1",

@@ -365,13 +365,13 @@ def test_a_deeply_nested_manifest_json_is_one_line(tmp_path, ckpt, capsys):
 
 
 def test_deeply_nested_onnx_metadata_is_one_line(tmp_path, ckpt):
-    from hybridhash.export import FORMAT, PREFIX, _parse_metadata
+    from hybridhash.engines.exported import FORMAT, PREFIX, parse_metadata
 
     path = tmp_path / "model.onnx"
     meta = {"format": FORMAT, "format_version": "1", "bits": str(BITS), "fingerprint": "x",
             "preprocess": json.dumps(hybridhash.from_pretrained(ckpt).config.preprocess), "config": DEEP}
     with pytest.raises(CheckpointError) as err:
-        _parse_metadata(path, meta)
+        parse_metadata(path, meta)
     assert str(err.value) == f"{path}: {PREFIX}config: JSON nested too deeply to read; is this the right file?"
 
 

@@ -20,13 +20,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 import hybridhash  # noqa: E402
-from hybridhash import inference  # noqa: E402
+from hybridhash import engines  # noqa: E402
 from hybridhash.app import cli  # noqa: E402
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError, HybridHashError  # noqa: E402
-from hybridhash.export import OnnxEncoder  # noqa: E402
-from hybridhash.inference import ONNX_NAME, open_encoder  # noqa: E402
+from hybridhash.engines import ONNX_NAME, open_encoder  # noqa: E402
+from hybridhash.engines.onnx import OnnxEncoder  # noqa: E402
 from hybridhash.models import build_config, factory  # noqa: E402
-from hybridhash.openvino_encoder import OpenVinoEncoder  # noqa: E402
+from hybridhash.engines.openvino import OpenVinoEncoder  # noqa: E402
 
 from tests.helpers.commands import one_line_error  # noqa: E402
 
@@ -240,7 +240,7 @@ def test_auto_does_not_pair_other_weights_with_the_old_export(tmp_path, exported
     shutil.copytree(exported, ckpt)
     save_checkpoint(tmp_path / "other", seed=1)
     shutil.copyfile(tmp_path / "other" / "model.safetensors", ckpt / "model.safetensors")
-    with caplog.at_level(logging.WARNING, logger="hybridhash.inference"):
+    with caplog.at_level(logging.WARNING, logger="hybridhash.engines"):
         model = open_encoder(ckpt, "auto")
     assert isinstance(model, hybridhash.HybridHash) and "other weights" in caplog.text
     with pytest.raises(CheckpointMismatchError, match="other weights"):
@@ -360,7 +360,7 @@ def test_auto_runs_pytorch_over_an_unreadable_export(tmp_path, exported, caplog,
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     else:
         edit_metadata(exported / ONNX_NAME, target, bits="zero")
-    with caplog.at_level(logging.WARNING, logger="hybridhash.inference"):
+    with caplog.at_level(logging.WARNING, logger="hybridhash.engines"):
         model = open_encoder(ckpt, "auto")
     assert isinstance(model, hybridhash.HybridHash)
     assert str(target) in caplog.text and "PyTorch" in caplog.text

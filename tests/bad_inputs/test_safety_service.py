@@ -25,8 +25,7 @@ import hybridhash
 from hybridhash.app import cli
 from hybridhash.collection import open_collection
 from hybridhash.errors import ConfigError, DataError
-from hybridhash.index import MAX_K as K_CAP
-from hybridhash.limits import MAX_REQUESTS_CAP
+from hybridhash.limits import K_CAP, MAX_REQUESTS_CAP
 from hybridhash.retrieval import Hit
 from hybridhash.app.serve import BackgroundServer, create_app
 from hybridhash.app.serve import uploads as uploads_mod

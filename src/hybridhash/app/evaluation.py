@@ -1,76 +1,30 @@
 """Encode a protocol's sets with a model and score the retrieval (the metrics are defined in docs/faithfulness.md, "Metrics").
 
-``encode_images`` turns images (a cached tensor or a data set) into +-1 codes; ``retrieval_metrics``
-computes every figure of ``metrics.json`` from codes and labels; ``evaluate_model`` does both for a
-protocol's queries against its database.
+``retrieval_metrics`` computes every figure of ``metrics.json`` from codes and labels;
+``evaluate_model`` encodes a protocol's queries and database (:func:`hybridhash.engines.encoding.encode_images`,
+the one images -> codes path) and scores them.
 """
 from __future__ import annotations
 
 import os
 import logging
 import time
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .. import metrics as M
 from . import rundir as R
-from ..codes import binarize
+from ..codes import hamming_topk
+from ..engines.encoding import encode_images
+from ..environment import pick_device
 from ..errors import DataError
-from ..runtime import autocast_context, pick_device
 
 _log = logging.getLogger(__name__)
 
 # points of the precision@N curve, capped at the database size
 PRECISION_AT_N = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-
-
-def _collate_images(batch):
-    return torch.stack([b[0] for b in batch])
-
-
-@torch.inference_mode()
-def encode_images(model: torch.nn.Module, images: Union[torch.Tensor, Dataset], *, batch_size: int = 256,
-                  device: Union[str, torch.device] = "cpu", workers: int = 0, amp: bool = False,
-                  progress: Optional[str] = None) -> np.ndarray:
-    """Binary codes of images.
-
-    Args:
-        model: maps (B, 3, H, W) to (B, bits) outputs; put in eval mode for the call.
-        images: preprocessed float tensor (N, 3, H, W), or a data set whose items start with one
-            image tensor (3, H, W) (a ``RetrievalSet`` with the model's eval transform).
-        progress: a tqdm description, or None for no bar.
-
-    Returns:
-        int8 (N, bits) of +-1 (an output of exactly 0 counts as +1, as ``HybridHash.encode``).
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    if isinstance(images, torch.Tensor):
-        batches = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size))
-        total = -(-images.shape[0] // batch_size)
-    else:
-        batches = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers,
-                             collate_fn=_collate_images)
-        total = len(batches)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=total, desc=progress, leave=False)
-    out = []
-    try:
-        for x in batches:
-            with autocast_context(device, amp):
-                u = model(x.to(device, non_blocking=True))
-            out.append(binarize(u).cpu())  # the sign rule of hybridhash.codes
-    finally:
-        model.train(was_training)
-    if not out:
-        return np.zeros((0, getattr(model, "bits", 0)), np.int8)
-    return torch.cat(out).numpy()
 
 
 def _ns(n_database: int) -> list:
@@ -150,15 +104,6 @@ def evaluate_model(model: torch.nn.Module, protocol, *, batch_size: int = 256, d
     out["encode_seconds"] = t1 - t0
     out["codes"] = codes
     return out
-
-
-def top_results(query_codes: np.ndarray, database_codes: np.ndarray, k: int = 10,
-                queries: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Database rows of the first ``k`` items of the stable Hamming ranking, int64 (nq, k)."""
-    q = query_codes if queries is None else query_codes[np.asarray(queries)]
-    d = M.hamming_distances(q, database_codes)  # (nq, ndb)
-    k = min(k, d.shape[1])
-    return np.argsort(d, axis=1, kind="stable")[:, :k]
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +230,7 @@ def _retrieval_figure(protocol, codes: Dict[str, np.ndarray], path, n_queries: i
     if n_queries <= 0:
         return
     qrows = report.pick_queries(protocol.query.labels, n_queries)
-    top = top_results(codes["query"], codes["database"], k, qrows)  # (n, k)
+    _, top = hamming_topk(codes["query"][np.asarray(qrows)], codes["database"], k)  # (n, k) database rows
     ql, dl = protocol.query.labels, protocol.database.labels
     relevant = [[bool((ql[q] * dl[j]).sum() > 0) for j in row] for q, row in zip(qrows, top)]
     names = protocol.class_names

@@ -16,22 +16,19 @@ Conventions shared by every function here:
 
 Modules: :mod:`.ranking_core` (shared machinery), :mod:`.ranking` (mAP, tie-aware mAP),
 :mod:`.curves` (PR by radius, precision@N, precision within a radius), :mod:`.copies` (a score that
-needs no labels: each augmented copy's original retrieved); the code format itself is
-:mod:`hybridhash.codes`.
+needs no labels: each augmented copy's original retrieved); the code format itself (packing, Hamming
+distances, the exact top k) is :mod:`hybridhash.codes`, re-exported here in part.
 """
 from __future__ import annotations
 
-from ..codes import pack_pm1 as pack_codes  # the strict +-1 reader, under the name this module exports
-from ..codes import popcount as _popcount, popcount_swar as _popcount_swar  # noqa: F401  (old private names)
-from ..codes import unpack_codes
+from ..codes import hamming_distances, pack_pm1, unpack_codes
 from .copies import copy_retrieval_map
 from .curves import precision_at_n, precision_recall_by_radius, precision_within_radius
 from .ranking import (average_precisions, mean_average_precision, tie_aware_average_precisions,
                       tie_aware_mean_average_precision)
-from .ranking_core import hamming_distances
 
 __all__ = [
-    "pack_codes",
+    "pack_pm1",
     "unpack_codes",
     "hamming_distances",
     "average_precisions",

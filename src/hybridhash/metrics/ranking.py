@@ -39,7 +39,7 @@ def average_precisions(
         ranking (distance, then database index); 0 when R = 0.
     """
     task = _Task(query_codes, database_codes, query_labels, database_labels, chunk_size, num_threads)
-    k = task.topk(topk)
+    k = task.list_length(topk)
     parts = task.map(lambda s, e: _average_precision_rows(*task.ranked_hits(s, e, k), e - s))
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -150,7 +150,7 @@ def tie_aware_average_precisions(
     :func:`average_precisions`.
     """
     task = _Task(query_codes, database_codes, query_labels, database_labels, chunk_size, num_threads)
-    k = task.topk(topk)
+    k = task.list_length(topk)
     harmonic = _harmonic(task.ndb)
     parts = task.map(lambda s, e: _tie_aware_rows(*task.histograms(s, e), k, harmonic))
     return np.concatenate(parts) if parts else np.zeros(0)

@@ -13,7 +13,7 @@ from .hybridhash import (
     InteractionModule,
     convert_original_state_dict,
 )
-from .registry import list_models, list_presets
+from .registry import list_models
 from .weights import (
     LoadReport,
     check_state_dict,
@@ -28,7 +28,7 @@ from .weights import (
 )
 
 __all__ = [
-    "BackboneConfig", "BackboneHash", "CnnConfig", "CnnHash", "LinearHashHead", "list_presets", "load_timm_weights",
+    "BackboneConfig", "BackboneHash", "CnnConfig", "CnnHash", "LinearHashHead", "load_timm_weights",
     "GlobalAttention", "HashHead", "HybridHash", "HybridHashConfig", "InteractionModule", "LoadReport",
     "build_config", "check_state_dict", "config_from_dict", "convert_original_state_dict", "create_model",
     "fingerprint_state_dict", "from_pretrained", "list_models", "load_checked", "load_nest_weights",

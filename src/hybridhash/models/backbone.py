@@ -22,17 +22,12 @@ from torch import nn
 from ..codes import check_bits
 from ..configs import from_json_dict, to_json_dict
 from ..errors import CheckpointError, ConfigError
-from ..limits import MAX_RESIZE
+from ..limits import IMAGENET_MEAN, IMAGENET_STD, MAX_IMG_SIZE, MAX_RESIZE
 from .base import HashNetMixin
 from .cpu_gemm import adopt
 from .weights import LoadReport, PathLike, _imagenet_state_dict, load_matching, read_state_dict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # what hybridhash.data.transforms can resize with
-# largest image edge a config may ask for: a 4096 px HybridHash base model already holds half a GB of
-# position embeddings, and a config.json saying more is a mistake or an attempt to exhaust memory
-MAX_IMG_SIZE = 4096
 UNKNOWN_MODEL = "unknown model {name!r}: not a hybridhash preset and not a timm model; see `hybridhash models`"
 
 

@@ -15,13 +15,12 @@ from torch import nn
 
 from ..configs import from_json_dict, to_json_dict
 from ..errors import ConfigError
+from ..limits import MAX_CNN_WIDTH
 from .backbone import LinearHashHead, _is_int, check_common, make_preprocess
 from .base import HashNetMixin
 from .cpu_gemm import adopt
 from .registry import register_arch_preset
 from .weights import LoadReport
-
-MAX_WIDTH = 4096
 
 
 @dataclass
@@ -54,8 +53,8 @@ class CnnConfig:
             raise ConfigError(f"arch must be 'cnn' for the small CNN, got {self.arch!r}")
         if not isinstance(self.preset, str):
             raise ConfigError(f"preset must be a name, got {self.preset!r}")
-        if not 1 <= len(self.widths) <= 8 or not all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in self.widths):
-            raise ConfigError(f"widths must be 1 to 8 whole numbers from 1 to {MAX_WIDTH}, got {list(self.widths)}")
+        if not 1 <= len(self.widths) <= 8 or not all(_is_int(w) and 1 <= w <= MAX_CNN_WIDTH for w in self.widths):
+            raise ConfigError(f"widths must be 1 to 8 whole numbers from 1 to {MAX_CNN_WIDTH}, got {list(self.widths)}")
         if self.pretrained_source is not None:
             raise ConfigError("the small CNN has no ImageNet weights: pretrained_source must be null")
         check_common(self)

@@ -74,8 +74,8 @@ def create_model(name: str = "hybridhash_base", bits: int = 64, pretrained: Opti
     """Build a registered preset or a timm backbone with a linear hash layer.
 
     Args:
-        name: a HybridHash preset from :func:`list_models`, another preset from :func:`list_presets`
-            (``cnn_cpu``), or any timm model name (``resnet50``, ``vit_base_patch16_224``, ...).
+        name: a preset from :func:`list_models` (``list_models(arch="*")`` lists the other
+            architectures' too, ``cnn_cpu``), or any timm model name (``resnet50``, ``vit_base_patch16_224``, ...).
         bits: code length, a multiple of 8 from 8 to 256 (:func:`hybridhash.codes.check_bits`).
         pretrained: None; ``"imagenet"`` for timm's ImageNet weights (NesT for the HybridHash
             presets, the backbone's own for timm names); or a path to such a state dict

@@ -24,17 +24,15 @@ from ..configs import from_json_dict, to_json_dict
 from ..errors import CheckpointError, ConfigError
 from .registry import register_preset
 from .attention import BlockAttention, GlobalAttention
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, _is_int, _is_number, check_common, make_preprocess
+from ..limits import IMAGENET_MEAN, IMAGENET_STD, MAX_DEPTH, MAX_EMBED_DIM, MAX_MLP_RATIO
+from .backbone import _is_int, _is_number, check_common, make_preprocess
 from .base import HashNetMixin
 from .cpu_gemm import adopt
 from .weights import LoadReport
 
 GLOBAL_TOKENS = ("original", "spatial")
-# sanity bounds on the widths, depths and MLP widths a config may ask for: a config.json may come
-# from anywhere (its network is also sized against its weights before it is built, models.factory)
-MAX_EMBED_DIM = 8192
-MAX_DEPTH = 128
-MAX_MLP_RATIO = 16.0
+# The widths, depths and MLP widths a config may ask for are bounded (hybridhash.limits): a config.json
+# may come from anywhere (its network is also sized against its weights before it is built, models.factory)
 # Images per forward pass when a larger batch is evaluated on a CPU. Past about 8 images of
 # 224 px the activations (a 16x196x196 score matrix per head and image at level 0, the 56x56
 # feature maps and their blockify copies) stop fitting in cache and the per-image rate falls

@@ -15,9 +15,14 @@ def register_preset(fn: Callable[..., dict]) -> Callable[..., dict]:
     return fn
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered preset names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", arch: str = "hybridhash") -> list[str]:
+    """Registered preset names matching a shell-style ``pattern``, sorted.
+
+    ``arch`` picks the architectures, also shell-style: ``"hybridhash"`` (the default) HybridHash's
+    presets, ``"cnn"`` the small CNN's, ``"*"`` every preset the project registers.
+    """
+    names = [(n, "hybridhash") for n in _PRESETS] + [(n, a) for n, (a, _) in _ARCH_PRESETS.items()]
+    return sorted(n for n, a in names if fnmatch.fnmatch(a, arch) and fnmatch.fnmatch(n, pattern))
 
 
 def preset_kwargs(name: str) -> dict:
@@ -50,9 +55,3 @@ def preset_arch(name: str) -> Optional[str]:
 def arch_preset_kwargs(name: str) -> dict:
     """The keyword arguments of a non-HybridHash preset (a fresh dict)."""
     return dict(_ARCH_PRESETS[name][1]())
-
-
-def list_presets(pattern: str = "*") -> list[str]:
-    """Every preset the project registers (HybridHash's and the others), sorted."""
-    names = set(_PRESETS) | set(_ARCH_PRESETS)
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))

@@ -193,16 +193,16 @@ def weights_fingerprint(path: PathLike, state_dict: Optional[Dict[str, torch.Ten
     return fp
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    return fingerprint_state_dict(model.state_dict())
+def model_fingerprint(model: Any) -> str:
+    """What identifies ``model``'s weights, as code collections, indexes and exports record it.
 
-
-def fingerprint_of(model: torch.nn.Module) -> str:
-    """The model's fingerprint: the one its checkpoint recorded, else computed once and kept."""
+    A model loaded by :func:`~.factory.from_pretrained` and an export engine carry the fingerprint of
+    the file they were read from (``model.fingerprint``); any other model's is computed from its
+    state dict on every call. Nothing is kept on the model: a model being trained changes its
+    weights, and a kept value would then name weights it no longer has.
+    """
     fp = getattr(model, "fingerprint", None)
-    if not fp:
-        fp = model.fingerprint = model_fingerprint(model)
-    return fp
+    return fp if fp else fingerprint_state_dict(model.state_dict())
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def run(args) -> int:
     from hybridhash.app.evaluation import evaluate_checkpoints
     from hybridhash.outdir import note_made
     from hybridhash.app.train import TrainConfig, train
-    from hybridhash.runtime import usable_cores
+    from hybridhash.environment import usable_cores
 
     t_start = time.perf_counter()
     bits_list = tuple(QUICK_BITS if args.quick else args.bits)

@@ -43,9 +43,9 @@ def configure(p):
 
 def run(args) -> int:
     from hybridhash.app.encode import encode_collection
-    from hybridhash.runtime import dist_env
+    from hybridhash.environment import dist_env
 
-    from hybridhash.runtime import device_option
+    from hybridhash.environment import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     col = encode_collection(args.images, args.collection, args.checkpoint, root=args.image_root, batch_size=args.batch_size,

@@ -55,7 +55,7 @@ def _checkpoint(path: str, bits):
 
 def _check_out(out, force: bool) -> None:
     from hybridhash.errors import ConfigError
-    from hybridhash.export import is_project_onnx
+    from hybridhash.engines.exported import is_project_onnx
 
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; name the .onnx file to write")
@@ -71,9 +71,9 @@ def verify(model, path, n: int = 2, seed: int = 0):
 
     from hybridhash.codes import binarize
     from hybridhash.errors import HybridHashError
-    from hybridhash.export import OnnxEncoder
-    from hybridhash.inference import onnx_available
-    from hybridhash.openvino_encoder import OpenVinoEncoder, openvino_available
+    from hybridhash.engines import onnx_available, openvino_available
+    from hybridhash.engines.onnx import OnnxEncoder
+    from hybridhash.engines.openvino import OpenVinoEncoder
 
     use_ov = not onnx_available() and openvino_available()
     name = "OpenVINO" if use_ov else "onnxruntime"
@@ -99,7 +99,7 @@ def run(args) -> int:
     from hybridhash.errors import HybridHashError
     from hybridhash.export import export_onnx
     from hybridhash.fileio import atomic_path
-    from hybridhash.inference import ONNX_NAME
+    from hybridhash.engines import ONNX_NAME
     from hybridhash.models import from_pretrained
 
     ckpt = _checkpoint(args.checkpoint, args.bits)

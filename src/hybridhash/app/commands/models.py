@@ -20,10 +20,10 @@ def configure(p):
 
 def run(args) -> int:
     import hybridhash
-    from hybridhash.models import HybridHashConfig, build_config, list_presets
+    from hybridhash.models import HybridHashConfig, build_config, list_models
 
     if not args.name:
-        for name in list_presets():
+        for name in list_models(arch="*"):
             cfg = build_config(name)
             if isinstance(cfg, HybridHashConfig):
                 print(f"{name:24s} {cfg.img_size:4d}px patch {cfg.patch_size}  dims {list(cfg.embed_dims)}  "

@@ -275,8 +275,8 @@ def dataclass_from_args(cls, args: argparse.Namespace, **override: Any):
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
-    """``--runtime auto|torch|onnx|openvino`` (see :mod:`hybridhash.inference`)."""
-    from hybridhash.inference import ONNX_NAME, RUNTIMES
+    """``--runtime auto|torch|onnx|openvino`` (see :mod:`hybridhash.engines`)."""
+    from hybridhash.engines import ONNX_NAME, RUNTIMES
 
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help=f"torch: PyTorch; onnx / openvino: the checkpoint's ONNX export ({ONNX_NAME} beside "

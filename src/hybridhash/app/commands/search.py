@@ -49,7 +49,7 @@ def format_table(rows: list) -> str:
 
 def run(args) -> int:
     from hybridhash.retrieval import Retriever
-    from hybridhash.runtime import device_option
+    from hybridhash.environment import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.collection, checkpoint=args.checkpoint, device=args.device, kind=args.kind,

@@ -69,7 +69,7 @@ def run(args) -> int:
     hosts = allowed_hosts(args.host, args.allowed_host)
     # before the server's threads start: they share few malloc arenas (see hybridhash.app.serve.decodes)
     limit_arenas()
-    from hybridhash.runtime import device_option
+    from hybridhash.environment import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.collection, checkpoint=args.checkpoint, device=args.device, kind=args.kind,

@@ -26,9 +26,9 @@ from ... import collection as coll
 from ...data.imagelist import ImageList, file_stats, find_images, read_image_list, scan_image_folder
 from ...data.images import DEFAULT_MAX_PIXELS, printable
 from ...data.transforms import eval_transform, model_preprocess
+from ...environment import dist_env
 from ...errors import DataError, HybridHashError
 from ...locking import exclusive
-from ...runtime import dist_env
 from .plan import (DEFAULT_SHARD_SIZE, EncodePlan, PathLike, check_shard, done_shards, load_plan, plan_encode,
                    read_output, shard_path, shards_of_rank, _mismatch)
 from .shards import EncodeDataset, ShardBatches, collate_drop_bad, encode_shards, merge_shards
@@ -62,7 +62,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     """Encode a folder or list file of images into the collection ``out``.
 
     The model is ``model`` or loaded from the project checkpoint ``checkpoint`` on ``runtime``
-    (``torch``, ``onnx``, ``openvino`` or ``auto``: :func:`hybridhash.inference.open_encoder`). Under torchrun
+    (``torch``, ``onnx``, ``openvino`` or ``auto``: :func:`hybridhash.engines.open_encoder`). Under torchrun
     (``WORLD_SIZE`` > 1) every rank runs this function: rank 0 plans, each rank encodes its
     shards, rank 0 merges; a CUDA ``device`` becomes ``cuda:<LOCAL_RANK>``.
 
@@ -74,7 +74,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     if model is None:
         if checkpoint is None:
             raise HybridHashError("encode needs a checkpoint or a model")
-        from ...inference import open_encoder
+        from ...engines import open_encoder
 
         model = open_encoder(checkpoint, runtime, str(device), threads=threads)
     if world_size > 1 and str(device).startswith("cuda") and ":" not in str(device):

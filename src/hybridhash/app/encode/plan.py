@@ -22,7 +22,7 @@ from ...fileio import disk_full, read_json, write_json  # noqa: F401  (disk_full
 from ...index import remove_saved_index
 from ...limits import SHARD_SIZE
 from ...locking import LOCK_NAME
-from ...models.weights import fingerprint_of
+from ...models.weights import model_fingerprint
 
 
 _log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
         raise DataError(f"shard size must be at least 1, got {shard_size}")
     out = Path(out)
     plan = EncodePlan(
-        bits=int(model.bits), fingerprint=fingerprint_of(model),
+        bits=int(model.bits), fingerprint=model_fingerprint(model),
         checkpoint=str(Path(checkpoint).resolve()) if checkpoint is not None else None,
         preprocess=model_preprocess(model), images_sha256=images.digest(), count=len(images),
         shard_size=int(shard_size), max_pixels=max_pixels, image_root=str(images.root), source=images.source,

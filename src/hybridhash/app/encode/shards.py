@@ -13,13 +13,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ... import collection as coll
+from ...codes import pack_pm1
 from ...data.imagelist import file_stats
 from ...data.images import DEFAULT_MAX_PIXELS, open_image, printable
-from ...codes import pack_pm1 as pack_codes
 from ...data.transforms import eval_transform
+from ...engines.encoding import encode_batch
 from ...errors import ConfigError, DataError, IndexMismatchError
 from ...index import remove_saved_index
-from ...models.weights import fingerprint_of
+from ...models.weights import model_fingerprint
 from .plan import (EncodePlan, PathLike, check_shard, disk_full, load_plan, shard_path, shards_of_rank)
 
 _log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def encode_shards(out: PathLike, model: torch.nn.Module, rank: int = 0, world_si
         raise ConfigError(f"batch size must be at least 1 and workers at least 0, got {batch_size} and {workers}")
     out = Path(out)
     plan, images = load_plan(out)
-    fp = fingerprint_of(model)
+    fp = model_fingerprint(model)
     if fp != plan.fingerprint or int(model.bits) != plan.bits:
         raise IndexMismatchError(f"{out} was planned for the {plan.bits}-bit model {plan.fingerprint}, "
                                  f"this is the {model.bits}-bit model {fp}")
@@ -144,14 +145,13 @@ def encode_shards(out: PathLike, model: torch.nn.Module, rank: int = 0, world_si
                 i, reason = batch["bad"][0]
                 raise DataError(f"{printable(str(images.root / images.paths[i]))}: {reason} (strict: stopping)")
             if batch["images"] is not None:
-                x = batch["images"].to(device, non_blocking=True)  # (b, 3, H, W)
-                out_codes = model.encode(x).cpu().numpy()  # (b, width)
+                out_codes = encode_batch(model, batch["images"], device=device)  # (b, width) int8 +-1
                 if out_codes.shape[1] != plan.bits:  # encoding again would write the same wrong shard
                     raise IndexMismatchError(
                         f"{plan.checkpoint or 'the model'}: the encoder gives {out_codes.shape[1]}-bit codes, "
                         f"the model says {plan.bits} bits; its export does not match it: encode with "
                         f"--runtime torch, or export the checkpoint again (hybridhash export)")
-                codes.append(pack_codes(out_codes))  # (b, bits/8)
+                codes.append(pack_pm1(out_codes))  # (b, bits/8)
                 index.append(batch["index"].numpy())
             bad += batch["bad"]
             n = len(batch["index"]) + len(batch["bad"])

@@ -41,8 +41,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ...data.images import DEFAULT_MAX_PIXELS
 from ...errors import ConfigError, DataError, one_line
-from ...index import MAX_K as K_CAP
-from ...limits import MAX_DECODES, MAX_K, MAX_REQUESTS, MAX_UPLOAD_BYTES
+from ...limits import K_CAP, MAX_DECODES, MAX_K, MAX_REQUESTS, MAX_UPLOAD_BYTES
 from .batching import DEFAULT_MAX_BATCH, SearchBatcher
 from .decodes import DecodePool
 from .headers import DOCS_PATH, LOOPBACK_HOSTS, SecurityHeadersMiddleware, host_pattern

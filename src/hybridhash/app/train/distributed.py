@@ -9,25 +9,21 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 
+from ...environment import DistEnv, dist_env
 from ...errors import ConfigError
-from ...runtime import DistEnv, dist_env
 
 
-# one reading of torchrun's environment for the project: training, encoding and the CLI
-DistInfo = DistEnv
-
-
-def init_distributed(device: str = "cpu", backend: Optional[str] = None) -> DistInfo:
+def init_distributed(device: str = "cpu", backend: Optional[str] = None) -> DistEnv:
     """Join the process group that ``torchrun`` describes in the environment (once per process).
 
     The backend is NCCL for CUDA devices and gloo otherwise, unless ``backend`` names one.
-    Returns ``DistInfo()`` (rank 0 of 1) when the environment describes no group.
+    Returns ``DistEnv()`` (rank 0 of 1) when the environment describes no group.
     """
     if dist.is_available() and dist.is_initialized():
         return current()
     env = dist_env()
     if env.world_size <= 1:
-        return DistInfo()
+        return DistEnv()
     if not dist.is_available():
         raise ConfigError("this torch build has no torch.distributed, cannot run under torchrun")
     backend = backend or ("nccl" if str(device).startswith("cuda") else "gloo")
@@ -37,11 +33,11 @@ def init_distributed(device: str = "cpu", backend: Optional[str] = None) -> Dist
     return current()
 
 
-def current() -> DistInfo:
-    """The running group's ``DistInfo`` (rank 0 of 1 when there is none)."""
+def current() -> DistEnv:
+    """The running group's ``DistEnv`` (rank 0 of 1 when there is none)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return DistInfo()
-    return DistInfo(dist.get_rank(), dist.get_world_size(), dist_env().local_rank)
+        return DistEnv()
+    return DistEnv(dist.get_rank(), dist.get_world_size(), dist_env().local_rank)
 
 
 def barrier() -> None:

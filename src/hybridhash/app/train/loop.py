@@ -39,10 +39,11 @@ from torch import nn
 
 from ... import metrics as M
 from .. import rundir as R
+from ...engines.encoding import encode_images
+from ...environment import autocast_context, bf16_autocast_available, pick_device, seed_everything
 from ...errors import CheckpointError, ConfigError
-from ..evaluation import class_ids_or_multihot, encode_images
+from ..evaluation import class_ids_or_multihot
 from ...fileio import read_json, write_json
-from ...runtime import autocast_context, bf16_autocast_available, pick_device, seed_everything
 from . import distributed as D
 from .augment import BatchAugment
 from .build import build_method, build_model
@@ -112,7 +113,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, protocol, bits: int, out: os.PathLike, *,
                  model: Optional[nn.Module] = None, method: Optional[nn.Module] = None,
                  callbacks: Sequence[Callback] = (), cache: Optional[CachedImages] = None,
-                 dist_info: Optional[D.DistInfo] = None):
+                 dist_info: Optional[D.DistEnv] = None):
         from ...data.transforms import build_transform, with_pipeline
 
         self.config = c = config

@@ -16,11 +16,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from .. import rundir as R
+from ...environment import device_option, pick_device, usable_cores
 from ...errors import ConfigError
 from ...fileio import read_json, write_json
 from ...locking import exclusive
 from ...outdir import check_claim, claim
-from ...runtime import device_option, pick_device, usable_cores
 from . import distributed as D
 from .build import build_method, check_trainable, method_params
 from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
@@ -176,7 +176,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
 
 
 def _train_run(config: TrainConfig, protocol, run_dir: Path, callbacks: Sequence[Callback],
-               dist_info: D.DistInfo) -> Dict[int, BitsResult]:
+               dist_info: D.DistEnv) -> Dict[int, BitsResult]:
     """Record the run in ``run_dir`` and train its code lengths (the checks of :func:`train` passed)."""
     import hybridhash
 
@@ -231,7 +231,7 @@ def _finished(config: TrainConfig, run_dir: Path, bits: int) -> Optional[Dict[st
 
 
 def _train_bits(config: TrainConfig, protocol, bits: int, run_dir: Path, callbacks: Sequence[Callback],
-                cache: Optional[CachedImages], dist_info: D.DistInfo, split_hash: str) -> BitsResult:
+                cache: Optional[CachedImages], dist_info: D.DistEnv, split_hash: str) -> BitsResult:
     out = R.bits_dir(run_dir, bits)
     counters = _finished(config, run_dir, bits)
     if counters is not None:
@@ -244,7 +244,7 @@ def _train_bits(config: TrainConfig, protocol, bits: int, run_dir: Path, callbac
     return trainer.fit(resume=config.resume)
 
 
-def _parallel_workers(config: TrainConfig, dist_info: D.DistInfo) -> int:
+def _parallel_workers(config: TrainConfig, dist_info: D.DistEnv) -> int:
     """Processes to train code lengths in: 1 on GPUs, under torchrun, or when asked; ``parallel=0`` on a
     CPU means one per core (at most one per code length), because small models use one core better
     than several threads do."""
@@ -261,8 +261,8 @@ def _worker(job) -> BitsResult:
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     protocol = load_run_protocol(config, run_dir)
-    cache = _build_cache(config, protocol, bits, D.DistInfo()) if config.data_mode == "cache" else None
-    return _train_bits(config, protocol, bits, run_dir, callbacks, cache, D.DistInfo(),
+    cache = _build_cache(config, protocol, bits, D.DistEnv()) if config.data_mode == "cache" else None
+    return _train_bits(config, protocol, bits, run_dir, callbacks, cache, D.DistEnv(),
                        protocol.split_record()["hash"])
 
 
@@ -280,7 +280,7 @@ def _train_parallel(config: TrainConfig, run_dir: Path, workers: int,
     return {r.bits: r for r in done}
 
 
-def _build_cache(config: TrainConfig, protocol, bits: int, dist_info: D.DistInfo) -> Optional[CachedImages]:
+def _build_cache(config: TrainConfig, protocol, bits: int, dist_info: D.DistEnv) -> Optional[CachedImages]:
     from ...data.transforms import build_transform, with_pipeline
     from ...models import build_config
 

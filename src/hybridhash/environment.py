@@ -1,8 +1,13 @@
-"""Where the work runs: device choice, seeding, usable cores, mixed precision, the torchrun environment.
+"""The process's environment: device choice, seeding, usable cores, mixed precision, the torchrun environment.
 
 One home for these, used by training, evaluation, encoding, the index and the metrics alike.
 torch is imported inside the functions that need it, so the index and the CLI can use this module
 without paying for it.
+
+Named for what it holds, the conditions the work runs under. Not ``runtime``: that word names the
+inference engines (``--runtime torch|onnx|openvino``, :mod:`hybridhash.engines`). Not ``platform``:
+a module of that name is one relative-import slip away from shadowing the standard library's. Not
+``device``: besides devices it seeds the generators, counts the cores and reads torchrun's variables.
 """
 from __future__ import annotations
 

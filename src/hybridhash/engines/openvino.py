@@ -8,7 +8,6 @@ the codes would no longer equal the torch model's. The package is the optional e
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import threading
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError, one_line
-from .export import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, OnnxEncoder, PathLike, _check_graph, _check_open,
-                     _parse_metadata, read_metadata)
+from ..errors import CheckpointError, ConfigError, one_line
+from .exported import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, ExportEncoder, PathLike, check_graph, check_open,
+                       parse_metadata, read_metadata)
 
 # where in OpenVINO's C++ sources a check failed: "Exception from src/.../core.cpp:132:",
 # "Check 'x' failed at src/.../conv.cpp:63:"; the reason follows on later lines
@@ -35,17 +34,15 @@ def openvino_reason(err: BaseException) -> str:
     return one_line(text or type(err).__name__, 240)
 
 
-def openvino_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
-
-
-class OpenVinoEncoder(OnnxEncoder):
+class OpenVinoEncoder(ExportEncoder):
     """A hybridhash ONNX export compiled by OpenVINO for the CPU; stands in for the torch model.
 
-    Same attributes and methods as :class:`~hybridhash.export.OnnxEncoder`; ``session`` is the
-    compiled model. Runs are serialised by a lock: one infer request is reused, and OpenVINO's
-    threads already fill the cores.
+    Same attributes and methods as :class:`~.onnx.OnnxEncoder` (both are :class:`~.exported.ExportEncoder`);
+    ``session`` is the compiled model. Runs are serialised by a lock: one infer request is reused,
+    and OpenVINO's threads already fill the cores.
     """
+
+    engine = "OpenVINO"
 
     def __init__(self, compiled: Any, path: Path, meta: dict):
         super().__init__(compiled, path, meta)
@@ -55,7 +52,7 @@ class OpenVinoEncoder(OnnxEncoder):
 
     @classmethod
     def open(cls, path: PathLike, *, threads: Optional[int] = None, **_: Any) -> "OpenVinoEncoder":
-        """Compile an export of :func:`~hybridhash.export.export_onnx` for the CPU.
+        """Compile an export of :func:`hybridhash.export.export_onnx` for the CPU.
 
         Args:
             threads: OpenVINO's inference threads (None or 0: its default, the physical cores).
@@ -68,11 +65,11 @@ class OpenVinoEncoder(OnnxEncoder):
             import openvino as ov
         except ImportError:
             raise ConfigError("--runtime openvino needs OpenVINO: pip install 'hybridhash[openvino]'") from None
-        path = _check_open(path, threads)
+        path = check_open(path, threads)
         raw = read_metadata(path)
         if raw is None:
             raise CheckpointError(f"{path}: not a readable ONNX model")
-        meta = _parse_metadata(path, raw)
+        meta = parse_metadata(path, raw)
         config = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -83,19 +80,12 @@ class OpenVinoEncoder(OnnxEncoder):
         inputs = compiled.inputs
         shape = [d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape()] \
             if len(inputs) == 1 and inputs[0].get_partial_shape().rank.is_static else []
-        _check_graph(path, [i.any_name for i in inputs], [o.any_name for o in compiled.outputs], shape,
-                     meta["config"].img_size)
+        check_graph(path, [i.any_name for i in inputs], [o.any_name for o in compiled.outputs], shape,
+                    meta["config"].img_size)
         return cls(compiled, path, meta)
 
-    def _run(self, x: Any):
-        x = self._array(x)
-        if x.shape[0] == 0:
-            return np.zeros((0, self.bits), np.float32), np.zeros((0, self.bits), np.int8)
+    def _infer(self, x: np.ndarray):
         with self._lock:
             result = self._request.infer({INPUT_NAME: x})
             # the request owns its output buffers and reuses them on the next run: copy out
             return np.array(result[self._outputs[0]]), np.array(result[self._outputs[1]], dtype=np.int8)
-
-    def __repr__(self) -> str:
-        return (f"OpenVinoEncoder({str(self.path)!r}, {self.config.preset}, bits={self.bits}, "
-                f"fingerprint={self.fingerprint})")

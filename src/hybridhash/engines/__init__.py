@@ -1,14 +1,17 @@
-"""Inference engines: a checkpoint's model on eager PyTorch, or its ONNX export on onnxruntime or OpenVINO.
+"""Inference engines, and the choice between them: a checkpoint's model on eager PyTorch
+(:mod:`.pytorch`), or its ONNX export on onnxruntime (:mod:`.onnx`) or OpenVINO (:mod:`.openvino`),
+which share the export's reading and checks (:mod:`.exported`). Batches of images become codes on
+any of them through :mod:`.encoding`.
 
-``open_encoder(checkpoint, runtime, device)`` returns an object with the model's encoding contract
-(``encode(x) -> int8 (B, bits)``, ``bits``, ``preprocess``, ``fingerprint``), so encoding, search and
-the service run on any of them. ``auto`` takes the fastest measured on this project's 2-core CPU
+``open_encoder(checkpoint, runtime, device)`` (``--runtime auto|torch|onnx|openvino``) returns an
+object with the model's encoding contract (``encode(x) -> int8 (B, bits)``, ``bits``, ``preprocess``,
+``fingerprint``), so encoding, search and the service run on any of them. ``auto`` takes the fastest measured on this project's 2-core CPU
 benchmark (benchmarks/results/encode_model.md, hybridhash_base): OpenVINO when it is installed and
 the checkpoint has an export of the same weights beside it (``hybridhash export`` writes
 ``model.onnx`` there), else PyTorch, whose CPU linears run on oneDNN (models/cpu_gemm.py) and which
 is then as fast as onnxruntime at one image and faster from a batch of 8 on. On a GPU ``auto`` is
-always PyTorch. onnxruntime stays available by name (``--runtime onnx``): it needs no PyTorch to
-run an export.
+always PyTorch. onnxruntime stays available by name (``--runtime onnx``). This module imports no torch: the command line reads :data:`RUNTIMES` to build its
+parsers.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import CheckpointError, CheckpointMismatchError, ConfigError
+from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +36,10 @@ def onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
 def onnx_beside(checkpoint: PathLike) -> Optional[Path]:
     """The ONNX export that goes with ``checkpoint``: the file itself, or ``model.onnx`` in its directory."""
     p = Path(checkpoint)
@@ -42,24 +49,8 @@ def onnx_beside(checkpoint: PathLike) -> Optional[Path]:
     return candidate if candidate.is_file() else None
 
 
-def _checkpoint_fingerprint(checkpoint: Path) -> Optional[str]:
-    """The fingerprint of the checkpoint's weights (not config.json's record, which a replaced weights
-    file leaves stale); None when they cannot be read."""
-    from .models import weights_fingerprint
-    from .models.weights import WEIGHTS_NAME
-
-    try:
-        return weights_fingerprint((checkpoint if checkpoint.is_dir() else checkpoint.parent) / WEIGHTS_NAME)
-    except CheckpointError:
-        return None
-
-
 def _available(runtime: str) -> bool:
-    if runtime == "onnx":
-        return onnx_available()
-    from .openvino_encoder import openvino_available
-
-    return openvino_available()
+    return onnx_available() if runtime == "onnx" else openvino_available()
 
 
 def _install_hint(runtime: str) -> str:
@@ -122,38 +113,30 @@ def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu
             checkpoint's beside it (``auto`` warns and runs PyTorch instead, as it does over an
             export it cannot open).
     """
+    from .pytorch import open_pytorch, pytorch_instead, weights_beside
+
     path = Path(checkpoint)
     chosen = pick_runtime(path, runtime, device)
     if chosen == "torch":
-        from .models import from_pretrained
-
-        return from_pretrained(path)  # on the CPU; the caller moves it to its device
+        return open_pytorch(path)  # on the CPU; the caller moves it to its device
     onnx_file = onnx_beside(path)
     if chosen == "openvino":
-        from .openvino_encoder import OpenVinoEncoder as Encoder
+        from .openvino import OpenVinoEncoder as Encoder
     else:
-        from .export import OnnxEncoder as Encoder
+        from .onnx import OnnxEncoder as Encoder
     try:
         enc = Encoder.open(onnx_file, threads=threads)
     except CheckpointError as err:
         if runtime != "auto" or path.suffix == ".onnx":
             raise
         # the checkpoint itself still works: an unusable export beside it must not stop it
-        return _pytorch_instead(path, "cannot use %s (%s)", onnx_file, err)
+        return pytorch_instead(path, "cannot use %s (%s)", onnx_file, err)
     if path.suffix != ".onnx":
-        expected = _checkpoint_fingerprint(path)
+        expected = weights_beside(path)
         if expected is not None and enc.fingerprint != expected:
             if runtime != "auto":
                 raise CheckpointMismatchError(f"{onnx_file} was exported from other weights (fingerprint "
                                               f"{enc.fingerprint}) than {path} ({expected}); export it again")
-            return _pytorch_instead(path, "%s is an export of other weights than %s", onnx_file, path)
-    _log.info("running %s on %s", onnx_file, "OpenVINO" if chosen == "openvino" else "onnxruntime")
+            return pytorch_instead(path, "%s is an export of other weights than %s", onnx_file, path)
+    _log.info("running %s on %s", onnx_file, enc.engine)
     return enc
-
-
-def _pytorch_instead(checkpoint: Path, why: str, *args):
-    """The checkpoint's PyTorch model, after a warning saying why ``auto`` passed its export over."""
-    from .models import from_pretrained
-
-    _log.warning(why + "; running PyTorch instead", *args)
-    return from_pretrained(checkpoint)
