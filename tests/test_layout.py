@@ -1,6 +1,6 @@
 """The package's shape: no import circles (function-level imports included), the library apart
 from the program (``hybridhash.app``), modules small enough to read in one sitting, each with its
-opening line."""
+opening line, and tests that mirror the source tree (one obvious home for a new test)."""
 from __future__ import annotations
 
 import ast
@@ -159,3 +159,51 @@ def test_the_command_line_builds_without_torch():
             "print(sorted(m for m in ('torch', 'timm', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------
+# the tests mirror the source tree
+
+TESTS = Path(__file__).resolve().parent
+# tests of the package as a whole (its shape, its docs, one home per concept), not of one module
+PACKAGE_WIDE = {"test_layout.py", "test_docs.py", "test_one_home.py"}
+# folders of tests sorted by something else than the module: bad inputs by kind of input
+NOT_MIRRORED = {"bad_inputs", "helpers", "fixtures"}
+
+
+def home_of(test: Path) -> str:
+    """Why ``test`` (a tests/**/test_*.py file) is where it is, or "" when it has no home there: its
+    folder must mirror a package of src/hybridhash and its name a module or sub-package of that
+    package (``test_<module>.py``, ``test_<module>_<topic>.py``) or the package itself."""
+    rel = test.relative_to(TESTS)
+    folder, stem = rel.parent, test.stem[len("test_"):]
+    if folder.parts and folder.parts[0] in NOT_MIRRORED:
+        return "not mirrored"
+    if not folder.parts and test.name in PACKAGE_WIDE:
+        return "package-wide"
+    package = SRC.joinpath(*folder.parts)
+    if not (package / "__init__.py").is_file():
+        return ""
+    names = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    names |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    names |= {package.name}
+    for name in sorted(names, key=len, reverse=True):
+        if stem == name or stem.startswith(name + "_"):
+            return f"{'/'.join(folder.parts + (name,))}"
+    return ""
+
+
+def test_every_test_file_mirrors_a_module():
+    tests = sorted(p for p in TESTS.rglob("test_*.py"))
+    assert len(tests) > 30
+    homeless = [str(t.relative_to(TESTS)) for t in tests if not home_of(t)]
+    assert homeless == [], "tests/<package path>/test_<module>.py is the home of a module's tests"
+
+
+def test_the_mirror_rule_places_tests(tmp_path):
+    assert home_of(TESTS / "test_codes.py") == "codes"
+    assert home_of(TESTS / "methods" / "test_shallow.py") == "methods/shallow"
+    assert home_of(TESTS / "app" / "test_serve_browser.py") == "app/serve"
+    assert home_of(TESTS / "models" / "test_models.py") == "models/models"  # the package itself
+    assert home_of(TESTS / "test_train.py") == ""  # training is app/train: its tests live in tests/app/
+    assert home_of(TESTS / "nowhere" / "test_codes.py") == ""

@@ -12,7 +12,7 @@ from hybridhash.methods import create_method
 
 from .harness import L, MethodSuite, labels, naive_weighted_likelihood
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 class TestHybridHash(MethodSuite):

@@ -13,7 +13,7 @@
 
 The spellings these replaced (``encode --out``, ``index --codes``, ``search/serve --index``,
 ``--root``, ``--quiet``, ``data check --workers`` for threads) are accepted for one release with a
-deprecation line. Every number has a range (:mod:`hybridhash.configs`); ``tests/test_cli_vocabulary.py``
+deprecation line. Every number has a range (:mod:`hybridhash.configs`); ``tests/app/test_cli_vocabulary.py``
 checks all of it on every command's parser.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ import hybridhash
 from hybridhash.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from hybridhash.models import HybridHashConfig, load_nest_weights, read_config
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 def _fixture(bits):

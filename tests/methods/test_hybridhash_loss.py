@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from hybridhash.errors import ConfigError, DataError
 from hybridhash.methods.hybridhash import PairwiseLikelihoodLoss, pairwise_likelihood_loss
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 def naive_loss(u, U, y, Y, alpha):
