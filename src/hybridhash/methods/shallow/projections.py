@@ -21,8 +21,9 @@ F64 = torch.float64
 class _Projection(ShallowHash):
     """b(x) = sgn((x - mean) @ projection): the state is ``mean`` (d,) and ``projection`` (d, bits)."""
 
-    def _positive(self, x: Tensor) -> Tensor:
-        return (x - self.tensors["mean"]) @ self.tensors["projection"] >= 0
+    @classmethod
+    def score(cls, tensors, x: Tensor) -> Tensor:
+        return (x - tensors["mean"]) @ tensors["projection"]
 
 
 @dataclass
@@ -151,9 +152,10 @@ class ITQ(_Projection):
         return {"mean": mean, "projection": directions, "eigenvalues": values, "rotation": rotation,
                 "quantization_error": errors}
 
-    def _positive(self, x: Tensor) -> Tensor:
-        t = self.tensors
-        return ((x - t["mean"]) @ t["projection"]) @ t["rotation"] >= 0
+    @classmethod
+    def score(cls, tensors, x: Tensor) -> Tensor:
+        t = tensors
+        return ((x - t["mean"]) @ t["projection"]) @ t["rotation"]
 
     def state_shapes(self, n_features: int):
         return {"mean": ((n_features,), F64), "projection": ((n_features, self.bits), F64),
