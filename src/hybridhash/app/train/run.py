@@ -138,8 +138,13 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     Raises:
         LockedError: another process is writing ``config.out``.
     """
+    from ...methods import is_training_free
     from ...models import build_config
 
+    if is_training_free(config.method):  # fitted in one pass over the images, no training loop
+        from .fit import fit_run
+
+        return fit_run(config, protocol, locked=locked)
     check_numbers(config)  # named as the options they are, before the method checks its share of them
     check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     check_trainable(config.method)  # before its published settings, which the loop may not offer

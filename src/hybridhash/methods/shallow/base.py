@@ -42,6 +42,7 @@ class ShallowHash:
     Config: ClassVar[Type[MethodConfig]] = MethodConfig
     covariance: ClassVar[bool] = True
     bits_within_features: ClassVar[bool] = False
+    summary: ClassVar[str] = ""  # one sentence for `hybridhash methods`
     strict: ClassVar[bool] = False  # a bit is +1 where its score is > 0 (True, SH's rule) or >= 0 (the project's)
 
     def __init__(self, bits: int, seed: int = 0, options: Optional[MethodConfig] = None) -> None:

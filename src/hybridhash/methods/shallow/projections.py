@@ -38,6 +38,7 @@ class LSH(_Projection):
     d is accepted; memory O(d * bits)."""
 
     name = "lsh"
+    summary = "sign random projections of the centred features (Charikar 2002); option center"
     Config = LSHConfig
     covariance = False
 
@@ -66,6 +67,7 @@ class PCAH(_Projection):
     their values are rounding noise: give a rank of at least ``bits`` (the ``eigenvalues`` say)."""
 
     name = "pcah"
+    summary = "signs of the top principal components of the centred features; bits <= features"
     Config = NoOptions
     bits_within_features = True
 
@@ -133,6 +135,7 @@ class ITQ(_Projection):
     """
 
     name = "itq"
+    summary = "PCA, then the rotation of Iterative Quantization (Gong and Lazebnik 2011); option iterations"
     Config = ITQConfig
     bits_within_features = True
 

@@ -63,6 +63,7 @@ class SH(ShallowHash):
     """
 
     name = "sh"
+    summary = "Spectral Hashing's one-dimensional eigenfunctions along the principal directions (Weiss et al. 2008)"
     Config = NoOptions
     strict = True  # cos(...) of exactly 0 is a -1 bit, as compressSH's "> 0"
 
