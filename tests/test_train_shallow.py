@@ -1,8 +1,8 @@
 """``train --method lsh|pcah|itq|sh``: fitted baselines as ordinary runs and checkpoints.
 
 Digits at 8 px through ``--model pixels`` (192 features, 450 training images): every fit takes
-well under a second. Codes are checked against numpy re-computations of METHODS.md C's formulas
-from the saved tensors and independently read pixels.
+well under a second. Codes are checked against numpy re-computations of the formulas of
+docs/baselines.md from the saved tensors and independently read pixels.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def model_codes(model, protocol, subset="train"):
 
 
 def numpy_scores(method, t, x):
-    """METHODS.md C's projections from the saved tensors, numpy float64 (n, bits)."""
+    """The baselines' scores (docs/baselines.md) from the saved tensors, numpy float64 (n, bits)."""
     if method in ("lsh", "pcah"):
         return (x - t["mean"]) @ t["projection"]
     if method == "itq":

@@ -6,7 +6,7 @@ baseline's fitted tensors as buffers, so its checkpoint is a ``config.json`` and
 export use it unchanged. The feature network is one of:
 
 - :class:`Pixels` (arch ``"pixels"``): the image resized to ``img_size``, values in [0, 1],
-  flattened to (B, 3 * img_size^2), as METHODS.md C describes raw-pixel features;
+  flattened to (B, 3 * img_size^2), the raw-pixel features of the baselines' papers (docs/baselines.md);
 - :class:`PreHash` around any network of the registry (HybridHash, a timm backbone, the small
   CNN): its pre-hash features, ``forward_features`` globally average-pooled where it is a map
   (HybridHash's (B, D, b, b)), with the hash head dropped (its weights are not saved).

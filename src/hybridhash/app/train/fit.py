@@ -54,6 +54,12 @@ def check_fit_options(config: TrainConfig) -> None:
                           f"not apply; drop {'it' if len(given) == 1 else 'them'}")
 
 
+def _refuse_held(run_dir: Path) -> None:
+    held = R.held_run(run_dir)
+    if held:  # a fit is never resumed: it would mix with the run there
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(held)}); choose another --out")
+
+
 def check_rows(baseline, n_train: int) -> None:
     """Refuse fewer training images than a baseline's definition needs: 2 for the mean of any; for
     pcah and itq (bits <= d) bits + 1, since n centred rows span at most n - 1 directions and the
@@ -116,8 +122,6 @@ def fit_run(config: TrainConfig, protocol=None, *, locked: bool = False) -> Dict
     """
     from ...methods import make_shallow
     from ...models.features import feature_network
-    from .run import _check_out, load_run_protocol
-
     check_numbers(config)
     check_bits_list(config.bits)
     check_fit_options(config)
@@ -127,20 +131,20 @@ def fit_run(config: TrainConfig, protocol=None, *, locked: bool = False) -> Dict
         torch.set_num_threads(config.threads)
     run_dir = Path(config.out)
     check_claim(run_dir, "train", legacy=R.is_run_dir)
-    _check_out(run_dir, config)
+    _refuse_held(run_dir)
     network = feature_network(config.model, config.pretrained, **config.model_overrides).to(device)
     for baseline in baselines.values():
         baseline.check_width(network.n_features)  # bits above d, d above the covariance limit
     if protocol is None:
-        protocol = load_run_protocol(config, run_dir)
+        protocol = R.load_run_protocol(config, run_dir)
     for baseline in baselines.values():
         check_rows(baseline, len(protocol.train))
     if config.select_on == "val" and len(protocol.val) == 0:
-        from .run import _no_val_message
-
-        raise ConfigError(_no_val_message(protocol))
+        raise ConfigError(f"{protocol.name}: no validation image to score the fit on ({len(protocol.train)} training "
+                          f"images, val_fraction {protocol.val_fraction:g}); use --val-fraction above 0 or "
+                          f"--select-on query")
     with (nullcontext() if locked else exclusive(run_dir, what="run directory")):
-        _check_out(run_dir, config)  # again, as the one writer
+        _refuse_held(run_dir)  # again, as the one writer
         return _fit_all(config, protocol, run_dir, network, baselines, device)
 
 
