@@ -206,7 +206,8 @@ def test_onnx_export_gives_the_pytorch_codes(runs, tmp_path, capsys, method):
 
 
 def test_same_seed_same_checkpoint_bytes(runs, tmp_path):
-    assert cli.main(fit_args(tmp_path / "again", "itq")) == 0
+    # the recorded run re-run (train --config RUN): the same options, so the same bytes
+    assert cli.main(["train", "--config", str(runs["itq"]), "--out", str(tmp_path / "again")]) == 0
     a, b = checkpoint(runs["itq"]), checkpoint(tmp_path / "again")
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))

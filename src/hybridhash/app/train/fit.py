@@ -172,22 +172,12 @@ def _fit_all(config: TrainConfig, protocol, run_dir: Path, network, baselines, d
     return results
 
 
-def _codes(model, features: Features, dataset, config: TrainConfig, device) -> np.ndarray:
-    """Codes of ``dataset`` (the training set's come from the held features when there are any)."""
-    from ...codes import binarize
-    from ..evaluation import encode_images
-
-    if dataset is None:
-        with torch.inference_mode():
-            return torch.cat([binarize(model.head(x)).cpu() for x in features.batches()]).numpy()
-    return encode_images(model, dataset, batch_size=config.eval_batch_size, device=device, workers=config.workers)
-
-
 def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, features: Features, transform,
               preprocess, progress: bool, shared: float) -> BitsResult:
     from ... import metrics as M
+    from ...codes import binarize
     from ...models.shallow import ShallowHashModel
-    from ..evaluation import class_ids_or_multihot
+    from ..evaluation import class_ids_or_multihot, encode_images
 
     out = R.bits_dir(run_dir, baseline.bits)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,16 +185,19 @@ def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, f
     baseline.fit(features.batches, features.d, progress=progress or None)
     model = ShallowHashModel.from_fit(network, baseline).to(features.device).eval()
     p = protocol
-    if config.select_on == "val":
-        train_codes = _codes(model, features, None if features.cached is not None else
-                             p.train.with_transform(transform), config, features.device)
-        q, d = _codes(model, features, p.val.with_transform(transform), config, features.device), train_codes
-        ql, dl = p.val.labels, p.train.labels
-    else:
-        q = _codes(model, features, p.query.with_transform(transform), config, features.device)
-        d = _codes(model, features, p.database.with_transform(transform), config, features.device)
-        ql, dl = p.query.labels, p.database.labels
-    ql, dl = class_ids_or_multihot(ql, p.multi_label), class_ids_or_multihot(dl, p.multi_label)
+
+    def codes(subset: str) -> np.ndarray:
+        if subset == "train" and features.cached is not None:  # from the held features: no network pass
+            with torch.inference_mode():
+                return torch.cat([binarize(model.head(x)).cpu() for x in features.batches()]).numpy()
+        return encode_images(model, getattr(p, subset).with_transform(transform), batch_size=config.eval_batch_size,
+                             device=features.device, workers=config.workers)
+
+    # as a trained model's selection: val queries against the training images, or the protocol's sets
+    queries, database = ("val", "train") if config.select_on == "val" else ("query", "database")
+    q, d = codes(queries), codes(database)
+    ql = class_ids_or_multihot(getattr(p, queries).labels, p.multi_label)
+    dl = class_ids_or_multihot(getattr(p, database).labels, p.multi_label)
     score = float(M.mean_average_precision(q, d, ql, dl, topk=p.topk))
     metric = f"{config.select_on}_map"
     seconds = time.perf_counter() - t0 + shared
