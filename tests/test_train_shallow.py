@@ -59,7 +59,7 @@ def checkpoint(run, bits=BITS):
 
 def model_codes(model, protocol, subset="train"):
     """The checkpoint's codes of a set's images through its own eval pipeline, int8 (n, bits)."""
-    from hybridhash.app.evaluation import encode_images
+    from hybridhash.engines.encoding import encode_images
     from hybridhash.data.transforms import eval_transform
 
     return encode_images(model, getattr(protocol, subset).with_transform(eval_transform(model)), batch_size=97)
@@ -193,7 +193,7 @@ def test_evaluate_encode_search_and_onnx_use_the_checkpoint(runs, tmp_path, caps
 @pytest.mark.parametrize("method", METHODS)
 def test_onnx_export_gives_the_pytorch_codes(runs, tmp_path, capsys, method):
     pytest.importorskip("onnxruntime")
-    from hybridhash.export import OnnxEncoder
+    from hybridhash.engines.onnx import OnnxEncoder
 
     run = runs[method]
     rc, _, err = run_cli(["export", "--checkpoint", checkpoint(run), "--out", tmp_path / "m.onnx"], capsys)

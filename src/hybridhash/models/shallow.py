@@ -26,8 +26,9 @@ from torch import nn
 
 from ..configs import from_json_dict, to_json_dict
 from ..errors import CheckpointError, ConfigError, HybridHashError, one_line
+from ..limits import MAX_IMG_SIZE
 from ..methods.shallow import ShallowHash, load_shallow, shallow_class
-from .backbone import INTERPOLATIONS, MAX_IMG_SIZE, BackboneConfig, BackboneHash, _is_int, make_preprocess
+from .backbone import INTERPOLATIONS, BackboneConfig, BackboneHash, _is_int, make_preprocess
 from .base import HashNetMixin
 from .cnn import CnnConfig, CnnHash
 from .hybridhash import HybridHash, HybridHashConfig

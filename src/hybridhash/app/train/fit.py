@@ -32,7 +32,7 @@ from ...fileio import write_json
 from ...limits import FEATURE_CACHE_BYTES
 from ...locking import exclusive
 from ...outdir import check_claim, claim
-from ...runtime import pick_device
+from ...environment import pick_device
 from .loop import METHOD_NAME, BitsResult
 from .recipe import TrainConfig, check_bits_list, check_numbers
 
@@ -177,7 +177,8 @@ def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, f
     from ... import metrics as M
     from ...codes import binarize
     from ...models.shallow import ShallowHashModel
-    from ..evaluation import class_ids_or_multihot, encode_images
+    from ...engines.encoding import encode_images
+    from ..evaluation import class_ids_or_multihot
 
     out = R.bits_dir(run_dir, baseline.bits)
     out.mkdir(parents=True, exist_ok=True)
