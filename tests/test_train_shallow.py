@@ -269,3 +269,34 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
     assert "itq: 32 bits need at least 33 training images" in msg
     msg = _refusal(capsys, fit_args(out, "itq", "--method-params", '{"iterationz": 3}'), out)
     assert "iterationz" in msg
+
+
+def test_select_on_query_scores_what_evaluate_scores(tmp_path, capsys):
+    assert cli.main(fit_args(tmp_path / "run", "lsh", "--select-on", "query")) == 0
+    log = json.loads((tmp_path / "run" / f"bits{BITS}" / "log.jsonl").read_text())
+    rc, _, err = run_cli(["evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "eval", "--no-progress"],
+                         capsys)
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"][str(BITS)]
+    assert log["query_map"] == pytest.approx(metrics["map"], abs=1e-6)
+
+
+def test_the_head_keeps_each_rule_for_a_score_of_zero():
+    from hybridhash.methods import make_shallow
+    from hybridhash.models.shallow import ShallowHead
+
+    x = torch.randn(20, 10, dtype=torch.float64)
+    pcah = make_shallow("pcah", 8).fit(lambda: iter([x]), 10)
+    head = ShallowHead(pcah.config())
+    with torch.no_grad():
+        for k, v in pcah.state_tensors().items():
+            getattr(head, k).copy_(v)
+    at_mean = pcah.tensors["mean"][None]  # every projection of the mean is exactly 0: +1 under >= 0
+    assert (head(at_mean) > 0).all() and (pcah.encode(at_mean) == 1).all()
+    # a rule's zeros and scores too small for float32 keep their side: > 0 (SH's) makes exact zeros -1
+    scores = torch.tensor([[0.0, 1e-300, -1e-300, 2.0]], dtype=torch.float64)
+    for strict, expected in ((True, [-1, 1, -1, 1]), (False, [1, 1, -1, 1])):
+        head.kind = type("Rule", (), {"strict": strict, "score": classmethod(lambda cls, t, f: scores)})
+        h = head(torch.zeros(1, 10))
+        assert h.dtype == torch.float32 and torch.where(h >= 0, 1, -1).tolist() == [expected]
+        assert torch.where(torch.tanh(h) >= 0, 1, -1).tolist() == [expected]  # forward's activation keeps them
