@@ -11,12 +11,12 @@ import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from .. import rundir as R
-from ..rundir import held_run, load_run_protocol  # noqa: F401 (also the fit's, which cannot import this module)
+from ..rundir import held_run, load_run_protocol  # in rundir so that the fit shares them without importing this module
 from ...environment import device_option, pick_device, usable_cores
 from ...errors import ConfigError
 from ...fileio import read_json, write_json

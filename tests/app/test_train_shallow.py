@@ -19,7 +19,6 @@ from hybridhash.app import cli
 from hybridhash.codes import pack_pm1
 from hybridhash.collection import open_collection
 from hybridhash.data import load_protocol
-from hybridhash.models.features import feature_network
 from hybridhash.models.shallow import ShallowHashModel
 from tests.helpers.collections import make_images
 from tests.helpers.commands import one_error_line, run_cli
@@ -218,7 +217,7 @@ def test_same_seed_same_checkpoint_bytes(runs, tmp_path):
     assert (checkpoint(tmp_path / "other") / "model.safetensors").read_bytes() != (a / "model.safetensors").read_bytes()
 
 
-def test_pre_hash_features_of_a_trained_checkpoint_and_of_registry_models(tmp_path, capsys):
+def test_pre_hash_features_of_a_trained_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
     cnn = hybridhash.create_model("cnn_cpu", bits=16).eval()
     cnn.save_pretrained(str(tmp_path / "cnn"))
@@ -231,13 +230,6 @@ def test_pre_hash_features_of_a_trained_checkpoint_and_of_registry_models(tmp_pa
         np.testing.assert_array_equal(model.forward_features(x).numpy(), cnn.forward_features(x).numpy())
         np.testing.assert_array_equal(model.encode(x).numpy(),
                                       model.baseline().encode(cnn.forward_features(x)).numpy())
-    timm_net = feature_network("test_resnet", img_size=32)
-    hh = feature_network("hybridhash_cpu")
-    with torch.inference_mode():
-        assert timm_net(torch.rand(2, 3, 32, 32)).shape == (2, timm_net.n_features)
-        y = torch.rand(2, 3, hh.config.img_size, hh.config.img_size)
-        # HybridHash's pre-hash features: its last feature map, averaged over the positions
-        np.testing.assert_allclose(hh(y).numpy(), hh.net.forward_features(y).mean((2, 3)).numpy())
 
 
 def _refusal(capsys, argv, out=None):
@@ -279,24 +271,3 @@ def test_select_on_query_scores_what_evaluate_scores(tmp_path, capsys):
     assert rc == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"][str(BITS)]
     assert log["query_map"] == pytest.approx(metrics["map"], abs=1e-6)
-
-
-def test_the_head_keeps_each_rule_for_a_score_of_zero():
-    from hybridhash.methods import make_shallow
-    from hybridhash.models.shallow import ShallowHead
-
-    x = torch.randn(20, 10, dtype=torch.float64)
-    pcah = make_shallow("pcah", 8).fit(lambda: iter([x]), 10)
-    head = ShallowHead(pcah.config())
-    with torch.no_grad():
-        for k, v in pcah.state_tensors().items():
-            getattr(head, k).copy_(v)
-    at_mean = pcah.tensors["mean"][None]  # every projection of the mean is exactly 0: +1 under >= 0
-    assert (head(at_mean) > 0).all() and (pcah.encode(at_mean) == 1).all()
-    # a rule's zeros and scores too small for float32 keep their side: > 0 (SH's) makes exact zeros -1
-    scores = torch.tensor([[0.0, 1e-300, -1e-300, 2.0]], dtype=torch.float64)
-    for strict, expected in ((True, [-1, 1, -1, 1]), (False, [1, 1, -1, 1])):
-        head.kind = type("Rule", (), {"strict": strict, "score": classmethod(lambda cls, t, f: scores)})
-        h = head(torch.zeros(1, 10))
-        assert h.dtype == torch.float32 and torch.where(h >= 0, 1, -1).tolist() == [expected]
-        assert torch.where(torch.tanh(h) >= 0, 1, -1).tolist() == [expected]  # forward's activation keeps them
