@@ -56,3 +56,35 @@ def test_a_model_is_rebuilt_from_its_fit_and_refuses_a_mismatched_config():
     state = dict(model.state_dict(), **{"head.rotation": torch.full((16, 16), float("nan"), dtype=torch.float64)})
     with pytest.raises(Exception, match="non-finite"):
         again.load_state_dict(state)
+
+
+def test_a_tampered_checkpoint_is_refused_in_one_line(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    import hybridhash
+    from hybridhash.errors import CheckpointError
+
+    net = feature_network("pixels", img_size=4)
+    x = torch.rand(40, 3, 4, 4)
+    sh = make_shallow("sh", 16).fit(lambda: iter([net(x)]), net.n_features)
+    ShallowHashModel.from_fit(net, sh).save_pretrained(str(tmp_path / "sh"))
+    loaded = hybridhash.from_pretrained(tmp_path / "sh").eval()
+    np.testing.assert_array_equal(loaded.encode(x).numpy(), sh.encode(net(x)).numpy())
+    # the config says another width than the weights hold
+    meta = json.loads((tmp_path / "sh" / "config.json").read_text())
+    meta["config"]["baseline"]["n_features"] = 47
+    (tmp_path / "sh" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a usable model config"):
+        hybridhash.from_pretrained(tmp_path / "sh")
+    meta["config"]["baseline"]["n_features"] = 48
+    (tmp_path / "sh" / "config.json").write_text(json.dumps(meta))
+    # modes no fit gives: two frequencies in one row
+    state = load_file(str(tmp_path / "sh" / "model.safetensors"))
+    state["head.modes"] = state["head.modes"].clone()
+    state["head.modes"][0] = 1
+    save_file(state, str(tmp_path / "sh" / "model.safetensors"), metadata={"format": "hybridhash"})
+    with pytest.raises(CheckpointError, match="one positive frequency per row") as err:
+        hybridhash.from_pretrained(tmp_path / "sh")
+    assert "\n" not in str(err.value)
