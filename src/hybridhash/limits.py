@@ -70,3 +70,6 @@ BANK_ROWS_PER_IMAGE: int = 4
 # Most features the shallow baselines that need a covariance (pcah, itq, sh) accept: the float64
 # d x d matrix, its eigenvectors and the solver's workspace take about 3 * 8 * d^2 bytes (6 GiB here)
 MAX_COVARIANCE_FEATURES: int = 16384
+# Training-set features (float32, n x d) a training-free baseline's fit keeps in memory between its
+# passes; above this the feature network runs again for each pass (itq and sh take two)
+FEATURE_CACHE_BYTES: int = 2 << 30

@@ -15,7 +15,8 @@ METHODS_DIR = SRC / "methods"
 OTHER_SENSES = {("app/rundir.py", "hybridhash"), ("models/factory.py", "hybridhash"),
                 ("models/registry.py", "hybridhash"), ("models/weights.py", "hybridhash"),
                 ("app/commands/models.py", "hybridhash"), ("app/train/state.py", "hybridhash"),
-                ("app/train/run.py", "hybridhash"), ("app/commands/train.py", "hybridhash")}
+                ("app/train/run.py", "hybridhash"), ("app/train/fit.py", "hybridhash"),
+                ("app/commands/train.py", "hybridhash"), ("models/shallow.py", "hybridhash")}
 
 
 def _strings(node: ast.AST) -> Iterator[str]:

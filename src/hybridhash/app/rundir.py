@@ -95,6 +95,27 @@ def pick_checkpoint(bits_directory: Path) -> Optional[Path]:
     return None
 
 
+def held_run(run_dir: Path) -> List[str]:
+    """What in ``run_dir`` says it holds a run: its ``run.json``, ``summary.json``, ``bits{N}`` with a
+    saved epoch."""
+    names = [n for n in (RUN_NAME, SUMMARY_NAME) if (run_dir / n).exists()]
+    if run_dir.is_dir():
+        names += sorted(d.name for d in run_dir.glob("bits*") if resolve_ckpt_dir(d / LAST) is not None)
+    return names
+
+
+def load_run_protocol(config, run_dir: Path):
+    """The protocol of a run with options ``config`` (a ``TrainConfig``): from its ``split.json`` when
+    there is one (resume), else drawn anew."""
+    from ..data import load_protocol
+
+    split = run_dir / SPLIT_NAME
+    kw = dict(root=config.root, image_root=config.image_root, download=config.download, max_pixels=config.max_pixels)
+    if split.exists():
+        return load_protocol(config.dataset, split_file=str(split), **kw)
+    return load_protocol(config.dataset, seed=config.seed, val_fraction=config.val_fraction, **kw)
+
+
 def is_run_dir(directory: Path) -> bool:
     """True for a run directory training wrote (its ``run.json`` records the options), marked or not."""
     from ..fileio import read_json

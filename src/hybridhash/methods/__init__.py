@@ -92,8 +92,8 @@ from . import (adsh, bihalf, cibhash, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, gre
                hashnet, hybridhash)  # (registers)
 from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
-from .shallow import SHALLOW, ShallowHash, load_shallow, make_shallow
+from .shallow import SHALLOW, ShallowHash, is_training_free, load_shallow, make_shallow
 
 __all__ = ["Method", "MethodConfig", "MethodDefaults", "SHALLOW", "ShallowHash", "TRAINS_ON", "UnsupervisedMethod",
-           "create_method", "list_methods", "load_shallow", "make_shallow", "method_class", "method_defaults",
+           "create_method", "is_training_free", "list_methods", "load_shallow", "make_shallow", "method_class", "method_defaults",
            "register_method"]

@@ -1,7 +1,9 @@
 """Hashing networks: HybridHash and its presets (:mod:`.hybridhash`, its attention layers in
 :mod:`.attention`), any timm backbone with a linear hash layer (:mod:`.backbone`), a small CNN
-(:mod:`.cnn`), what every one offers (:mod:`.base`), the name registry (:mod:`.registry`), building
-by name and loading checkpoints (:mod:`.factory`), weights in and out (:mod:`.weights`)."""
+(:mod:`.cnn`), a fitted training-free baseline on pixels or pre-hash features (:mod:`.shallow`,
+chosen by name in :mod:`.features`), what every one offers (:mod:`.base`), the name registry
+(:mod:`.registry`), building by name and loading checkpoints (:mod:`.factory`), weights in and out
+(:mod:`.weights`)."""
 from .backbone import BackboneConfig, BackboneHash, LinearHashHead, load_timm_weights
 from .cnn import CnnConfig, CnnHash
 from .factory import build_config, config_from_dict, create_model, from_pretrained
@@ -13,7 +15,9 @@ from .hybridhash import (
     InteractionModule,
     convert_original_state_dict,
 )
+from .features import feature_network
 from .registry import list_models
+from .shallow import ShallowConfig, ShallowHashModel
 from .weights import (
     LoadReport,
     check_state_dict,
@@ -33,4 +37,5 @@ __all__ = [
     "build_config", "check_state_dict", "config_from_dict", "convert_original_state_dict", "create_model",
     "fingerprint_state_dict", "from_pretrained", "list_models", "load_checked", "load_nest_weights",
     "model_fingerprint", "read_config", "read_state_dict", "save_pretrained", "weights_fingerprint",
+    "ShallowConfig", "ShallowHashModel", "feature_network",
 ]

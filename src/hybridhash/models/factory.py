@@ -17,6 +17,7 @@ from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_
 from .backbone import UNKNOWN_MODEL, BackboneConfig, BackboneHash, is_timm_model, load_timm_weights, no_imagenet
 from .cnn import CnnConfig, CnnHash
 from .hybridhash import HybridHash, HybridHashConfig
+from .shallow import ShallowConfig, ShallowHashModel
 from .registry import arch_preset_kwargs, preset_arch, preset_kwargs
 from .weights import (
     CONFIG_NAME, WEIGHTS_NAME, PathLike, check_finite, check_state_dict, load_matching,
@@ -28,10 +29,10 @@ __all__ = ["build_config", "config_from_dict", "create_model", "from_pretrained"
 _log = logging.getLogger(__name__)
 
 
-ModelConfig = Union[HybridHashConfig, BackboneConfig, CnnConfig]
+ModelConfig = Union[HybridHashConfig, BackboneConfig, CnnConfig, ShallowConfig]
 # config.json "arch" -> (config class, network); checkpoints without one are HybridHash's
 ARCHS = {"hybridhash": (HybridHashConfig, HybridHash), "timm": (BackboneConfig, BackboneHash),
-         "cnn": (CnnConfig, CnnHash)}
+         "cnn": (CnnConfig, CnnHash), "shallow": (ShallowConfig, ShallowHashModel)}
 
 
 def build_config(name: str, bits: int = 64, **overrides: Any) -> ModelConfig:

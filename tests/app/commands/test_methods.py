@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 
 from hybridhash.app import cli
-from hybridhash.methods import create_method, list_methods
+from hybridhash.methods import SHALLOW, create_method, list_methods
 
 
 def test_methods_lists_every_method_with_its_family(capsys):
     assert cli.main(["methods", "--json"]) == 0
     infos = json.loads(capsys.readouterr().out)
-    assert [i["name"] for i in infos] == list_methods()
-    for i in infos:
+    shallow = {i["name"]: i for i in infos if i["family"] == "shallow"}
+    assert sorted(shallow) == sorted(SHALLOW) and all(i["trains_on"] == "features" for i in shallow.values())
+    assert [i["name"] for i in infos] == list_methods() + sorted(SHALLOW)
+    for i in infos[:len(list_methods())]:
         m = create_method(i["name"], bits=64, n_class=10, num_train=100)
         assert i["family"] == m.family and i["defaults"] == m.defaults.to_dict() and i["trains_on"] == m.trains_on
     assert {i["name"]: i["family"] for i in infos}["adsh"] == "asymmetric"
     assert cli.main(["methods"]) == 0
     table = capsys.readouterr().out
-    waiting = [i["name"] for i in infos if i["trains_on"] != "labels"]
+    waiting = [i["name"] for i in infos if i["trains_on"] != "labels" and i["family"] != "shallow"]
     assert waiting and f"not trained by `train` or `compare` yet (they train on target features or two views, " \
         f"which the training loop does not feed): {', '.join(waiting)}." in table
 
@@ -27,6 +29,9 @@ def test_methods_describes_one_and_refuses_an_unknown_name(capsys):
     assert cli.main(["methods", "csq"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("csq (central, activation tanh)") and "lam=0.0001" in out
+    assert cli.main(["methods", "itq"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("itq (shallow, activation sign)") and "iterations=50" in out and "pixels" in out
     assert cli.main(["methods", "nope"]) == 1
     assert capsys.readouterr().err == (
         "error: unknown method 'nope'; known: " + ", ".join(list_methods()) + "\n")

@@ -12,9 +12,22 @@ def configure(p):
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _describe(name: str) -> dict:
-    from hybridhash.methods import create_method
+def _describe_baseline(name: str) -> dict:
+    """A training-free baseline: fitted by ``train`` on the features of --model, no optimiser."""
+    from hybridhash.methods.shallow import shallow_class
 
+    cls = shallow_class(name)
+    return {"name": name, "family": "shallow", "trains_on": "features", "activation": "sign",
+            "fits_on": "the training images' features under --model: pixels, a model's pre-hash features (a timm "
+                       "backbone, --pretrained imagenet on a machine that can download), or a checkpoint directory",
+            "defaults": None, "hyper_parameters": cls.Config().to_dict(), "doc": cls.summary + "."}
+
+
+def _describe(name: str) -> dict:
+    from hybridhash.methods import create_method, is_training_free
+
+    if is_training_free(name):
+        return _describe_baseline(name)
     m = create_method(name, bits=64, n_class=10, num_train=100)
     return {"name": name, "family": m.family, "trains_on": m.trains_on, "activation": m.activation,
             "defaults": m.defaults.to_dict(),
@@ -22,9 +35,9 @@ def _describe(name: str) -> dict:
 
 
 def run(args) -> int:
-    from hybridhash.methods import list_methods
+    from hybridhash.methods import SHALLOW, list_methods
 
-    names = [args.name] if args.name else list_methods()
+    names = [args.name] if args.name else list_methods() + sorted(SHALLOW)
     infos = [_describe(n) for n in names]
     if args.json:
         print(json.dumps(infos[0] if args.name else infos, indent=2))
@@ -35,6 +48,10 @@ def run(args) -> int:
               f"{'wd':>8s} {'batch':>5s} {'epochs':>6s}")
         for i in infos:
             d = i["defaults"]
+            if d is None:  # a training-free baseline: nothing to optimise
+                print(f"{i['name']:{w}s} {i['family']:12s} {i['trains_on']:9s} {i['activation']:10s} {'fitted':9s} "
+                      f"{'-':>8s} {'-':>8s} {'-':>5s} {'-':>6s}")
+                continue
             print(f"{i['name']:{w}s} {i['family']:12s} {i['trains_on']:9s} {i['activation']:10s} {d['optimizer']:9s} "
                   f"{d['lr']:8.1e} {d['weight_decay']:8.1e} {d['batch_size']:5d} {d['epochs']:6d}")
         print("published settings apply when fine-tuning a pretrained model (the original recipe); models trained "
@@ -42,13 +59,20 @@ def run(args) -> int:
               "hyper-parameters.")
         from hybridhash.app.train.build import TRAINER_FEEDS
 
-        waiting = [i["name"] for i in infos if i["trains_on"] not in TRAINER_FEEDS]
+        waiting = [i["name"] for i in infos if i["trains_on"] not in TRAINER_FEEDS and i["defaults"] is not None]
         if waiting:
+            print("shallow: training-free baselines, fitted by `train --method NAME --model pixels` (or a model's "
+                  "pre-hash features) in one pass over the training images.")
             print(f"not trained by `train` or `compare` yet (they train on target features or two views, which the "
                   f"training loop does not feed): {', '.join(waiting)}.")
         return 0
     i = infos[0]
     print(f"{i['name']} ({i['family']}, activation {i['activation']}): {i['doc']}")
+    if i["defaults"] is None:
+        print(f"fitted, not trained, on {i['fits_on']}")
+        print("options (--method-params JSON): "
+              + (", ".join(f"{k}={v!r}" for k, v in i["hyper_parameters"].items()) or "none"))
+        return 0
     print(f"trains on: {i['trains_on']}")
     print("published settings: " + ", ".join(f"{k} {v}" for k, v in i["defaults"].items()))
     print("hyper-parameters (--method-params JSON): "

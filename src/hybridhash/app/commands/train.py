@@ -11,7 +11,9 @@ DESCRIPTION = (
     "Options left unset take the recipe of the model: the original's (RMSprop 2.5e-5, 15 epochs, ...) for "
     "pretrained or 224 px presets, a from-scratch one (AdamW with warm-up and cosine decay, cached images "
     "shifted per batch) for small presets such as hybridhash_cpu. Multi-GPU: torchrun --nproc-per-node N "
-    "$(which hybridhash) train ... To re-run a recorded run: --config RUN/run.json (or RUN) --out NEW; the options "
+    "$(which hybridhash) train ... Training-free baselines (--method lsh, pcah, itq, sh) are fitted instead, in "
+    "one pass over the training images, on --model pixels, a model's pre-hash features or a checkpoint "
+    "directory's; training-loop options are refused for them. To re-run a recorded run: --config RUN/run.json (or RUN) --out NEW; the options "
     "given beside it override the recorded ones.")
 
 # what run.json records that does not define the run: the first run may have been resumed, or
@@ -103,6 +105,10 @@ def run(args) -> int:
     if current().is_main:
         for bits, r in results.items():
             best = "n/a" if r.best_metric is None else f"{r.best_metric:.4f}"
+            if r.epochs == 0 and r.best_epoch == 0:  # a training-free baseline, fitted
+                print(f"{bits:3d} bits: fitted {config.method}, {r.select_on} mAP {best}, {r.seconds:.1f} s -> "
+                      f"{r.directory}")
+                continue
             print(f"{bits:3d} bits: {r.epochs} epochs, best {r.select_on} mAP {best} at epoch {r.best_epoch}, "
                   f"{r.seconds:.1f} s -> {r.directory}")
         for warning in _split_warnings(config.out):

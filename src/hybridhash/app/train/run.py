@@ -11,11 +11,12 @@ import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from .. import rundir as R
+from ..rundir import held_run, load_run_protocol  # in rundir so that the fit shares them without importing this module
 from ...environment import device_option, pick_device, usable_cores
 from ...errors import ConfigError
 from ...fileio import read_json, write_json
@@ -31,15 +32,6 @@ _log = logging.getLogger(__name__)
 
 # cached training images above this many bytes fall back to streaming
 CACHE_LIMIT_BYTES = 2 << 30
-
-
-def held_run(run_dir: Path) -> List[str]:
-    """What in ``run_dir`` says it holds a run: its ``run.json``, ``summary.json``, ``bits{N}`` with a
-    saved epoch."""
-    names = [n for n in (R.RUN_NAME, R.SUMMARY_NAME) if (run_dir / n).exists()]
-    if run_dir.is_dir():
-        names += sorted(d.name for d in run_dir.glob("bits*") if R.resolve_ckpt_dir(d / R.LAST) is not None)
-    return names
 
 
 def _check_out(run_dir: Path, config: TrainConfig, keys: Sequence[str] = RESUME_KEYS) -> None:
@@ -109,17 +101,6 @@ def _no_val_message(protocol) -> str:
             f"dataset (a class with at least 2 training images), --val-fraction above 0, or --select-on query")
 
 
-def load_run_protocol(config: TrainConfig, run_dir: Path):
-    """The run's protocol: from its ``split.json`` when there is one (resume), else drawn anew."""
-    from ...data import load_protocol
-
-    split = run_dir / R.SPLIT_NAME
-    kw = dict(root=config.root, image_root=config.image_root, download=config.download, max_pixels=config.max_pixels)
-    if split.exists():
-        return load_protocol(config.dataset, split_file=str(split), **kw)
-    return load_protocol(config.dataset, seed=config.seed, val_fraction=config.val_fraction, **kw)
-
-
 def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] = (),
           locked: bool = False) -> Dict[int, BitsResult]:
     """Train one model per code length of ``config.bits`` into ``config.out/bits{N}/``.
@@ -138,8 +119,13 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     Raises:
         LockedError: another process is writing ``config.out``.
     """
+    from ...methods import is_training_free
     from ...models import build_config
 
+    if is_training_free(config.method):  # fitted in one pass over the images, no training loop
+        from .fit import fit_run
+
+        return fit_run(config, protocol, locked=locked)
     check_numbers(config)  # named as the options they are, before the method checks its share of them
     check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     check_trainable(config.method)  # before its published settings, which the loop may not offer

@@ -33,7 +33,7 @@ from .projections import ITQ, LSH, PCAH, initial_rotation, itq_rotation
 from .spectral import SH, spectral_modes
 
 __all__ = ["SHALLOW", "ShallowHash", "LSH", "PCAH", "ITQ", "SH", "make_shallow", "load_shallow",
-           "shallow_class", "initial_rotation", "itq_rotation", "spectral_modes"]
+           "shallow_class", "is_training_free", "initial_rotation", "itq_rotation", "spectral_modes"]
 
 SHALLOW: Dict[str, Type[ShallowHash]] = {"lsh": LSH, "pcah": PCAH, "itq": ITQ, "sh": SH}
 
@@ -43,6 +43,11 @@ def shallow_class(name: str) -> Type[ShallowHash]:
     if not isinstance(name, str) or name not in SHALLOW:
         raise ConfigError(f"unknown training-free baseline {name!r}; known: {', '.join(sorted(SHALLOW))}")
     return SHALLOW[name]
+
+
+def is_training_free(name: str) -> bool:
+    """Whether ``name`` is a training-free baseline (fitted by ``train`` instead of trained)."""
+    return isinstance(name, str) and name in SHALLOW
 
 
 def make_shallow(name: str, bits: int, seed: int = 0, **options: Any) -> ShallowHash:

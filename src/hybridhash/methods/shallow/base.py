@@ -25,7 +25,8 @@ class ShallowHash:
 
     Subclasses set ``name``, ``Config`` (their options, a :class:`MethodConfig`), ``covariance``
     (whether fitting needs the d x d covariance, which bounds d), ``bits_within_features`` (whether
-    bits <= d is required), and implement ``_fit``, ``_positive`` and ``state_shapes``.
+    bits <= d is required), ``strict`` (whether a score of exactly 0 makes a -1 bit), and implement
+    ``_fit``, ``score`` and ``state_shapes``.
 
     Args:
         bits: code length K (the project's rule: a multiple of 8 from 8 to 256).
@@ -41,6 +42,8 @@ class ShallowHash:
     Config: ClassVar[Type[MethodConfig]] = MethodConfig
     covariance: ClassVar[bool] = True
     bits_within_features: ClassVar[bool] = False
+    summary: ClassVar[str] = ""  # one sentence for `hybridhash methods`
+    strict: ClassVar[bool] = False  # a bit is +1 where its score is > 0 (True, SH's rule) or >= 0 (the project's)
 
     def __init__(self, bits: int, seed: int = 0, options: Optional[MethodConfig] = None) -> None:
         self.bits = check_bits(bits, f"{self.name}: bits")
@@ -130,6 +133,14 @@ class ShallowHash:
 
     def _positive(self, x: Tensor) -> Tensor:
         """bool (B, bits): where the code bit is +1, for float64 features x (B, d)."""
+        s = self.score(self.tensors, x)
+        return s > 0 if self.strict else s >= 0
+
+    @classmethod
+    def score(cls, tensors: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """The real values (B, bits) float64 whose signs are the code bits (``strict``: > 0 is +1,
+        else >= 0), for float64 features x (B, d) and the fitted ``tensors``. A classmethod so that
+        a network holding the tensors as buffers computes exactly the same values."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ state

@@ -21,8 +21,9 @@ F64 = torch.float64
 class _Projection(ShallowHash):
     """b(x) = sgn((x - mean) @ projection): the state is ``mean`` (d,) and ``projection`` (d, bits)."""
 
-    def _positive(self, x: Tensor) -> Tensor:
-        return (x - self.tensors["mean"]) @ self.tensors["projection"] >= 0
+    @classmethod
+    def score(cls, tensors, x: Tensor) -> Tensor:
+        return (x - tensors["mean"]) @ tensors["projection"]
 
 
 @dataclass
@@ -37,6 +38,7 @@ class LSH(_Projection):
     d is accepted; memory O(d * bits)."""
 
     name = "lsh"
+    summary = "sign random projections of the centred features (Charikar 2002); option center"
     Config = LSHConfig
     covariance = False
 
@@ -65,6 +67,7 @@ class PCAH(_Projection):
     their values are rounding noise: give a rank of at least ``bits`` (the ``eigenvalues`` say)."""
 
     name = "pcah"
+    summary = "signs of the top principal components of the centred features; bits <= features"
     Config = NoOptions
     bits_within_features = True
 
@@ -132,6 +135,7 @@ class ITQ(_Projection):
     """
 
     name = "itq"
+    summary = "PCA, then the rotation of Iterative Quantization (Gong and Lazebnik 2011); option iterations"
     Config = ITQConfig
     bits_within_features = True
 
@@ -151,9 +155,10 @@ class ITQ(_Projection):
         return {"mean": mean, "projection": directions, "eigenvalues": values, "rotation": rotation,
                 "quantization_error": errors}
 
-    def _positive(self, x: Tensor) -> Tensor:
-        t = self.tensors
-        return ((x - t["mean"]) @ t["projection"]) @ t["rotation"] >= 0
+    @classmethod
+    def score(cls, tensors, x: Tensor) -> Tensor:
+        t = tensors
+        return ((x - t["mean"]) @ t["projection"]) @ t["rotation"]
 
     def state_shapes(self, n_features: int):
         return {"mean": ((n_features,), F64), "projection": ((n_features, self.bits), F64),

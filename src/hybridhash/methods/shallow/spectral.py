@@ -63,7 +63,9 @@ class SH(ShallowHash):
     """
 
     name = "sh"
+    summary = "Spectral Hashing's one-dimensional eigenfunctions along the principal directions (Weiss et al. 2008)"
     Config = NoOptions
+    strict = True  # cos(...) of exactly 0 is a -1 bit, as compressSH's "> 0"
 
     def _fit(self, stream: FeatureStream) -> Dict[str, Tensor]:
         n, _, scatter = moments(stream)
@@ -81,14 +83,15 @@ class SH(ShallowHash):
         modes = spectral_modes((high - low).cpu(), self.bits).to(stream.device)
         return {"projection": directions, "eigenvalues": values, "minimum": low, "maximum": high, "modes": modes}
 
-    def _positive(self, x: Tensor) -> Tensor:
-        t = self.tensors
+    @classmethod
+    def score(cls, tensors, x: Tensor) -> Tensor:
+        t = tensors
         j = t["modes"].argmax(1)  # (bits,) each mode's direction
         q = t["modes"].gather(1, j[:, None])[:, 0].to(F64)  # (bits,) its frequency
         low = t["minimum"]
         omega = q * (math.pi / (t["maximum"] - low))[j]  # (bits,)
         v = x @ t["projection"]  # (B, m)
-        return torch.cos((v[:, j] - low[j]) * omega) > 0
+        return torch.cos((v[:, j] - low[j]) * omega)
 
     def state_shapes(self, n_features: int):
         m = min(self.bits, n_features)
