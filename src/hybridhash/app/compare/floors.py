@@ -1,6 +1,7 @@
 """Floors to read a HybridHash figure against, computed on the same split from raw pixels.
 
-- ``lsh_codes``: random-projection LSH (sign of Gaussian projections of centred pixel vectors).
+- ``lsh_codes``: random-projection LSH (sign of Gaussian projections of centred pixel vectors), the
+  training-free baseline of :mod:`hybridhash.methods.shallow` fitted on the training pixels.
 - ``train_mlp_hash``: a one-hidden-layer MLP on the pixels trained with the same pairwise loss.
 
 Small data such as digits is easy for small models; a floor shows how much of a figure is the
@@ -30,10 +31,12 @@ def pixel_vectors(dataset) -> np.ndarray:
 
 def lsh_codes(train: np.ndarray, *sets: np.ndarray, bits: int, seed: int = 0) -> Tuple[np.ndarray, ...]:
     """Sign random projections: +-1 int8 codes (n, bits) of each of ``sets``, centred on ``train``'s mean."""
-    rng = np.random.default_rng([seed, bits])
-    W = rng.standard_normal((train.shape[1], bits)).astype(np.float32)  # (D, bits)
-    mean = train.mean(0, keepdims=True)
-    return tuple(binarize((x - mean) @ W) for x in sets)
+    from ...methods.shallow import make_shallow
+
+    lsh = make_shallow("lsh", bits, seed=seed)
+    x = torch.as_tensor(train, dtype=torch.float64)
+    lsh.fit(lambda: iter((x,)), x.shape[1])
+    return tuple(lsh.encode(torch.as_tensor(s, dtype=torch.float64)).numpy() for s in sets)
 
 
 class MLPHash(nn.Module):
