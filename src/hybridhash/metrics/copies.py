@@ -35,3 +35,32 @@ def chance_level(n: int) -> float:
     """The score of codes that carry no information (all equal): the mean of 1/rank over a uniformly
     random rank in 1..n, H_n / n."""
     return float(np.sum(1.0 / np.arange(1, n + 1)) / n) if n else 0.0
+
+
+def average_ranks(values) -> np.ndarray:
+    """Ranks 1..n of ``values`` (n,), tied values sharing the mean of the ranks they span, float64."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v), np.float64)
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # positions i..j (0-based) hold ranks i+1..j+1
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b) -> float | None:
+    """Spearman's rank correlation of two equal-length sequences: the Pearson correlation of their
+    :func:`average_ranks`. None when it is undefined (fewer than 2 pairs, or one side all tied)."""
+    if len(a) != len(b):
+        from ..errors import DataError
+        raise DataError(f"spearman: {len(a)} values against {len(b)}")
+    if len(a) < 2:
+        return None
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return None if denominator == 0 else float((ra * rb).sum() / denominator)
