@@ -205,3 +205,66 @@ def test_views_at_a_size_their_crops_cannot_vary_are_refused(tmp_path, capsys, m
     line = one_error_line(err)
     assert rc == 1 and "at least 50 px" in line and "32 px" in line and "img_size" in line
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the published optimiser and the frozen-feature form
+
+def test_the_step_schedule_and_the_published_sgd_settings():
+    from hybridhash.app.train import lr_factor, resolve
+    from hybridhash.methods import method_defaults
+
+    factors = [lr_factor(s, 1000, 0, "step", steps_per_epoch=10, step_epochs=3, step_factor=0.1)
+               for s in (0, 29, 30, 59, 60)]
+    assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    published = method_defaults("bihalf")
+    c = resolve(TrainConfig(method="bihalf", recipe="original"), 224, published.to_dict())
+    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.schedule, c.lr_step_epochs, c.lr_step_factor) == \
+        ("sgd", published.lr, published.momentum, published.weight_decay, "step", published.lr_step_epochs,
+         published.lr_step_factor)
+    for epoch in (0, 29, 30, 95):  # the trainer's factor is the method's own lr_at
+        assert published.lr * lr_factor(epoch * 7, 10**6, 0, "step", steps_per_epoch=7, step_epochs=30,
+                                         step_factor=0.1) == pytest.approx(published.lr_at(epoch))
+
+
+def test_feature_targets_train_the_head_on_a_frozen_backbone(tmp_path, small_digits):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(3)
+    save_file(hybridhash.create_model("cnn_cpu", bits=16).state_dict(), str(tmp_path / "weights.safetensors"))
+    train(_config(tmp_path / "run", epochs=1, batch_size=16, method="greedyhash_unsup", targets="features",
+                  pretrained=str(tmp_path / "weights.safetensors"), recipe="scratch"), protocol=small_digits)
+    before, after = load_file(str(tmp_path / "weights.safetensors")), load_file(
+        str(tmp_path / "run/bits16/last/model.safetensors"))
+    backbone = [k for k in before if not k.startswith("hash_head.") and before[k].is_floating_point()]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
+    assert not torch.equal(before["hash_head.to_bits.weight"], after["hash_head.to_bits.weight"])
+
+
+def test_feature_targets_need_a_pretrained_network(tmp_path, capsys):
+    rc, _, err = run_cli(["train", "--method", "bihalf", "--targets", "features", "--bits", "16",
+                          "--out", tmp_path / "r"], capsys)
+    assert rc == 1 and "--pretrained" in one_error_line(err)
+
+
+def test_evaluate_reports_the_copy_score_and_compare_refuses_unlabelled_data(tmp_path, flat_digits, capsys):
+    out = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--dataset", f"folder:{flat_digits}", "--method", "greedyhash_unsup", "--model",
+                          "cnn_cpu", "--bits", "16", "--epochs", "1", "--batch-size", "16", "--threads", "1",
+                          "--parallel", "1", "--out", out, "--quiet"], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["evaluate", "--checkpoint", out, "--out", tmp_path / "eval"], capsys)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "eval/metrics.json").read_text())
+    res = doc["results"]["16"]
+    assert doc["labelled"] is False and "map" not in res
+    codes = np.load(tmp_path / "eval/codes_bits16.npz")
+    from hybridhash.metrics import copy_retrieval_map
+    from hybridhash.metrics.copies import chance_level
+
+    assert res["copy_map"] == pytest.approx(copy_retrieval_map(codes["query"], codes["copies"]))
+    assert res["chance"] == pytest.approx(chance_level(len(codes["query"])))
+    rc, _, err = run_cli(["compare", "--dataset", f"folder:{flat_digits}", "--methods", "bihalf", "--bits", "16",
+                          "--seeds", "0", "--epochs", "1", "--model", "cnn_cpu", "--out", tmp_path / "grid",
+                          "--quiet"], capsys)
+    assert rc == 1 and "has no labels" in one_error_line(err)

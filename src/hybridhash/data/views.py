@@ -185,3 +185,19 @@ class SeededCopies:
         with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
             torch.manual_seed(self.seed_of(int(i)))
             return (self.transform(self.dataset.image(int(i))),)
+
+
+def copy_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of image ``index``'s copy under run seed ``seed`` (well mixed: neighbouring
+    seeds and rows give unrelated draws)."""
+    import numpy as np
+
+    state = np.random.SeedSequence([int(seed), int(index), 0x636F7079]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def seeded_copies(dataset: Any, preprocess: Dict[str, Any], seed: int, dataset_name: Any = None) -> SeededCopies:
+    """One copy of each image of ``dataset`` by :data:`COPY_AUGMENTATION` at the size of ``preprocess``,
+    image i's drawn from :func:`copy_seed` (seed, i): items ``(float32 (3, S, S),)``."""
+    return SeededCopies(dataset, view_transform(preprocess, COPY_AUGMENTATION, dataset_name),
+                        lambda i: copy_seed(seed, i))

@@ -70,7 +70,6 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
 STREAM_ORDER = 0  # data order
 STREAM_AUGMENT = 1  # augmentation, dropout and other per-epoch randomness
 STREAM_METHOD = 2  # a method's own draws (samples of rows, codes, centers)
-STREAM_COPIES = 3  # the fixed augmented copies of the label-free validation score (per image)
 
 
 def derive_seed(*keys: int) -> int:

@@ -8,9 +8,8 @@ trains on (``trains_on``, never its name), and the label-free validation score.
 - ``views``: ``loss(h1, h2)``: two views of each training image by the method's ``views`` augmentation.
 
 Methods that declare ``even_batch`` get even batches only (the last batch loses its odd row). The
-label-free score: one augmented copy of each validation image (:data:`~hybridhash.data.views.COPY_AUGMENTATION`
-at the model's size, seeded by the run's seed and the image's row, so every epoch sees the same
-copies), each retrieved among the validation originals (:func:`hybridhash.metrics.copy_retrieval_map`).
+label-free validation score itself is :mod:`.selection`'s; its Spearman correlation with the true
+one over a run's epochs is :func:`copy_spearman`.
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from . import distributed as D
 
 
 def methods_training_on(*kinds: str) -> List[str]:
@@ -80,11 +78,29 @@ def check_method_options(config, img_size: int, preprocess: Optional[dict] = Non
                               f"the decoded image; use --data-mode stream (or leave it unset)")
 
 
+def attach_head(model: nn.Module, method: nn.Module) -> None:
+    """A method's own head (``make_head``, cibhash's encoder) in place of the model's bits layer."""
+    from ...methods.base import Method
+    from ...models.heads import attach_method_head
+
+    if isinstance(method, Method) and type(method).make_head is not Method.make_head:
+        attach_method_head(model, method.name, method.config.to_dict())
+
+
 def freeze_backbone(model: nn.Module) -> None:
     """Stop the gradient of every parameter outside ``model.hash_head`` (``--targets features``)."""
     for name, p in model.named_parameters():
         if not name.startswith("hash_head."):
             p.requires_grad_(False)
+
+
+def hold_backbone_norms(model: nn.Module) -> None:
+    """Batch norms outside ``model.hash_head`` in eval mode (after ``model.train()``): a frozen backbone
+    keeps its running statistics, so its feature space stays the one the targets come from; dropout
+    still acts, as in the published form."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith("hash_head"):
+            m.eval()
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +127,6 @@ def target_maker(config, model: nn.Module, mean_images: Callable[[], Any]) -> Ca
 def even_rows(n: int) -> int:
     """The rows of a batch of ``n`` that an even-batch method keeps: n rounded down to even."""
     return n - n % 2
-
-
-def copies_of(dataset, preprocess: dict, seed: int, dataset_name: Optional[str] = None):
-    """The fixed augmented copy of each image of ``dataset`` (a ``RetrievalSet``): a data set of
-    ``(image (3, S, S),)`` items, copy i drawn from the seed (run seed, row i)."""
-    from ...data.views import COPY_AUGMENTATION, SeededCopies, view_transform
-
-    transform = view_transform(preprocess, COPY_AUGMENTATION, dataset_name)
-    return SeededCopies(dataset, transform, lambda i: D.derive_seed(seed, i, D.STREAM_COPIES))
 
 
 def copy_spearman(history: List[dict]) -> Optional[float]:

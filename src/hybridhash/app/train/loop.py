@@ -145,7 +145,7 @@ class Trainer(Selection):
         self.trains_on = getattr(self.method, "trains_on", "labels")
         self.even_batch = bool(getattr(self.method, "even_batch", False))
         self.labelled = bool(getattr(protocol, "labelled", True))
-        self._attach_head()
+        FD.attach_head(self.model, self.method)  # a method's own head (cibhash's encoder), if any
         if self.trains_on == "targets" and c.targets == "features":
             FD.freeze_backbone(self.model)  # the published form: only the hash head learns
         self.optimizer = build_optimizer(self.model, c, self.method)
@@ -184,14 +184,6 @@ class Trainer(Selection):
         self.writer = None
 
     # ----------------------------------------------------------------------------------------
-    def _attach_head(self) -> None:
-        """A method's own head (``make_head``, cibhash's encoder) in place of the model's bits layer."""
-        from ...methods.base import Method
-        from ...models.heads import attach_method_head
-
-        if isinstance(self.method, Method) and type(self.method).make_head is not Method.make_head:
-            attach_method_head(self.model, self.method.name, self.method.config.to_dict())
-
     def _emit(self, event: str, **info: Any) -> None:
         for cb in self.callbacks:
             cb(event, self, **info)
@@ -249,6 +241,8 @@ class Trainer(Selection):
         c = self.config
         seed_everything(D.derive_seed(c.seed, epoch, D.STREAM_AUGMENT))
         self.net.train()
+        if self.trains_on == "targets" and c.targets == "features":
+            FD.hold_backbone_norms(self.model)
         _hook(self.method, "on_epoch_start")(epoch, self.step)
         batches = self._batches(epoch)
         if self._progress():

@@ -10,7 +10,6 @@ import numpy as np
 from ... import metrics as M
 from ...engines.encoding import encode_images
 from ..evaluation import class_ids_or_multihot
-from . import feeds as FD
 
 
 class Selection:
@@ -49,7 +48,9 @@ class Selection:
         validation originals (:func:`hybridhash.metrics.copy_retrieval_map`)."""
         c = self.config
         originals = self._encode("val") if val_codes is None else val_codes
-        copies = encode_images(self.model, FD.copies_of(self.protocol.val, self.preprocess, c.seed, self.protocol.name),
+        from ...data.views import seeded_copies
+
+        copies = encode_images(self.model, seeded_copies(self.protocol.val, self.preprocess, c.seed, self.protocol.name),
                                batch_size=c.eval_batch_size, device=self.device, workers=c.workers, amp=self.amp)
         return M.copy_retrieval_map(originals, copies)
 
