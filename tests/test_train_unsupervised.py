@@ -43,7 +43,7 @@ def flat_digits(tmp_path_factory):
 
 
 def _config(out, **kw) -> TrainConfig:
-    base = dict(model="cnn_cpu", bits=(16,), out=str(out), quiet=True, threads=1, parallel=1, eval_every=1)
+    base = dict(model="cnn_cpu", bits=(16,), out=str(out), progress=False, threads=1, parallel=1, eval_every=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -136,7 +136,7 @@ def test_a_folder_without_labels_trains_encodes_searches_and_serves(tmp_path, fl
     rc, _, err = run_cli(["train", "--dataset", f"folder:{flat_digits}", "--method", "bihalf", "--model",
                           "hybridhash_cpu", "--model-overrides", SMALL, "--bits", "16", "--epochs", "2",
                           "--batch-size", "16", "--eval-every", "1", "--threads", "1", "--parallel", "1",
-                          "--out", out, "--quiet"], capsys)
+                          "--out", out, "--no-progress"], capsys)
     assert rc == 0, err
     log = [json.loads(x) for x in (out / "bits16/log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all("val_copy_map" in r and "val_map" not in r for r in log)
@@ -147,12 +147,12 @@ def test_a_folder_without_labels_trains_encodes_searches_and_serves(tmp_path, fl
     assert summary["best_metric"] == pytest.approx(log[best]["val_copy_map"], abs=1e-6)
 
     codes = tmp_path / "codes"
-    rc, _, err = run_cli(["encode", "--checkpoint", out / "bits16/best", "--images", flat_digits, "--out", codes,
+    rc, _, err = run_cli(["encode", "--checkpoint", out / "bits16/best", "--images", flat_digits, "--collection", codes,
                           "--workers", "0", "--no-progress"], capsys)
     assert rc == 0, err
-    assert run_cli(["index", "--codes", codes], capsys)[0] == 0
+    assert run_cli(["index", "--collection", codes], capsys)[0] == 0
     query = flat_digits / "img007.png"
-    rc, printed, err = run_cli(["search", "--index", codes, query, "--k", "5", "--json"], capsys)
+    rc, printed, err = run_cli(["search", "--collection", codes, query, "--k", "5", "--json"], capsys)
     assert rc == 0, err
     hits = json.loads(printed)["results"][0]["hits"]
     assert hits[0]["distance"] == 0 and "img007.png" in [h["path"] for h in hits if h["distance"] == 0]
@@ -251,7 +251,7 @@ def test_evaluate_reports_the_copy_score_and_compare_refuses_unlabelled_data(tmp
     out = tmp_path / "run"
     rc, _, err = run_cli(["train", "--dataset", f"folder:{flat_digits}", "--method", "greedyhash_unsup", "--model",
                           "cnn_cpu", "--bits", "16", "--epochs", "1", "--batch-size", "16", "--threads", "1",
-                          "--parallel", "1", "--out", out, "--quiet"], capsys)
+                          "--parallel", "1", "--out", out, "--no-progress"], capsys)
     assert rc == 0, err
     rc, _, err = run_cli(["evaluate", "--checkpoint", out, "--out", tmp_path / "eval"], capsys)
     assert rc == 0, err
@@ -266,5 +266,5 @@ def test_evaluate_reports_the_copy_score_and_compare_refuses_unlabelled_data(tmp
     assert res["chance"] == pytest.approx(chance_level(len(codes["query"])))
     rc, _, err = run_cli(["compare", "--dataset", f"folder:{flat_digits}", "--methods", "bihalf", "--bits", "16",
                           "--seeds", "0", "--epochs", "1", "--model", "cnn_cpu", "--out", tmp_path / "grid",
-                          "--quiet"], capsys)
+                          "--no-progress"], capsys)
     assert rc == 1 and "has no labels" in one_error_line(err)

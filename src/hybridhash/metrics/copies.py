@@ -40,16 +40,9 @@ def chance_level(n: int) -> float:
 def average_ranks(values) -> np.ndarray:
     """Ranks 1..n of ``values`` (n,), tied values sharing the mean of the ranks they span, float64."""
     v = np.asarray(values, dtype=np.float64)
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v), np.float64)
-    i = 0
-    while i < len(v):
-        j = i
-        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1  # positions i..j (0-based) hold ranks i+1..j+1
-        i = j + 1
-    return ranks
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)  # distinct values, ascending
+    last = np.cumsum(counts)  # the highest rank each distinct value spans
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
 def spearman(a, b) -> float | None:
