@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["MethodHead", "attach_method_head", "head_record", "rebuild_head"]
+__all__ = ["MethodHead", "attach_method_head", "rebuild_head"]
 
 
 class MethodHead(nn.Module):
@@ -80,11 +80,6 @@ def attach_method_head(model: nn.Module, method: str, config: Optional[Dict[str,
     model.hash_head.to_bits = MethodHead(adopt(head), spatial=isinstance(layer, nn.Conv2d))
     model.method_head = {"method": method, "in_features": features, "config": config}
     return True
-
-
-def head_record(model: nn.Module) -> Optional[Dict[str, Any]]:
-    """The record of the method head ``model`` carries (for config.json), or None."""
-    return getattr(model, "method_head", None)
 
 
 def rebuild_head(model: nn.Module, record: Any) -> None:
