@@ -324,3 +324,21 @@ def test_tiny_preset_at_32px(one_thread, tmp_path):
     torch.nn.init.normal_(model.hash_head.to_bits.weight, std=0.3)
     enc = OnnxEncoder.open(export_onnx(model, tmp_path / "tiny.onnx"), threads=1)
     check_against_torch(model, enc, sample_images()[:21], 7)
+
+
+def test_a_method_head_exports_the_same_function(one_thread, tmp_path):
+    """A model with cibhash's two-layer head in place of its bits layer, saved, loaded and exported."""
+    from hybridhash.models.heads import attach_method_head
+
+    model = spread_model()
+    torch.manual_seed(5)
+    assert attach_method_head(model, "cibhash", {"hidden": 48})
+    for layer in (model.hash_head.to_bits.head[0], model.hash_head.to_bits.head[2]):
+        torch.nn.init.normal_(layer.weight, std=0.3)
+    model.eval().save_pretrained(str(tmp_path / "ckpt"))
+    loaded = hybridhash.from_pretrained(tmp_path / "ckpt").eval()
+    x = sample_images()
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+    enc = OnnxEncoder.open(export_onnx(loaded, tmp_path / "head.onnx"), threads=1)
+    check_against_torch(loaded, enc, x, 7)

@@ -334,8 +334,8 @@ def _bad_record(tmp_path, record) -> str:
      "--config {path}: --bits must be a multiple of 8 between 8 and 256, got 12"),
     ({"hybridhash": "0", "config": {"bits": 16}}, "--config {path}: --bits must be a list of values, got 16"),
     ({"hybridhash": "0", "config": {"lr": float("nan")}}, "--config {path}: --lr must be a finite number > 0, got nan"),
-    ({"hybridhash": "0", "config": {"optimizer": "sgd"}},
-     "--config {path}: --optimizer must be one of rmsprop, adamw, adam, got 'sgd'"),
+    ({"hybridhash": "0", "config": {"optimizer": "lbfgs"}},
+     "--config {path}: --optimizer must be one of rmsprop, adamw, adam, sgd, got 'lbfgs'"),
     ({"hybridhash": "0", "config": {"model_overrides": [1]}},
      "--config {path}: --model-overrides must be a JSON object, got [1]"),
     ({"hybridhash": "0", "config": {"resume": "yes"}}, None),  # not repeated: ignored

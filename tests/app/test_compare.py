@@ -186,9 +186,6 @@ def test_shards_split_the_cells_disjointly_and_completely():
     (["--methods", "nosuch"], "unknown method 'nosuch'"),
     (["--methods", "all", "dsh"], "'all' stands alone"),
     (["--methods", "dsh", "dsh"], "lists a method twice"),
-    (["--methods", "dsh", "bihalf"], "--methods: bihalf is unsupervised and trains on targets, which the training "
-                                     "loop does not feed yet"),
-    (["--methods", "cibhash"], "--methods: cibhash is unsupervised and trains on views"),
     (["--method-params", '{"nosuch": {}}'], "--method-params: unknown method 'nosuch'"),
     (["--method-params", '{"dsh": {"nosuch": 1}}'], "nosuch"),
     (["--shard", "2/2"], "--shard"),

@@ -461,3 +461,29 @@ def test_foreign_state_dict_is_a_one_line_mismatch(checkpoint, tmp_path):
     assert str(err.value) == (f"{path} does not fit this hybridhash_cpu model: keys {n} missing (e.g. {first}), "
                               f"1 unexpected (e.g. conv.weight)")
     assert path.read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------
+# methods fed what they cannot use: labels that are not there, odd batches, views that cannot vary
+
+def test_unsupervised_mismatches_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from PIL import Image
+
+    from hybridhash.methods.cibhash import CIBHash
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 255 - 20 * i, 7 * i)).save(flat / f"{i:02d}.png")
+    before = snapshot(tmp_path)
+    narrow = dataclasses.replace(CIBHash.views, crop_scale=(0.98, 1.0))  # needs 50 px to vary its crop
+    monkeypatch.setattr(CIBHash, "views", narrow)
+    cases = [(["--dataset", f"folder:{flat}", "--method", "hashnet"], "choose a method that trains without labels"),
+             (["--method", "greedyhash_unsup", "--batch-size", "7"], "use --batch-size 8"),
+             (["--method", "cibhash", "--batch-size", "8"], "needs images of at least 50 px")]
+    for extra, message in cases:
+        rc, _, err = run_cli(["train", *TINY_TRAIN, *extra, "--out", tmp_path / "run"], capsys)
+        assert rc == 1 and message in one_error_line(err), err
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()

@@ -250,3 +250,61 @@ def test_config_roundtrip():
     cfg = hybridhash.models.build_config("hybridhash_small", bits=32, drop_path_rate=0.1)
     assert HybridHashConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.preprocess["resize"] == 256 and cfg.block_size == 14
+
+
+# --------------------------------------------------------------------------------------------
+# a hashing method's own head (cibhash's two-layer encoder) in place of the bits layer
+
+def test_method_head_on_a_feature_map_is_the_head_at_each_position_then_the_mean():
+    from hybridhash.models.heads import MethodHead
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    x = torch.randn(2, 5, 3, 4)
+    y = MethodHead(mlp, spatial=True)(x)  # (2, 3, 3, 4)
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                assert torch.allclose(y[b, :, i, j], mlp(x[b, :, i, j]), atol=1e-6)
+    flat = torch.randn(6, 5)
+    assert torch.equal(MethodHead(mlp, spatial=False)(flat), mlp(flat))
+
+
+@pytest.mark.parametrize("name", ["hybridhash_cpu", "cnn_cpu"])
+def test_a_method_head_is_saved_and_rebuilt(tmp_path, name):
+    from hybridhash.models.heads import attach_method_head
+
+    torch.manual_seed(0)
+    model = hybridhash.create_model(name, bits=16)
+    assert attach_method_head(model, "cibhash", {"hidden": 24})
+    assert not attach_method_head(hybridhash.create_model(name, bits=16), "bihalf")  # keeps the model's layer
+    model.eval().save_pretrained(str(tmp_path / "m"))
+    record = json.loads((tmp_path / "m/config.json").read_text())["head"]
+    assert record["method"] == "cibhash" and record["config"] == {"hidden": 24}
+    state = load_file(str(tmp_path / "m/model.safetensors"))
+    assert tuple(state["hash_head.to_bits.head.0.weight"].shape) == (24, record["in_features"])
+    loaded = hybridhash.from_pretrained(tmp_path / "m").eval()
+    x = torch.randn(5, 3, 32, 32)
+    plain = hybridhash.create_model(name, bits=16).eval()
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+        assert not torch.equal(loaded(x), plain(x))
+
+
+def test_a_broken_head_record_is_a_one_line_checkpoint_error(tmp_path):
+    from hybridhash.models.heads import attach_method_head
+
+    model = hybridhash.create_model("cnn_cpu", bits=16)
+    attach_method_head(model, "cibhash", {"hidden": 8})
+    model.save_pretrained(str(tmp_path / "m"))
+    cfg = json.loads((tmp_path / "m/config.json").read_text())
+    for head in ({"method": "nosuch", "in_features": cfg["head"]["in_features"]},
+                 {**cfg["head"], "in_features": 3}, {**cfg["head"], "config": {"hidden": 9}}, "cibhash"):
+        (tmp_path / "m/config.json").write_text(json.dumps({**cfg, "head": head}))
+        with pytest.raises((CheckpointError, CheckpointMismatchError)) as err:
+            hybridhash.from_pretrained(tmp_path / "m")
+        assert "\n" not in str(err.value)
+    del cfg["head"]  # the weights of a head, a config without it
+    (tmp_path / "m/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError):
+        hybridhash.from_pretrained(tmp_path / "m")

@@ -184,6 +184,8 @@ def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, pro
     from ..fileio import write_json
     from ..models import from_pretrained
 
+    if not getattr(protocol, "labelled", True):
+        return _evaluate_unlabelled(out, ckpts, protocol, dev, batch_size, workers, progress)
     results: Dict[int, Dict[str, Any]] = {}
     for bits, ck in ckpts.items():
         model = from_pretrained(ck, map_location=str(dev))
@@ -208,6 +210,48 @@ def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, pro
         report.plot_map_vs_bits({"mAP": {b: r["map"] for b, r in results.items()},
                                  "tie-aware mAP": {b: r["map_tie_aware"] for b, r in results.items()}},
                                 out / "map_vs_bits.png", ylabel=f"mAP@{tk}", title=f"{protocol.name}: mAP@{tk}")
+    return doc
+
+
+def copy_score(model: torch.nn.Module, dataset, *, seed: int = 0, batch_size: int = 256, device="cpu",
+               workers: int = 0, progress: bool = False, transform=None, dataset_name=None) -> Dict[str, Any]:
+    """The label-free score of ``model`` on ``dataset`` (a ``RetrievalSet``): each image's fixed
+    augmented copy (seeded by ``seed`` and its row) retrieved among the originals
+    (:func:`hybridhash.metrics.copy_retrieval_map`), with the chance level and the codes."""
+    from ..data.transforms import eval_transform
+    from ..data.views import seeded_copies
+    from ..metrics.copies import chance_level, copy_retrieval_map
+
+    originals = encode_images(model, dataset.with_transform(transform or eval_transform(model)),
+                              batch_size=batch_size, device=device, workers=workers,
+                              progress="encode originals" if progress else None)
+    copy_codes = encode_images(model, seeded_copies(dataset, model.preprocess, seed, dataset_name), batch_size=batch_size, device=device, workers=workers,
+                               progress="encode copies" if progress else None)
+    return {"copy_map": copy_retrieval_map(originals, copy_codes), "chance": chance_level(len(originals)),
+            "n": len(originals), "codes": {"originals": originals, "copies": copy_codes}}
+
+
+def _evaluate_unlabelled(out, ckpts, protocol, dev, batch_size: int, workers: int, progress: bool) -> Dict[str, Any]:
+    """Data without labels has no mAP: each checkpoint's copy score on the query images instead."""
+    from ..collection import save_npz
+    from ..fileio import write_json
+    from ..models import from_pretrained
+
+    results: Dict[int, Dict[str, Any]] = {}
+    for bits, ck in ckpts.items():
+        model = from_pretrained(ck, map_location=str(dev))
+        res = copy_score(model, protocol.query, seed=protocol.seed, batch_size=batch_size, device=str(dev),
+                         workers=workers, progress=progress, dataset_name=protocol.name)
+        codes = res.pop("codes")
+        save_npz(out / f"codes_bits{bits}.npz", query=codes["originals"], copies=codes["copies"])
+        extra = (getattr(model, "checkpoint_meta", {}) or {}).get("extra", {})
+        res.update(checkpoint=str(ck), fingerprint=getattr(model, "fingerprint", None), epoch=extra.get("epoch"),
+                   trained_on=extra.get("dataset"))
+        results[bits] = res
+    doc = {"dataset": protocol.name, "split_hash": protocol.split_record()["hash"], "labelled": False,
+           "score": "copy_map: each query image's augmented copy retrieved among the query images (no labels)",
+           "results": {str(b): r for b, r in results.items()}, "warnings": list(getattr(protocol, "warnings", []))}
+    write_json(out / "metrics.json", doc)
     return doc
 
 

@@ -14,12 +14,17 @@ weight on each neighbour, so the published blur would leave the image as it is.
 
 Digit images (the ``digits`` pipeline family) are never flipped, as in their training pipeline: a
 mirrored digit is another glyph.
+
+The crop is what makes the two views of an image differ in content; :func:`min_view_edge` is the
+smallest image edge at which the narrowest crop leaves out a pixel. :class:`SeededCopies` makes one
+fixed copy of each image (the label-free validation score, :mod:`hybridhash.metrics.copies`).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -138,3 +143,61 @@ def two_view_transform(preprocess: Dict[str, Any], augmentation: TwoViewAugmenta
                        dataset: Any = None) -> TwoViews:
     """PIL RGB image -> (view 1, view 2), each float32 (3, img_size, img_size) (:func:`view_transform`)."""
     return TwoViews(view_transform(preprocess, augmentation, dataset))
+
+
+def narrowest_crop(augmentation: TwoViewAugmentation) -> float:
+    """The shorter edge of the narrowest crop the augmentation can draw, as a share of the image's
+    edge: area ``a`` = the low end of ``crop_scale`` at the aspect ratio (within 3/4 to 4/3) that keeps
+    the crop inside the image and makes it narrowest: sqrt(3a/4) for a <= 3/4, else a (at ratio a)."""
+    a = augmentation.crop_scale[0]
+    return (0.75 * a) ** 0.5 if a <= 0.75 else a
+
+
+def min_view_edge(augmentation: TwoViewAugmentation) -> Optional[int]:
+    """The smallest image edge (px) at which the two views of an image can differ in their crop: the
+    narrowest crop must leave out at least one pixel of the edge, size (1 - narrowest) >= 1. None
+    when no size can (a crop of the whole image only)."""
+    f = narrowest_crop(augmentation)
+    return None if f >= 1 else math.ceil(1 / (1 - f) - 1e-9)
+
+
+# the augmentation of the copies that the label-free validation score retrieves (metrics.copies): the
+# two-view augmentation of contrastive hashing (cibhash's, 224 px), scaled to the model like any other
+COPY_AUGMENTATION = TwoViewAugmentation(size=224, crop_scale=(0.5, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1),
+                                        jitter_p=0.7, grayscale_p=0.2, blur_kernel=3, blur_sigma=(0.1, 2.0),
+                                        blur_p=0.5)
+
+
+class SeededCopies:
+    """One augmented copy of each image of ``dataset`` (items ``(image, ...)`` or a ``.image(i)``
+    method): item i is ``(transform(image i),)``, the augmentation's randomness seeded by
+    ``seed_of(i)``, so the copy of an image is the same on every call, in any order."""
+
+    def __init__(self, dataset: Any, transform: Callable, seed_of: Callable[[int], int]) -> None:
+        self.dataset, self.transform, self.seed_of = dataset, transform, seed_of
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            torch.manual_seed(self.seed_of(int(i)))
+            return (self.transform(self.dataset.image(int(i))),)
+
+
+def copy_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of image ``index``'s copy under run seed ``seed`` (well mixed: neighbouring
+    seeds and rows give unrelated draws)."""
+    import numpy as np
+
+    state = np.random.SeedSequence([int(seed), int(index), 0x636F7079]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def seeded_copies(dataset: Any, preprocess: Dict[str, Any], seed: int, dataset_name: Any = None) -> SeededCopies:
+    """One copy of each image of ``dataset`` by :data:`COPY_AUGMENTATION` at the size of ``preprocess``,
+    image i's drawn from :func:`copy_seed` (seed, i): items ``(float32 (3, S, S),)``."""
+    return SeededCopies(dataset, view_transform(preprocess, COPY_AUGMENTATION, dataset_name),
+                        lambda i: copy_seed(seed, i))

@@ -22,7 +22,7 @@ distances, the exact top k) is :mod:`hybridhash.codes`, re-exported here in part
 from __future__ import annotations
 
 from ..codes import hamming_distances, pack_pm1, unpack_codes
-from .copies import copy_retrieval_map
+from .copies import copy_retrieval_map, spearman
 from .curves import precision_at_n, precision_recall_by_radius, precision_within_radius
 from .ranking import (average_precisions, mean_average_precision, tie_aware_average_precisions,
                       tie_aware_mean_average_precision)
@@ -38,5 +38,5 @@ __all__ = [
     "precision_recall_by_radius",
     "precision_at_n",
     "precision_within_radius",
-    "copy_retrieval_map",
+    "copy_retrieval_map", "spearman",
 ]

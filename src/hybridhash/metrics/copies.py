@@ -35,3 +35,25 @@ def chance_level(n: int) -> float:
     """The score of codes that carry no information (all equal): the mean of 1/rank over a uniformly
     random rank in 1..n, H_n / n."""
     return float(np.sum(1.0 / np.arange(1, n + 1)) / n) if n else 0.0
+
+
+def average_ranks(values) -> np.ndarray:
+    """Ranks 1..n of ``values`` (n,), tied values sharing the mean of the ranks they span, float64."""
+    v = np.asarray(values, dtype=np.float64)
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)  # distinct values, ascending
+    last = np.cumsum(counts)  # the highest rank each distinct value spans
+    return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(a, b) -> float | None:
+    """Spearman's rank correlation of two equal-length sequences: the Pearson correlation of their
+    :func:`average_ranks`. None when it is undefined (fewer than 2 pairs, or one side all tied)."""
+    if len(a) != len(b):
+        from ..errors import DataError
+        raise DataError(f"spearman: {len(a)} values against {len(b)}")
+    if len(a) < 2:
+        return None
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return None if denominator == 0 else float((ra * rb).sum() / denominator)

@@ -1,9 +1,9 @@
 """Hashing networks: HybridHash and its presets (:mod:`.hybridhash`, its attention layers in
 :mod:`.attention`), any timm backbone with a linear hash layer (:mod:`.backbone`), a small CNN
 (:mod:`.cnn`), a fitted training-free baseline on pixels or pre-hash features (:mod:`.shallow`,
-chosen by name in :mod:`.features`), what every one offers (:mod:`.base`), the name registry
-(:mod:`.registry`), building by name and loading checkpoints (:mod:`.factory`), weights in and out
-(:mod:`.weights`)."""
+chosen by name in :mod:`.features`), what every one offers (:mod:`.base`), a hashing method's own
+head (:mod:`.heads`), the name registry (:mod:`.registry`), building by name and loading checkpoints
+(:mod:`.factory`), weights in and out (:mod:`.weights`)."""
 from .backbone import BackboneConfig, BackboneHash, LinearHashHead, load_timm_weights
 from .cnn import CnnConfig, CnnHash
 from .factory import build_config, config_from_dict, create_model, from_pretrained

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError, one_line
 from .backbone import UNKNOWN_MODEL, BackboneConfig, BackboneHash, is_timm_model, load_timm_weights, no_imagenet
 from .cnn import CnnConfig, CnnHash
+from .heads import rebuild_head
 from .hybridhash import HybridHash, HybridHashConfig
 from .shallow import ShallowConfig, ShallowHashModel
 from .registry import arch_preset_kwargs, preset_arch, preset_kwargs
@@ -137,6 +138,7 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
         net = ARCHS[arch][1]
         with torch.device("meta"):  # sizes only: no memory, no initialisation
             skeleton = net(cfg)
+            rebuild_head(skeleton, meta.get("head"))  # a hashing method's own head (cibhash's)
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: not a usable model config: {one_line(err)}") from None
     if bits is not None and cfg.bits != bits:
@@ -150,6 +152,7 @@ def from_pretrained(path: PathLike, *, bits: Optional[int] = None, preset: Optio
     state = read_state_dict(weights)
     check_finite(state, str(weights))  # before the network is built for real
     model = net(cfg)
+    rebuild_head(model, meta.get("head"))
     model.load_state_dict(state, strict=True)  # names and shapes were checked on the skeleton
     model.fingerprint = weights_fingerprint(weights, state)
     recorded = meta.get("fingerprint")

@@ -209,7 +209,8 @@ def model_fingerprint(model: Any) -> str:
 # the project format
 
 def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (arch, preset, overrides, bits, preprocessing).
+    """Write ``model.safetensors`` and ``config.json`` (arch, preset, overrides, bits, preprocessing, and
+    ``head``: the record of a hashing method's own head, see :mod:`.heads`).
 
     ``arch`` ("hybridhash", "timm", "cnn") tells :func:`~.factory.from_pretrained` which network to build.
 
@@ -220,6 +221,7 @@ def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> P
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": FORMAT})
+    head = getattr(model, "method_head", None)  # a hashing method's head in place of the bits layer
     write_json(directory / CONFIG_NAME, {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -229,6 +231,7 @@ def save_pretrained(model: "HybridHash", directory: PathLike, **extra: Any) -> P
         "config": model.config.to_dict(),
         "preprocess": model.config.preprocess,
         "fingerprint": fingerprint_state_dict(state),
+        **({"head": head} if head else {}),
         "extra": extra,
     })
     return directory

@@ -20,9 +20,10 @@ def test_methods_lists_every_method_with_its_family(capsys):
     assert {i["name"]: i["family"] for i in infos}["adsh"] == "asymmetric"
     assert cli.main(["methods"]) == 0
     table = capsys.readouterr().out
-    waiting = [i["name"] for i in infos if i["trains_on"] != "labels" and i["family"] != "shallow"]
-    assert waiting and f"not trained by `train` or `compare` yet (they train on target features or two views, " \
-        f"which the training loop does not feed): {', '.join(waiting)}." in table
+    unsupervised = [i["name"] for i in infos if i["trains_on"] in ("targets", "views")]
+    assert unsupervised and f"without labels (data with or without them; see docs/unsupervised.md): " \
+        f"{', '.join(unsupervised)}." in table
+    assert "shallow: training-free baselines" in table
 
 
 def test_methods_describes_one_and_refuses_an_unknown_name(capsys):

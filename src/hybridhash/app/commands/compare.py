@@ -80,7 +80,7 @@ def grid_from_args(args):
     """The :class:`~hybridhash.app.compare.grid.Grid` the options name; under --report-only the grid
     recorded in OUT fills --methods, --bits and --seeds when they are not given."""
     from hybridhash.app.compare.grid import Grid
-    from hybridhash.app.train.build import trainable_methods
+    from hybridhash.app.train.feeds import methods_training_on
 
     recorded = Grid.read(args.out) if args.report_only else None
     methods = args.methods or (list(recorded.methods) if recorded else ["all"])
@@ -89,7 +89,7 @@ def grid_from_args(args):
             from hybridhash.errors import ConfigError
 
             raise ConfigError(f"--methods: 'all' stands alone, got {' '.join(methods)}")
-        methods = trainable_methods()  # the methods the training loop can feed
+        methods = methods_training_on("labels")  # a table of supervised methods; name the others to add them
     return Grid(
         methods=tuple(methods), bits=tuple(args.bits or (recorded.bits if recorded else (16, 32, 64))),
         seeds=tuple(args.seeds if args.seeds is not None else (recorded.seeds if recorded else (0, 1, 2))),

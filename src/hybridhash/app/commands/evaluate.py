@@ -53,6 +53,13 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
+    if doc.get("labelled") is False:  # no labels, so no mAP: the copy score (docs/unsupervised.md)
+        print(f"{doc['dataset']}: no labels; copy score (each image's augmented copy found among the originals)")
+        print(f"{'bits':>5} {'copy mAP':>9} {'chance':>8} {'images':>7}")
+        for bits, r in doc["results"].items():
+            print(f"{bits:>5} {r['copy_map']:9.4f} {r['chance']:8.4f} {r['n']:7d}")
+        print(f"metrics in {out}")
+        return 0
     tk = doc["topk"]
     print(f"{doc['dataset']}: mAP@{tk} on {next(iter(doc['results'].values()))['n_query']} queries")
     print(f"{'bits':>5} {'mAP':>8} {'tie-aware':>10} {'P@r<=2':>8}")

@@ -57,14 +57,12 @@ def run(args) -> int:
         print("published settings apply when fine-tuning a pretrained model (the original recipe); models trained "
               "from scratch on small images share the scratch recipe. `hybridhash methods NAME` lists one's "
               "hyper-parameters.")
-        from hybridhash.app.train.build import TRAINER_FEEDS
-
-        waiting = [i["name"] for i in infos if i["trains_on"] not in TRAINER_FEEDS and i["defaults"] is not None]
-        if waiting:
+        if any(i["defaults"] is None for i in infos):
             print("shallow: training-free baselines, fitted by `train --method NAME --model pixels` (or a model's "
                   "pre-hash features) in one pass over the training images.")
-            print(f"not trained by `train` or `compare` yet (they train on target features or two views, which the "
-                  f"training loop does not feed): {', '.join(waiting)}.")
+        unsupervised = [i["name"] for i in infos if i["trains_on"] in ("targets", "views")]
+        if unsupervised:
+            print(f"without labels (data with or without them; see docs/unsupervised.md): {', '.join(unsupervised)}.")
         return 0
     i = infos[0]
     print(f"{i['name']} ({i['family']}, activation {i['activation']}): {i['doc']}")

@@ -175,8 +175,13 @@ class Grid:
         """The split of ``seed``, shared by every method (drawn as ``train`` draws it)."""
         from ...data import load_protocol
 
-        return load_protocol(self.dataset, self.root, image_root=self.image_root, seed=seed,
-                             val_fraction=self.val_fraction, max_pixels=self.max_pixels)
+        protocol = load_protocol(self.dataset, self.root, image_root=self.image_root, seed=seed,
+                                 val_fraction=self.val_fraction, max_pixels=self.max_pixels)
+        if not protocol.labelled:  # the table is of mAP, which needs labels
+            raise ConfigError(f"compare: {self.dataset} has no labels, and a comparison reports mAP against them; "
+                              f"give labelled data (class folders or a labelled list file), or train each method "
+                              f"with `hybridhash train` and compare the val_copy_map of their summary.json")
+        return protocol
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

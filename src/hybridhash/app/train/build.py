@@ -9,8 +9,9 @@ from torch import nn
 from ...errors import ConfigError
 from .recipe import TrainConfig
 
-# what the training loop feeds a method's loss (a method's ``trains_on``): the labels of the batch
-TRAINER_FEEDS = ("labels",)
+# what the training loop feeds a method's loss (a method's ``trains_on``): the labels of the batch, target
+# features of its images, two views of each (see .feeds)
+TRAINER_FEEDS = ("labels", "targets", "views")
 
 
 def trainable_methods() -> List[str]:

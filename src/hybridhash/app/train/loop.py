@@ -2,7 +2,8 @@
 
 The model maps images (B, 3, H, W) to raw hash-layer outputs h (B, bits) when called with
 ``activate=False``. The method owns everything else that is particular to a hashing method: its
-loss on h (with the activation it wants), its state (memory banks, learned codes, centers) and the
+loss on h (fed what it trains on, :mod:`.feeds`: labels as below, target features ``loss(h, x)`` or
+a second view's outputs ``loss(h1, h2)``), its state (memory banks, learned codes, centers) and the
 hooks a loss alone cannot express. The loop calls, in this order::
 
     method.prepare(train_labels (n, C), generator)          once, on a fresh run
@@ -37,16 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ... import metrics as M
 from .. import rundir as R
-from ...engines.encoding import encode_images
 from ...environment import autocast_context, bf16_autocast_available, pick_device, seed_everything
 from ...errors import CheckpointError, ConfigError
-from ..evaluation import class_ids_or_multihot
 from ...fileio import read_json, write_json
 from . import distributed as D
 from .augment import BatchAugment
 from .build import build_method, build_model
+from . import feeds as FD
+from .selection import Selection
 from .optim import build_optimizer, lr_factor
 from .recipe import TrainConfig, divergence_hint, recipe_defaults
 from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
@@ -82,10 +82,15 @@ class BitsResult:
     select_on: str
     seconds: float
     history: List[Dict[str, Any]] = field(default_factory=list)
+    # the score that picked the best epoch ("val_map", "query_map", or "val_copy_map" without labels)
+    selected_by: Optional[str] = None
+    # Spearman's rank correlation of val_map and val_copy_map over the epochs (labelled data)
+    copy_spearman: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {"bits": self.bits, "directory": str(self.directory), "epochs": self.epochs,
                 "best_epoch": self.best_epoch, "best_metric": self.best_metric, "select_on": self.select_on,
+                "selected_by": self.selected_by, "copy_spearman": self.copy_spearman,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -94,7 +99,7 @@ def _hook(obj: Any, name: str) -> Callable[..., Any]:
     return fn if callable(fn) else (lambda *a, **k: None)
 
 
-class Trainer:
+class Trainer(Selection):
     """Train one model of ``bits`` bits on ``protocol.train`` into ``out`` (a ``bits{N}`` directory).
 
     Args:
@@ -137,7 +142,13 @@ class Trainer:
         n_train = len(protocol.train)
         self.method = method if method is not None else build_method(c, bits, protocol.n_class, n_train)
         self.method.to(self.device)
-        self.optimizer = build_optimizer(self.model, c)
+        self.trains_on = getattr(self.method, "trains_on", "labels")
+        self.even_batch = bool(getattr(self.method, "even_batch", False))
+        self.labelled = bool(getattr(protocol, "labelled", True))
+        FD.attach_head(self.model, self.method)  # a method's own head (cibhash's encoder), if any
+        if self.trains_on == "targets" and c.targets == "features":
+            FD.freeze_backbone(self.model)  # the published form: only the hash head learns
+        self.optimizer = build_optimizer(self.model, c, self.method)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.net: nn.Module = self.model
         if self.dist.enabled:
@@ -148,9 +159,19 @@ class Trainer:
         if c.data_mode == "cache" and self.cache is None:
             self.cache = CachedImages(protocol.train, self.eval_transform)
         self.augment = BatchAugment(shift=c.shift, hflip=protocol.pipeline != "digits")
+        self.view_transform = None
+        if self.trains_on == "views":
+            from ...data.views import two_view_transform
+
+            self.view_transform = two_view_transform(self.preprocess, self.method.views, protocol.name)
+        self.make_targets = None
+        if self.trains_on == "targets":
+            self.make_targets = FD.target_maker(c, self.model, self._train_images)
         rows = int(getattr(self.method, "rows_per_epoch", n_train))
         self.local_n = math.ceil(rows / self.dist.world_size)
         self.steps_per_epoch = math.ceil(self.local_n / c.batch_size)
+        if self.even_batch:  # a last batch of one row is dropped, not stepped on
+            self.steps_per_epoch = self.local_n // c.batch_size + (self.local_n % c.batch_size >= 2)
         self.total_steps = self.steps_per_epoch * c.epochs
         self.warmup_steps = int(round(c.warmup_epochs * self.steps_per_epoch))
 
@@ -163,10 +184,6 @@ class Trainer:
         self.writer = None
 
     # ----------------------------------------------------------------------------------------
-    @property
-    def metric_name(self) -> str:
-        return f"{self.config.select_on}_map"
-
     def _emit(self, event: str, **info: Any) -> None:
         for cb in self.callbacks:
             cb(event, self, **info)
@@ -175,10 +192,15 @@ class Trainer:
         return self.config.progress and self.dist.is_main and sys.stderr.isatty()
 
     def _set_lr(self) -> float:
-        f = lr_factor(self.step, self.total_steps, self.warmup_steps, self.config.schedule)
+        f = self._lr_factor(self.step)
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
         return self.base_lrs[0] * f
+
+    def _lr_factor(self, step: int) -> float:
+        c = self.config
+        return lr_factor(step, self.total_steps, self.warmup_steps, c.schedule, steps_per_epoch=self.steps_per_epoch,
+                         step_epochs=c.lr_step_epochs, step_factor=c.lr_step_factor or 0.1)
 
     def _generator(self, epoch: int, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed(D.derive_seed(self.config.seed, epoch, stream))
@@ -196,7 +218,7 @@ class Trainer:
         """Yield (x (B, 3, H, W), y (B, C), index (B,)) of this rank for ``epoch``."""
         c = self.config
         order = self._order(epoch)
-        if self.cache is not None:
+        if self.cache is not None and self.view_transform is None:
             gen = self._generator(epoch, D.STREAM_AUGMENT)
             for i in range(0, order.numel(), c.batch_size):
                 idx = order[i:i + c.batch_size]
@@ -207,7 +229,7 @@ class Trainer:
             return
         from torch.utils.data import DataLoader
 
-        ds = self.protocol.train.with_transform(self.train_transform)
+        ds = self.protocol.train.with_transform(self.view_transform or self.train_transform)
         loader = DataLoader(ds, batch_size=c.batch_size, sampler=order.tolist(), num_workers=c.workers,
                             generator=self._generator(epoch, D.STREAM_AUGMENT),
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
@@ -219,6 +241,8 @@ class Trainer:
         c = self.config
         seed_everything(D.derive_seed(c.seed, epoch, D.STREAM_AUGMENT))
         self.net.train()
+        if self.trains_on == "targets" and c.targets == "features":
+            FD.hold_backbone_norms(self.model)
         _hook(self.method, "on_epoch_start")(epoch, self.step)
         batches = self._batches(epoch)
         if self._progress():
@@ -228,19 +252,31 @@ class Trainer:
                            leave=False, dynamic_ncols=True)
         total, count = 0.0, 0
         for x, y, idx in batches:
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            idx = idx.to(self.device)
+            views = list(x) if self.view_transform is not None else [x]  # (B, 3, H, W) each
+            keep = views[0].shape[0]
+            if self.even_batch:
+                keep = FD.even_rows(keep)
+                if keep == 0:
+                    continue
+            views = [v[:keep].to(self.device, non_blocking=True) for v in views]
+            x = views[0]
+            y = y[:keep].to(self.device, non_blocking=True)
+            idx = idx[:keep].to(self.device)
             self._set_lr()
             with autocast_context(self.device, self.amp):
-                h = self.net(x, activate=False)  # (B, bits) raw hash-layer outputs
-            h = h.float()
+                outs = [self.net(v, activate=False).float() for v in views]  # (B, bits) raw hash-layer outputs
+            h = outs[0]
             _hook(self.method, "on_step")(self.step)
-            gathered = None
-            if self.dist.enabled:
-                # every rank writes every rank's batch, so the methods' states stay identical
-                gathered = (D.all_gather_rows(h.detach()), D.all_gather_rows(y), D.all_gather_rows(idx))
-            loss = self.method.loss(h, y, idx, gathered=gathered)
+            if self.trains_on == "views":
+                loss = self.method.loss(h, outs[1])
+            elif self.trains_on == "targets":
+                loss = self.method.loss(h, self.make_targets(x))
+            else:
+                gathered = None
+                if self.dist.enabled:
+                    # every rank writes every rank's batch, so the methods' states stay identical
+                    gathered = (D.all_gather_rows(h.detach()), D.all_gather_rows(y), D.all_gather_rows(idx))
+                loss = self.method.loss(h, y, idx, gathered=gathered)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.grad_clip:
@@ -274,28 +310,6 @@ class Trainer:
         return divergence_hint(c, defaults, getattr(m, "name", c.method), params)
 
     # ----------------------------------------------------------------------------------------
-    def _encode(self, name: str) -> np.ndarray:
-        c = self.config
-        if name == "train" and self.cache is not None:
-            data = self.cache.images
-        else:
-            data = getattr(self.protocol, name).with_transform(self.eval_transform)
-        return encode_images(self.model, data, batch_size=c.eval_batch_size, device=self.device,
-                             workers=c.workers, amp=self.amp)
-
-    def select_metric(self) -> float:
-        """mAP used for model selection: val queries against the training images (``select_on="val"``),
-        or the protocol's queries against its database (``"query"``), at the protocol's K."""
-        p = self.protocol
-        if self.config.select_on == "val":
-            q, d = self._encode("val"), self._encode("train")
-            ql, dl = p.val.labels, p.train.labels
-        else:
-            q, d = self._encode("query"), self._encode("database")
-            ql, dl = p.query.labels, p.database.labels
-        ql, dl = class_ids_or_multihot(ql, p.multi_label), class_ids_or_multihot(dl, p.multi_label)
-        return M.mean_average_precision(q, d, ql, dl, topk=p.topk)
-
     def _meta(self) -> Dict[str, Any]:
         return {"preprocess": self.preprocess, "epoch": self.epoch, "step": self.step, "dataset": self.protocol.name,
                 "split_hash": self.split_hash, "select_on": self.config.select_on,
@@ -367,7 +381,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return BitsResult(self.bits, self.out, self.epoch, self.best_epoch, self.best_metric, c.select_on,
-                          self.elapsed, history)
+                          self.elapsed, history, self.metric_name, FD.copy_spearman(history))
 
     def _record_method(self) -> None:
         """``bits{N}/method.json``: the method, its family, hyper-parameters and facts (CSQ: its centers'
@@ -388,15 +402,15 @@ class Trainer:
         loss = self.train_epoch(epoch)
         self.epoch = epoch + 1
         record: Dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": round(loss, 6),
-                                  "lr": self.base_lrs[0] * lr_factor(max(self.step - 1, 0), self.total_steps,
-                                                                     self.warmup_steps, c.schedule)}
+                                  "lr": self.base_lrs[0] * self._lr_factor(max(self.step - 1, 0))}
         if not self.dist.is_main:
             return record
         improved = False
         if self.epoch % c.eval_every == 0 or self.epoch == c.epochs:
             t1 = time.perf_counter()
-            value = self.select_metric()
-            record[self.metric_name] = round(value, 6)
+            scores = self.scores()
+            record.update({k: round(v, 6) for k, v in scores.items()})
+            value = scores[self.metric_name]
             record["eval_time"] = round(time.perf_counter() - t1, 3)
             # ties go to the later epoch: its learning rate is lower, its weights more settled
             if self.best_metric is None or value >= self.best_metric:
@@ -411,7 +425,7 @@ class Trainer:
             self.save_last()
         R.append_log(self.out, record)
         if self.writer is not None:
-            for k in ("loss", "lr", self.metric_name):
+            for k in ("loss", "lr", "val_map", "query_map", "val_copy_map"):
                 if k in record:
                     self.writer.add_scalar(f"{k}", record[k], self.epoch)
         if c.progress:

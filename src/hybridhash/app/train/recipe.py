@@ -25,8 +25,10 @@ from ...codes import check_bits
 from ...errors import ConfigError
 from ...limits import MAX_PIXELS, MAX_THREADS
 
-OPTIMIZERS = ("rmsprop", "adamw", "adam")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("rmsprop", "adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+# what a method that trains on targets is given as x: pixel targets, or a frozen pretrained network's features
+TARGETS = ("pixels", "features")
 DATA_MODES = ("stream", "cache")
 SELECT_ON = ("val", "query")
 # largest image edge the scratch recipe is meant for
@@ -83,9 +85,12 @@ class TrainConfig:
     lr: Optional[float] = _opt(None, "peak learning rate", "optimisation", POSITIVE)
     weight_decay: Optional[float] = _opt(None, "weight decay of weights (not of biases, norms, embeddings)",
                                          "optimisation", NONNEGATIVE)
-    momentum: Optional[float] = _opt(None, "RMSprop momentum", "optimisation", Bounds(0, 1, high_open=True))
+    momentum: Optional[float] = _opt(None, "RMSprop or SGD momentum", "optimisation", Bounds(0, 1, high_open=True))
     schedule: Optional[str] = _opt(None, "learning-rate schedule after the warm-up", "optimisation",
                                    choices=SCHEDULES)
+    lr_step_epochs: Optional[int] = _opt(None, "step schedule: multiply the lr by --lr-step-factor every this many "
+                                         "epochs", "optimisation", COUNT)
+    lr_step_factor: Optional[float] = _opt(None, "step schedule: the factor", "optimisation", POSITIVE)
     warmup_epochs: Optional[float] = _opt(None, "linear warm-up length", "optimisation", NONNEGATIVE)
     head_init_std: Optional[float] = _opt(None, "std of the init of the layer that makes the bits", "optimisation",
                                           POSITIVE)
@@ -98,6 +103,9 @@ class TrainConfig:
     amp: Optional[bool] = _opt(None, "mixed precision (bf16 autocast on CUDA; CPU runs stay float32)",
                                "optimisation", parse="tristate")
     grad_clip: Optional[float] = _opt(None, "clip the gradient norm at this value", "optimisation", POSITIVE)
+    targets: str = _opt("pixels", "methods that train on targets: x = the input pixels minus the training set's "
+                        "mean image (from scratch), or 'features' of the --pretrained backbone, frozen (their "
+                        "published form)", "method", choices=TARGETS)
     # the hybridhash method's loss (other methods take --method-params)
     alpha: float = _opt(0.5, "hybridhash: the loss's inner-product scale", "method", POSITIVE)
     bank_rows: Optional[int] = _opt(None, "hybridhash: rows of the loss's memory bank (default: the training set "
@@ -170,7 +178,7 @@ def choose_recipe(img_size: int, pretrained: Optional[str]) -> str:
 
 
 # the settings a method publishes, which replace the original recipe's for that method
-METHOD_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs")
+METHOD_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "momentum")
 
 
 def recipe_defaults(name: str, img_size: int, method: str,
@@ -179,6 +187,9 @@ def recipe_defaults(name: str, img_size: int, method: str,
     defaults = original_recipe() if name == "original" else scratch_recipe(img_size, method)
     if name == "original" and method_defaults:
         defaults.update({k: method_defaults[k] for k in METHOD_SETTINGS if k in method_defaults})
+        if method_defaults.get("lr_step_epochs"):  # SGD runs published with a step decay
+            defaults.update(schedule="step", lr_step_epochs=method_defaults["lr_step_epochs"],
+                            lr_step_factor=method_defaults.get("lr_step_factor", 0.1))
     return defaults
 
 
@@ -241,6 +252,8 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
     if c.data_mode not in DATA_MODES:
         raise ConfigError(f"--data-mode must be one of {', '.join(DATA_MODES)}, got {c.data_mode!r}")
+    if c.schedule == "step" and (c.lr_step_epochs is None or c.lr_step_factor is None):
+        raise ConfigError("--schedule step needs --lr-step-epochs and --lr-step-factor")
     if c.select_on not in SELECT_ON:
         raise ConfigError(f"--select-on must be one of {', '.join(SELECT_ON)}, got {c.select_on!r}")
 
@@ -279,5 +292,6 @@ def divergence_hint(c: TrainConfig, defaults: Dict[str, Any], method: str,
 RESUME_KEYS: Sequence[str] = (
     "dataset", "model", "model_overrides", "pretrained", "method", "method_params", "seed", "val_fraction", "select_on", "epochs",
     "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "warmup_epochs", "head_init_std",
-    "data_mode", "shift", "alpha", "bank_rows", "bank_fp16", "grad_clip", "recipe",
+    "data_mode", "shift", "alpha", "bank_rows", "bank_fp16", "grad_clip", "recipe", "targets", "lr_step_epochs",
+    "lr_step_factor",
 )

@@ -23,6 +23,7 @@ from ...fileio import read_json, write_json
 from ...locking import exclusive
 from ...outdir import check_claim, claim
 from . import distributed as D
+from . import feeds as FD
 from .build import build_method, check_trainable, method_params
 from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
 from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, check_numbers, resolve
@@ -130,8 +131,9 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     check_bits_list(config.bits)  # a code length no index can hold fails now, before any work
     check_trainable(config.method)  # before its published settings, which the loop may not offer
     dist_info = D.init_distributed(device_option(config.device))  # also refuses an unusable --device early
-    img_size = build_config(config.model, 16, **config.model_overrides).img_size
-    config = resolve(config, img_size, published_settings(config))
+    model_cfg = build_config(config.model, 16, **config.model_overrides)
+    config = resolve(FD.fed_defaults(config), model_cfg.img_size, published_settings(config))
+    FD.check_method_options(config, model_cfg.img_size, model_cfg.preprocess)
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.out)
@@ -144,6 +146,10 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     _check_out(run_dir, config, [k for k in RESUME_KEYS if k not in FITTED_KEYS])
     if protocol is None:
         protocol = load_run_protocol(config, run_dir)
+    FD.check_method_data(config.method, protocol)  # a method that needs labels, on data without them
+    if config.select_on == "query" and not protocol.labelled:
+        raise ConfigError(f"--select-on query scores the test queries with their labels, and {protocol.name} has "
+                          f"none; use --select-on val (the label-free copy score)")
     config = fit_method(config, len(protocol.train))
     # the method's own checks against the training set (e.g. a bank's rows), before images are cached
     build_method(config, config.bits[0], protocol.n_class, len(protocol.train))
@@ -223,8 +229,11 @@ def _train_bits(config: TrainConfig, protocol, bits: int, run_dir: Path, callbac
     if counters is not None:
         if dist_info.is_main:
             _log.info("%d bits: already trained (%d epochs), skipped", bits, counters["epoch"])
+        history = R.read_log(out)
+        selected_by = f"{config.select_on}_map" if protocol.labelled else "val_copy_map"
         return BitsResult(bits, out, int(counters["epoch"]), counters.get("best_epoch"), counters.get("best_metric"),
-                          config.select_on, float(counters.get("elapsed", 0.0)), R.read_log(out))
+                          config.select_on, float(counters.get("elapsed", 0.0)), history, selected_by,
+                          FD.copy_spearman(history))
     trainer = Trainer(config, protocol, bits, out, callbacks=callbacks, cache=cache, dist_info=dist_info)
     trainer.split_hash = split_hash
     return trainer.fit(resume=config.resume)
