@@ -200,10 +200,20 @@ def _check_folder(spec, name, root, verify_images, decoding, sizes, val_fraction
     rel_paths, classes, left_out = usable_images(root, rel_paths, classes)
     report.warnings += left_out
     paths = [os.path.join(root, p) for p in rel_paths]
-    s = SetReport("all", "folders", len(paths), len(class_names))
+    _check_files(report, SetReport("all", "folders", len(paths), len(class_names)), paths, verify_images, decoding)
+    if skipped:
+        report.warnings.append(Problem(root, f"{skipped} file(s) without an image extension ignored"))
+    if not report.errors:
+        pool = folder_pool(root, left_out=[])  # the images it leaves out are reported above
+        _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
+    return report
+
+
+def _check_files(report: CheckReport, s: SetReport, paths: List[str], verify_images: bool, decoding) -> None:
+    """Every file of ``paths`` present and not empty (and decodable under ``verify_images``), counted
+    into ``s``, appended to the report's sets, each failure one of its errors."""
     bad = _stat_files(paths)
-    for p, why in bad.items():
-        report.errors.append(Problem(p, why))
+    report.errors += [Problem(p, why) for p, why in bad.items()]
     s.missing = sum(v == "missing" for v in bad.values())
     s.empty = sum(v == "empty" for v in bad.values())
     if verify_images:
@@ -211,12 +221,6 @@ def _check_folder(spec, name, root, verify_images, decoding, sizes, val_fraction
         s.unreadable = len(failed)
         report.errors += [Problem(p, reason.partition(": ")[2] or reason) for p, reason in failed.items()]
     report.sets.append(s)
-    if skipped:
-        report.warnings.append(Problem(root, f"{skipped} file(s) without an image extension ignored"))
-    if not report.errors:
-        pool = folder_pool(root, left_out=[])  # the images it leaves out are reported above
-        _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
-    return report
 
 
 def _check_images(spec, name, root, verify_images, decoding, sizes, val_fraction) -> CheckReport:
@@ -231,16 +235,7 @@ def _check_images(spec, name, root, verify_images, decoding, sizes, val_fraction
         report.errors.append(Problem(name, str(err)))
         return report
     paths = [pool.path(j) for j in range(len(pool))]
-    s = SetReport("all", "no labels", len(paths), 0)
-    bad = _stat_files(paths)
-    report.errors += [Problem(p, why) for p, why in bad.items()]
-    s.missing = sum(v == "missing" for v in bad.values())
-    s.empty = sum(v == "empty" for v in bad.values())
-    if verify_images:
-        failed = _verify([p for p in paths if p not in bad], *decoding)
-        s.unreadable = len(failed)
-        report.errors += [Problem(p, reason.partition(": ")[2] or reason) for p, reason in failed.items()]
-    report.sets.append(s)
+    _check_files(report, SetReport("all", "no labels", len(paths), 0), paths, verify_images, decoding)
     if not report.errors:
         _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
     return report
