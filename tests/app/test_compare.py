@@ -189,6 +189,8 @@ def test_shards_split_the_cells_disjointly_and_completely():
     (["--methods", "bihalf", "nosuch"], "known: adsh, bihalf,"),
     (["--methods", "nosuch"], "lsh, pcah, sh; or a selector: all, supervised, unsupervised, baselines"),
     (["--methods", "all", "baselines"], "'all' stands alone"),
+    (["--methods", "lsh", "--baseline-model", "nosuch"], "--baseline-model: unknown model 'nosuch'"),
+    (["--methods", "lsh", "--baseline-pretrained", "imagenet"], "--baseline-pretrained: pixels"),
     (["--methods", "dsh", "lsh", "--method-params", '{"lsh": {"nosuch": 1}}'], "nosuch"),
     (["--method-params", '{"nosuch": {}}'], "--method-params: unknown method 'nosuch'"),
     (["--method-params", '{"dsh": {"nosuch": 1}}'], "nosuch"),
@@ -308,7 +310,8 @@ def test_baselines_and_unsupervised_rows_in_one_table(family_grid):
         assert row["map"]["mean"] == pytest.approx(expected, abs=1e-9), name
         assert f"| {name} | baseline | 16 | {row['map']['mean']:.4f} |" in printed
     note = next(n for n in doc["notes"] if "saw no labels" in n)
-    assert "bihalf, itq, lsh, pcah, sh" in note and "fitted on raw pixels at 16 px" in note
+    assert "(bihalf, itq, lsh, pcah, sh) saw no labels in training" in note and "fitted on raw pixels at 16 px" in note
+    assert "the validation split's mAP chose the epoch of bihalf." in note
     assert any("No separate LSH floor" in n for n in doc["notes"])
     assert read_json(out / "grid.json")["methods"] == ["bihalf", "itq", "lsh", "pcah", "sh"]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -148,7 +149,8 @@ class Grid:
         """What a training-free cell's fit would refuse before reading data: its options, its
         hyper-parameters at each code length, and raw-pixel options."""
         from ...methods import make_shallow
-        from ...models.features import PIXELS
+        from ...models import build_config
+        from ...models.features import PIXELS, is_checkpoint_dir
         from ...models.shallow import PixelsConfig
         from ..train.fit import check_fit_options
 
@@ -159,6 +161,11 @@ class Grid:
             if config.pretrained:
                 raise ConfigError("--baseline-pretrained: pixels are their own features and have no weights; drop it")
             PixelsConfig.from_dict(dict(config.model_overrides))
+        elif not is_checkpoint_dir(config.model):  # a name: known now, its weights fetched by the fit
+            try:
+                build_config(config.model, 16)
+            except ConfigError as err:
+                raise ConfigError(f"--baseline-model: {err}; or a trained checkpoint directory") from None
 
     def baseline_features(self) -> Tuple[str, Dict[str, Any], Optional[str]]:
         """(model, model_overrides, pretrained) of the training-free cells' feature network."""
@@ -196,14 +203,13 @@ class Grid:
             from ..train.fit import TRAINING_ONLY
 
             model, overrides, pretrained = self.baseline_features()
-            fit_kw: Dict[str, Any] = dict(
-                dataset=self.dataset, root=self.root, image_root=self.image_root, model=model,
-                model_overrides=overrides, pretrained=pretrained, bits=self.bits, method=cell.method,
-                method_params=dict(self.method_params.get(cell.method, {})), out=str(cell.directory), seed=cell.seed,
-                val_fraction=self.val_fraction, device=self.device, threads=self.threads, progress=self.progress,
-                max_pixels=self.max_pixels)
-            fit_kw.update({k: v for k, v in self.train_options.items() if k not in TRAINING_ONLY})
-            return TrainConfig(**fit_kw)
+            return TrainConfig(**{
+                **dict(dataset=self.dataset, root=self.root, image_root=self.image_root, model=model,
+                       model_overrides=overrides, pretrained=pretrained, bits=self.bits, method=cell.method,
+                       method_params=dict(self.method_params.get(cell.method, {})), out=str(cell.directory),
+                       seed=cell.seed, val_fraction=self.val_fraction, device=self.device, threads=self.threads,
+                       progress=self.progress, max_pixels=self.max_pixels),
+                **{k: v for k, v in self.train_options.items() if k not in TRAINING_ONLY}})
         kw: Dict[str, Any] = dict(
             dataset=self.dataset, root=self.root, image_root=self.image_root, model=self.model,
             model_overrides=dict(self.model_overrides), pretrained=self.pretrained, bits=self.bits,
@@ -340,10 +346,9 @@ class Grid:
         """Train and evaluate ``cell``, whose directory's lock the caller holds."""
         import torch
 
+        from ...methods import is_training_free
         from ..evaluation import evaluate_checkpoints
         from ..train import train
-
-        from ...methods import is_training_free
 
         resume = run_config(cell) is not None
         record = {"method": cell.method, "seed": cell.seed, "same_optimizer": self.same_optimizer}
@@ -396,8 +401,6 @@ def _fit_finished(cell: Cell, bits: Sequence[int]) -> bool:
 
 def _clear_fit(cell: Cell) -> None:
     """Remove what a cut fit left in its cell (the caller holds the cell's lock), so it is redone whole."""
-    import shutil
-
     for name in (R.RUN_NAME, R.SUMMARY_NAME, R.SPLIT_NAME):
         (cell.directory / name).unlink(missing_ok=True)
     for d in [*cell.directory.glob("bits*"), cell.directory / EVAL_DIR]:

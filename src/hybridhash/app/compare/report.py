@@ -248,9 +248,9 @@ def build_table(grid: Grid, protocols: Optional[Dict[int, Any]] = None, floor: b
                              [f"{FLOOR_DIR}/seed{s}" for s in seeds]))
     trained = [f for f in done if not is_training_free(f.cell.method)]
     label_free = [m for m in grid.methods if any(f.cell.method == m for f in done) and not saw_labels(m)]
-    if label_free:
-        extra.append(label_free_note(grid, label_free, fits))
     first = (trained or done or [None])[0]
+    if label_free:
+        extra.append(label_free_note(label_free, fits, first.config.get("select_on")))
     res0 = first.metrics["results"][str(grid.bits[0])] if first else {}
     topk = first.metrics.get("topk", "all") if first else "all"
     for f in done:
@@ -279,13 +279,17 @@ def _epochs(f: Finished, bits: int) -> Any:
     return f.config.get("epochs")
 
 
-def label_free_note(grid: Grid, methods: Sequence[str], fits: Sequence[Finished]) -> str:
+def label_free_note(methods: Sequence[str], fits: Sequence[Finished], select_on: Optional[str]) -> str:
     """The note on rows whose training never read a label, and on the features the baselines were fitted on."""
+    from ...methods import is_training_free
+
     families = ", ".join(dict.fromkeys(_family(m) for m in methods))
-    chose = {"val": "and the validation split's mAP chose each trained model's epoch",
-             "query": "and the queries' mAP chose each trained model's epoch"}.get(grid.train_options.get("select_on", "val"), "")
-    text = (f"Rows of family {families} ({', '.join(methods)}) saw no labels in training: the labels served "
-            f"evaluation {chose}".rstrip() + ".")
+    text = f"Rows of family {families} ({', '.join(methods)}) saw no labels in training; the labels served evaluation"
+    trained = [m for m in methods if not is_training_free(m)]
+    whose = {"val": "the validation split's", "query": "the queries'"}.get(str(select_on))
+    if trained and whose:  # selecting the epoch reads labels where the data has them
+        text += f", and {whose} mAP chose the epoch of {', '.join(trained)}"
+    text += "."
     features = sorted({features_label(f.config) for f in fits})
     if features:
         text += f" The training-free baselines were fitted on {' / '.join(features)} of the training images."
