@@ -186,6 +186,12 @@ def test_shards_split_the_cells_disjointly_and_completely():
     (["--methods", "nosuch"], "unknown method 'nosuch'"),
     (["--methods", "all", "dsh"], "'all' stands alone"),
     (["--methods", "dsh", "dsh"], "lists a method twice"),
+    (["--methods", "bihalf", "nosuch"], "known: adsh, bihalf,"),
+    (["--methods", "nosuch"], "lsh, pcah, sh; or a selector: all, supervised, unsupervised, baselines"),
+    (["--methods", "all", "baselines"], "'all' stands alone"),
+    (["--methods", "lsh", "--baseline-model", "nosuch"], "--baseline-model: unknown model 'nosuch'"),
+    (["--methods", "lsh", "--baseline-pretrained", "imagenet"], "--baseline-pretrained: pixels"),
+    (["--methods", "dsh", "lsh", "--method-params", '{"lsh": {"nosuch": 1}}'], "nosuch"),
     (["--method-params", '{"nosuch": {}}'], "--method-params: unknown method 'nosuch'"),
     (["--method-params", '{"dsh": {"nosuch": 1}}'], "nosuch"),
     (["--shard", "2/2"], "--shard"),
@@ -249,3 +255,125 @@ def test_all_is_every_method_the_loop_can_feed():
 def test_report_only_needs_a_grid(tmp_path):
     rc, _, err = _cli(["compare", "--report-only", "--out", str(tmp_path / "none")])
     assert rc == 1 and err.startswith("error: --report-only:") and "holds no comparison grid" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the unsupervised family and the training-free baselines in the same grid
+
+FAMILY_ARGS = ["compare", "--methods", "bihalf", "baselines", "--bits", "16", "--seeds", "0", "--epochs", "1",
+               "--model-overrides", json.dumps({**SMALL, "img_size": 16}), "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def family_grid(tmp_path_factory):
+    """bihalf (1 epoch) and lsh pcah itq sh (fitted on 16 px pixels) on one seed of digits, by the CLI."""
+    out = tmp_path_factory.mktemp("families") / "grid"
+    rc, printed, err = _cli(FAMILY_ARGS + ["--out", str(out)])
+    assert rc == 0, err
+    return out, printed
+
+
+def _pixels(dataset, size):
+    """RGB pixels in [0, 1] at ``size`` x ``size`` (PIL bilinear), channel by channel: (N, 3 * size * size)."""
+    from PIL import Image
+
+    rows = [np.asarray(dataset.image(i).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+            .transpose(2, 0, 1).ravel() / 255.0 for i in range(len(dataset))]
+    return np.stack(rows)
+
+
+def test_baselines_and_unsupervised_rows_in_one_table(family_grid):
+    import torch
+
+    from hybridhash.methods.shallow import make_shallow
+
+    out, printed = family_grid
+    doc = read_json(out / "table.json")
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert set(rows) == {"bihalf", "itq", "lsh", "pcah", "sh"}  # lsh is a row: no second LSH floor
+    assert rows["bihalf"]["family"] == "unsupervised" and rows["bihalf"]["epochs"] == [1]
+    p = load_protocol("digits", split_file=str(out / "lsh" / "seed0" / "split.json"))
+    tr, q, db = (torch.as_tensor(_pixels(s, 16)) for s in (p.train, p.query, p.database))
+    for name in ("itq", "lsh", "pcah", "sh"):
+        row = rows[name]
+        assert row["family"] == "baseline" and row["epochs"] == [0]
+        assert row["recipe"] == "fit, no training loop, on raw pixels at 16 px (bilinear)"
+        summary = read_json(out / name / "seed0" / "summary.json")["results"]["16"]
+        assert row["train_seconds"]["mean"] == pytest.approx(summary["seconds"]) and summary["epochs"] == 0
+        config = read_json(out / name / "seed0" / "run.json")["config"]
+        assert config["model"] == "pixels" and config["epochs"] is None and config["lr"] is None
+        # the same baseline fitted here on the same split's pixels, scored by the metrics module
+        baseline = make_shallow(name, 16, seed=0)
+        baseline.fit(lambda: iter((tr,)), tr.shape[1])
+        expected = M.mean_average_precision(baseline.encode(q).numpy(), baseline.encode(db).numpy(),
+                                            p.query.labels, p.database.labels)
+        assert row["map"]["mean"] == pytest.approx(expected, abs=1e-9), name
+        assert f"| {name} | baseline | 16 | {row['map']['mean']:.4f} |" in printed
+    note = next(n for n in doc["notes"] if "saw no labels" in n)
+    assert "(bihalf, itq, lsh, pcah, sh) saw no labels in training" in note and "fitted on raw pixels at 16 px" in note
+    assert "the validation split's mAP chose the epoch of bihalf." in note
+    assert any("No separate LSH floor" in n for n in doc["notes"])
+    assert read_json(out / "grid.json")["methods"] == ["bihalf", "itq", "lsh", "pcah", "sh"]
+
+
+def test_family_grid_resumes_a_cut_fit_and_reports_from_its_record(family_grid, tmp_path):
+    out = tmp_path / "grid"
+    shutil.copytree(family_grid[0], out)
+    shutil.rmtree(out / "sh" / "seed0" / "eval")  # cut after its fit: evaluated, not refitted
+    shutil.rmtree(out / "pcah" / "seed0" / "eval")  # cut during its fit (no summary yet): fitted again, whole
+    (out / "pcah" / "seed0" / "summary.json").unlink()
+    kept = {m: _files(out / m) for m in ("bihalf", "itq", "lsh")}
+    sh_fit = _files(out / "sh" / "seed0" / "bits16")
+    rc, printed, err = _cli(FAMILY_ARGS + ["--out", str(out)])
+    assert rc == 0, err
+    assert "sh/seed0: evaluating the fit of 16 bits" in printed and "pcah/seed0: fitting 16 bits" in printed
+    assert printed.count("finished earlier, skipped") == 3
+    assert {m: _files(out / m) for m in ("bihalf", "itq", "lsh")} == kept
+    assert _files(out / "sh" / "seed0" / "bits16") == sh_fit
+    before = read_json(family_grid[0] / "table.json")["rows"]
+    assert [r["map"] for r in read_json(out / "table.json")["rows"]] == [r["map"] for r in before]
+    rc, printed, err = _cli(["compare", "--report-only", "--out", str(out)])
+    assert rc == 0, err
+    assert "| pcah | baseline | 16 |" in printed and "| bihalf | unsupervised | 16 |" in printed
+
+
+def test_selectors_expand_by_what_methods_declare():
+    from hybridhash.app.commands.compare import configure, grid_from_args
+    from hybridhash.methods import SHALLOW, is_training_free, list_methods, method_class
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+
+    def methods(*words):
+        return list(grid_from_args(parser.parse_args(["--methods", *words])).methods)
+
+    every = list_methods()
+    supervised = [m for m in every if method_class(m).trains_on == "labels"]
+    unsupervised = methods("unsupervised")
+    assert methods("supervised") == methods("all") == supervised
+    assert unsupervised and sorted(unsupervised + supervised) == every  # the registered methods, split in two
+    assert all(method_class(m).family == "unsupervised" for m in unsupervised)
+    baselines = methods("baselines")
+    assert baselines == sorted(SHALLOW) == ["itq", "lsh", "pcah", "sh"] and all(map(is_training_free, baselines))
+    assert methods("hybridhash", "baselines") == ["hybridhash", *baselines]
+    assert methods("unsupervised", "baselines") == unsupervised + baselines
+    assert methods("dsh", "supervised") == ["dsh", *[m for m in supervised if m != "dsh"]]  # dsh once, first
+
+
+def test_baseline_cells_get_no_training_loop_options():
+    from hybridhash.app.train.fit import TRAINING_ONLY, check_fit_options
+    from hybridhash.app.train.recipe import TrainConfig
+
+    grid = Grid(methods=("dsh", "itq"), seeds=(0,), epochs=3, same_optimizer=True, lr=1e-3,
+                train_options={"recipe": "original", "select_on": "query"}, method_params={"itq": {"iterations": 5}})
+    grid.check()
+    dsh, itq = (grid.config_for(c) for c in grid.cells())
+    assert dsh.epochs == 3 and dsh.lr == 1e-3 and dsh.recipe == "original"
+    assert all(getattr(itq, k) == getattr(TrainConfig(), k) for k in TRAINING_ONLY)
+    check_fit_options(itq)
+    assert itq.select_on == "query" and itq.method_params == {"iterations": 5}
+    assert (itq.model, itq.model_overrides["img_size"]) == ("pixels", 32)  # hybridhash_cpu's input size
+    other = Grid(methods=("itq",), seeds=(0,), baseline_model="cnn_cpu")
+    assert (other.config_for(other.cells()[0]).model, other.config_for(other.cells()[0]).model_overrides) == (
+        "cnn_cpu", {})
+    assert Grid.from_dict(json.loads(json.dumps(other.to_dict()))).baseline_model == "cnn_cpu"

@@ -20,7 +20,8 @@ DESCRIPTION = (
     "Each method keeps its recipe (its published optimiser settings when fine-tuning a pretrained model, the "
     "project's shared scratch recipe from random weights on small images) unless --same-optimizer imposes one. "
     "Run again with the same options to resume: finished cells are skipped, half-trained ones continue. "
-    "--shard i/n runs every n-th cell (for several machines or a job array); the table (OUT/table.md, "
+    "Unsupervised methods and the training-free baselines (fitted on --baseline-model, raw pixels by default) "
+    "join the same table, marked by family. --shard i/n runs every n-th cell (for several machines or a job array); the table (OUT/table.md, "
     "table.csv, table.json, map_vs_bits.png, pr_curve.png, report.html) is written from whatever cells are "
     "finished and lists the missing ones.")
 
@@ -34,8 +35,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     ranges = {f.name: f.metadata.get("bounds") for f in dataclasses.fields(TrainConfig)}
     g = p.add_argument_group("grid")
     g.add_argument("--methods", nargs="+", metavar="NAME",
-                   help="'all' (every method the training loop can feed: those that train on labels) or method "
-                        "names, e.g. hybridhash dsh adsh (default: all, or the grid recorded in OUT with --report-only)")
+                   help="method names and selectors, mixed: 'supervised' (the methods that train on labels; 'all' "
+                        "alone means the same), 'unsupervised' (those that train without labels), 'baselines' (the "
+                        "training-free lsh pcah itq sh), e.g. hybridhash baselines (default: all, or the grid "
+                        "recorded in OUT with --report-only)")
     add_option(g, "--bits", type=code_length(), nargs="+", help="code lengths (default: 16 32 64)")
     add_option(g, "--seeds", type=from_bounds(ranges["seed"]), nargs="+",
                help="seeds; each draws its own split, shared by every method (default: 0 1 2)")
@@ -54,6 +57,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     d.add_argument("--model-overrides", type=json_object, default={}, metavar="JSON",
                    help="preset options to change, e.g. '{\"depths\": [1, 1, 1]}'")
     d.add_argument("--pretrained", help="'imagenet' or a NesT weights file (then each method's published recipe)")
+    d.add_argument("--baseline-model", metavar="NAME_OR_CHECKPOINT",
+                   help="the feature network the training-free baselines are fitted on: a model name (e.g. a timm "
+                        "backbone) or a trained checkpoint directory (default: pixels at --model's image size)")
+    d.add_argument("--baseline-pretrained", help="with --baseline-model: its weights, as train's --pretrained takes them")
     o = p.add_argument_group("training (shared by every method)")
     add_option(o, "--epochs", type=from_bounds(ranges["epochs"]), help="training epochs of every method (default: each "
                                                              "recipe's; ADSH's outer iterations are scaled to match)")
@@ -80,16 +87,12 @@ def grid_from_args(args):
     """The :class:`~hybridhash.app.compare.grid.Grid` the options name; under --report-only the grid
     recorded in OUT fills --methods, --bits and --seeds when they are not given."""
     from hybridhash.app.compare.grid import Grid
-    from hybridhash.app.train.feeds import methods_training_on
+    from hybridhash.app.compare.selectors import expand_methods
 
     recorded = Grid.read(args.out) if args.report_only else None
-    methods = args.methods or (list(recorded.methods) if recorded else ["all"])
-    if "all" in methods:
-        if len(methods) > 1:
-            from hybridhash.errors import ConfigError
-
-            raise ConfigError(f"--methods: 'all' stands alone, got {' '.join(methods)}")
-        methods = methods_training_on("labels")  # a table of supervised methods; name the others to add them
+    methods = expand_methods(args.methods or (list(recorded.methods) if recorded else ["all"]))
+    baseline_model = args.baseline_model or (recorded.baseline_model if recorded else None)
+    baseline_pretrained = args.baseline_pretrained or (recorded.baseline_pretrained if recorded else None)
     return Grid(
         methods=tuple(methods), bits=tuple(args.bits or (recorded.bits if recorded else (16, 32, 64))),
         seeds=tuple(args.seeds if args.seeds is not None else (recorded.seeds if recorded else (0, 1, 2))),
@@ -98,7 +101,8 @@ def grid_from_args(args):
         epochs=args.epochs, same_optimizer=args.same_optimizer or bool(recorded and recorded.same_optimizer),
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
         method_params=args.method_params or (recorded.method_params if recorded else {}), device=args.device,
-        threads=args.threads, parallel=args.parallel, progress=args.progress, max_pixels=args.max_pixels)
+        threads=args.threads, parallel=args.parallel, progress=args.progress, max_pixels=args.max_pixels,
+        baseline_model=baseline_model, baseline_pretrained=baseline_pretrained)
 
 
 def run(args) -> int:

@@ -19,6 +19,8 @@ from torch import nn
 from ...codes import binarize
 from ...methods.hybridhash import PairwiseLikelihoodLoss
 
+FLOOR_BASELINE = "lsh"  # the training-free baseline the floor is
+
 
 def pixel_vectors(dataset) -> np.ndarray:
     """Grey pixels of every image of a ``RetrievalSet`` in [0, 1]: float32 (N, H * W).
@@ -33,7 +35,7 @@ def lsh_codes(train: np.ndarray, *sets: np.ndarray, bits: int, seed: int = 0) ->
     """Sign random projections: +-1 int8 codes (n, bits) of each of ``sets``, centred on ``train``'s mean."""
     from ...methods.shallow import make_shallow
 
-    lsh = make_shallow("lsh", bits, seed=seed)
+    lsh = make_shallow(FLOOR_BASELINE, bits, seed=seed)
     x = torch.as_tensor(train, dtype=torch.float64)
     lsh.fit(lambda: iter((x,)), x.shape[1])
     return tuple(lsh.encode(torch.as_tensor(s, dtype=torch.float64)).numpy() for s in sets)

@@ -11,6 +11,11 @@ with that seed as ``train`` draws it, and is selected and scored the same way.
     >>> from hybridhash.app.compare.report import write_report
     >>> doc = write_report(grid)        # OUT/table.md, table.csv, table.json and the figures
 
+Training-free baselines (``lsh``, ``pcah``, ``itq``, ``sh``) are cells too: fitted (no training
+loop, so none of its options reach them) on a feature network of their own, raw ``pixels`` at the
+grid model's image size unless ``baseline_model`` names another (a model or a checkpoint directory).
+``--methods`` also takes selectors beside names (:mod:`.selectors`).
+
 A killed grid resumes cell by cell: a finished cell (its metrics.json holds every code length, on
 its seed's split) is skipped, a half-trained one continues with ``resume=True``. Cells come in a
 fixed order (seed by seed, methods in the grid's order), so ``shard=(i, n)`` (cells whose index %
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from ...limits import MAX_PIXELS
 from ...locking import LockedError, exclusive
 from ...outdir import claim
 from ..train.recipe import NONNEGATIVE_INT, RESUME_KEYS, TrainConfig, check_bits_list
+from .selectors import known_methods, unknown_method
 
 GRID_NAME = "grid.json"  # the grid's options, so that --report-only knows what to tabulate
 CELL_NAME = "cell.json"  # inside a cell: how the grid ran it (same-optimizer, times)
@@ -41,8 +48,6 @@ EVAL_DIR = "eval"
 # the optimiser settings --same-optimizer imposes on every method
 SHARED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size")
 LOCK_POLL_SECONDS = 1.0  # how often a grid looks again at a cell another process is training
-
-
 @dataclass(frozen=True)
 class Cell:
     """One training run of the grid: ``method`` at ``seed``, every code length, in ``directory``."""
@@ -68,7 +73,10 @@ class Grid:
     ``epochs``: one override for every method (None: each recipe's). ``same_optimizer``: impose
     ``optimizer``, ``lr``, ``weight_decay``, ``batch_size`` on every method (unset ones: what the
     hybridhash method gets under the model's recipe). ``method_params``: {method: hyper-parameters}.
-    ``train_options``: further :class:`TrainConfig` fields for every cell (e.g. ``select_on``).
+    ``train_options``: further :class:`TrainConfig` fields for every cell (e.g. ``select_on``; a
+    training-free cell gets only those a fit uses). ``baseline_model``: the feature network the
+    training-free cells are fitted on (None or "pixels": raw pixels at ``model``'s image size and
+    interpolation), with ``baseline_pretrained`` as ``train --pretrained`` takes it.
     """
 
     methods: Tuple[str, ...]
@@ -95,6 +103,8 @@ class Grid:
     parallel: Optional[int] = None
     progress: bool = True
     max_pixels: int = MAX_PIXELS
+    baseline_model: Optional[str] = None
+    baseline_pretrained: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.methods, self.bits, self.seeds = tuple(self.methods), tuple(self.bits), tuple(self.seeds)
@@ -102,16 +112,17 @@ class Grid:
     # ----------------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise ConfigError naming the first option that cannot work (before any work)."""
-        from ...methods import list_methods
+        from ...methods import is_training_free
         from ..train.build import check_trainable
 
-        known = list_methods()
+        known = known_methods()
         if not self.methods:
-            raise ConfigError("--methods needs at least one method (or 'all')")
+            raise ConfigError("--methods needs at least one method or selector ('all', 'baselines', ...)")
         for m in self.methods:
             if m not in known:
-                raise ConfigError(f"--methods: unknown method {m!r}; known: {', '.join(known)}, or 'all'")
-            check_trainable(m, "--methods")  # every cell is a run of the training loop
+                raise unknown_method("--methods", m)
+            if not is_training_free(m):
+                check_trainable(m, "--methods")  # every other cell is a run of the training loop
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"--methods lists a method twice: {' '.join(self.methods)}")
         check_bits_list(self.bits)
@@ -129,7 +140,42 @@ class Grid:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --same-optimizer (without it each method keeps "
                               "its recipe's settings)")
         for cell in self.cells()[:len(self.methods)]:  # each method's options and hyper-parameters, checked now
-            self.resolved(self.config_for(cell), n_train=1)
+            if is_training_free(cell.method):
+                self.check_fit(self.config_for(cell))
+            else:
+                self.resolved(self.config_for(cell), n_train=1)
+
+    def check_fit(self, config: TrainConfig) -> None:
+        """What a training-free cell's fit would refuse before reading data: its options, its
+        hyper-parameters at each code length, and raw-pixel options."""
+        from ...methods import make_shallow
+        from ...models import build_config
+        from ...models.features import PIXELS, is_checkpoint_dir
+        from ...models.shallow import PixelsConfig
+        from ..train.fit import check_fit_options
+
+        check_fit_options(config)  # nothing of the training loop is passed, so this holds by construction
+        for b in config.bits:
+            make_shallow(config.method, b, config.seed, **config.method_params)
+        if config.model == PIXELS:
+            if config.pretrained:
+                raise ConfigError("--baseline-pretrained: pixels are their own features and have no weights; drop it")
+            PixelsConfig.from_dict(dict(config.model_overrides))
+        elif not is_checkpoint_dir(config.model):  # a name: known now, its weights fetched by the fit
+            try:
+                build_config(config.model, 16)
+            except ConfigError as err:
+                raise ConfigError(f"--baseline-model: {err}; or a trained checkpoint directory") from None
+
+    def baseline_features(self) -> Tuple[str, Dict[str, Any], Optional[str]]:
+        """(model, model_overrides, pretrained) of the training-free cells' feature network."""
+        from ...models import build_config
+        from ...models.features import PIXELS
+
+        if self.baseline_model not in (None, PIXELS):
+            return self.baseline_model, {}, self.baseline_pretrained
+        pre = build_config(self.model, 16, **self.model_overrides).preprocess  # what the grid's networks see
+        return PIXELS, {"img_size": pre["img_size"], "interpolation": pre["interpolation"]}, self.baseline_pretrained
 
     def cells(self, shard: Tuple[int, int] = (0, 1)) -> List[Cell]:
         """The cells in their fixed order (seed by seed, methods in order); ``shard`` (i, n) keeps the
@@ -149,7 +195,21 @@ class Grid:
         return {k: getattr(self, k) if getattr(self, k) is not None else getattr(base, k) for k in SHARED_SETTINGS}
 
     def config_for(self, cell: Cell, impose: bool = True) -> TrainConfig:
-        """The training options of ``cell`` (unset ones left to the recipe, as ``train`` fills them)."""
+        """The training options of ``cell`` (unset ones left to the recipe, as ``train`` fills them); a
+        training-free cell's are its fit's, on the baseline features, without training-loop options."""
+        from ...methods import is_training_free
+
+        if is_training_free(cell.method):
+            from ..train.fit import TRAINING_ONLY
+
+            model, overrides, pretrained = self.baseline_features()
+            return TrainConfig(**{
+                **dict(dataset=self.dataset, root=self.root, image_root=self.image_root, model=model,
+                       model_overrides=overrides, pretrained=pretrained, bits=self.bits, method=cell.method,
+                       method_params=dict(self.method_params.get(cell.method, {})), out=str(cell.directory),
+                       seed=cell.seed, val_fraction=self.val_fraction, device=self.device, threads=self.threads,
+                       progress=self.progress, max_pixels=self.max_pixels),
+                **{k: v for k, v in self.train_options.items() if k not in TRAINING_ONLY}})
         kw: Dict[str, Any] = dict(
             dataset=self.dataset, root=self.root, image_root=self.image_root, model=self.model,
             model_overrides=dict(self.model_overrides), pretrained=self.pretrained, bits=self.bits,
@@ -163,11 +223,15 @@ class Grid:
         return TrainConfig(**kw)
 
     def resolved(self, config: TrainConfig, n_train: int) -> TrainConfig:
-        """``config`` with every option filled as ``train`` fills it for ``n_train`` training images."""
+        """``config`` with every option filled as ``train`` fills it for ``n_train`` training images (a
+        fit's options as given: it records them unchanged)."""
+        from ...methods import is_training_free
         from ...models import build_config
         from ..train.recipe import resolve
         from ..train.run import fit_method, published_settings
 
+        if is_training_free(config.method):
+            return config
         img_size = build_config(config.model, 16, **config.model_overrides).img_size
         return fit_method(resolve(config, img_size, published_settings(config)), n_train)
 
@@ -282,18 +346,27 @@ class Grid:
         """Train and evaluate ``cell``, whose directory's lock the caller holds."""
         import torch
 
+        from ...methods import is_training_free
         from ..evaluation import evaluate_checkpoints
         from ..train import train
 
         resume = run_config(cell) is not None
-        echo(("resuming" if resume else "training") + f" {' '.join(map(str, self.bits))} bits")
         record = {"method": cell.method, "seed": cell.seed, "same_optimizer": self.same_optimizer}
         claim(cell.directory, "train",
               legacy=lambda d: R.is_run_dir(d) or _written(d / CELL_NAME, ("method", "seed")))
-        write_json(cell.directory / CELL_NAME, record)
         t0 = time.perf_counter()
-        train(dataclasses.replace(self.config_for(cell), resume=resume), protocol=protocol, callbacks=callbacks,
-              locked=True)
+        if is_training_free(cell.method):  # a fit is never resumed: a finished one is evaluated, a cut one redone
+            fitted = resume and _fit_finished(cell, self.bits)
+            echo(("evaluating the fit of" if fitted else "fitting") + f" {' '.join(map(str, self.bits))} bits")
+            write_json(cell.directory / CELL_NAME, record)
+            if not fitted:
+                _clear_fit(cell)
+                train(self.config_for(cell), protocol=protocol, locked=True)
+        else:
+            echo(("resuming" if resume else "training") + f" {' '.join(map(str, self.bits))} bits")
+            write_json(cell.directory / CELL_NAME, record)
+            train(dataclasses.replace(self.config_for(cell), resume=resume), protocol=protocol, callbacks=callbacks,
+                  locked=True)
         t1 = time.perf_counter()
         # one thread unless told: small models on a shared CPU encode faster on one than on two
         threads = torch.get_num_threads()
@@ -318,6 +391,21 @@ def _written(path: Path, keys: Sequence[str]) -> bool:
     except (OSError, ValueError, UnicodeDecodeError, HybridHashError):
         return False
     return isinstance(doc, dict) and all(k in doc for k in keys)
+
+
+def _fit_finished(cell: Cell, bits: Sequence[int]) -> bool:
+    """Whether a training-free cell's fit wrote every code length (its summary.json is written last)."""
+    path = cell.directory / R.SUMMARY_NAME
+    return path.is_file() and all(str(b) in read_json(path).get("results", {}) for b in bits)
+
+
+def _clear_fit(cell: Cell) -> None:
+    """Remove what a cut fit left in its cell (the caller holds the cell's lock), so it is redone whole."""
+    for name in (R.RUN_NAME, R.SUMMARY_NAME, R.SPLIT_NAME):
+        (cell.directory / name).unlink(missing_ok=True)
+    for d in [*cell.directory.glob("bits*"), cell.directory / EVAL_DIR]:
+        if d.is_dir():
+            shutil.rmtree(d)
 
 
 def claim_grid(out) -> None:

@@ -20,12 +20,17 @@ import numpy as np
 from .. import rundir as R
 from ...errors import ConfigError, DataError, HybridHashError
 from ...fileio import atomic_path, read_json, write_json
+from ...models.features import PIXELS
+from .floors import FLOOR_BASELINE
 from .grid import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid
 
 FLOOR = "floor: LSH (pixels)"
 FLOOR_DIR = "floor-lsh"
 # options that make two cells another comparison, not two points of one
-SAME_KEYS = ("dataset", "model", "model_overrides", "pretrained", "val_fraction", "select_on")
+SAME_KEYS = ("dataset", "val_fraction", "select_on")
+# ... and these, within the trained cells and within the fitted ones (a baseline has its own features)
+NETWORK_KEYS = ("model", "model_overrides", "pretrained")
+BASELINE_FAMILY = "baseline"
 FIGURES = ("map_vs_bits.png", "pr_curve.png")
 FAMILY_NOTE = ("Families: symmetric methods learn from pairs or triplets of network codes; asymmetric ones (ADSH) "
                "also learn codes of the labelled training set directly from its labels, which symmetric ones do "
@@ -74,13 +79,18 @@ def check_one_comparison(done: Sequence[Finished]) -> None:
             shown = ", ".join(f"{name} on {str(h)[:12]}" for h, name in first.items())
             raise ConfigError(f"seed {seed}: cells were evaluated on different splits ({shown}); every method of a "
                               "seed must share one split: re-run the odd cell or use another --out")
-    for key in SAME_KEYS:
-        seen = {}
-        for f in done:
-            seen.setdefault(repr(f.config.get(key)), f.cell.name)
-        if len(seen) > 1:
-            shown = ", ".join(f"{name} has {value}" for value, name in seen.items())
-            raise ConfigError(f"cells differ in {key} ({shown}); a comparison needs one {key}: use another --out")
+    from ...methods import is_training_free
+
+    groups = [(SAME_KEYS, done)] + [(NETWORK_KEYS, [f for f in done if is_training_free(f.cell.method) == fits])
+                                    for fits in (False, True)]
+    for keys, cells in groups:
+        for key in keys:
+            seen = {}
+            for f in cells:
+                seen.setdefault(repr(f.config.get(key)), f.cell.name)
+            if len(seen) > 1:
+                shown = ", ".join(f"{name} has {value}" for value, name in seen.items())
+                raise ConfigError(f"cells differ in {key} ({shown}); a comparison needs one {key}: use another --out")
 
 
 def _stats(values: Sequence[float]) -> Dict[str, Any]:
@@ -91,9 +101,27 @@ def _stats(values: Sequence[float]) -> Dict[str, Any]:
 
 
 def _family(method: str) -> str:
-    from ...methods import create_method
+    from ...methods import create_method, is_training_free
 
-    return create_method(method, 8, 1, 1).family
+    return BASELINE_FAMILY if is_training_free(method) else create_method(method, 8, 1, 1).family
+
+
+def saw_labels(method: str) -> bool:
+    """Whether ``method``'s training read the labels (a fit never does)."""
+    from ...methods import is_training_free, method_class
+
+    return not is_training_free(method) and method_class(method).trains_on == "labels"
+
+
+def features_label(config: Dict[str, Any]) -> str:
+    """The feature network a fit's run.json records, in words: "pixels (32 px, bilinear)" or its name."""
+    from ...models.features import PIXELS
+
+    if config.get("model") == PIXELS:
+        o = config.get("model_overrides") or {}
+        return f"raw pixels at {o.get('img_size', 'default')} px ({o.get('interpolation', 'bilinear')})"
+    pretrained = f", {config['pretrained']} weights" if config.get("pretrained") else ""
+    return f"{config.get('model')}{pretrained}"
 
 
 def recipe_label(f: Finished) -> str:
@@ -102,7 +130,11 @@ def recipe_label(f: Finished) -> str:
     from ..train.recipe import SCRATCH_MAX_IMG, TrainConfig, scratch_recipe
     from ..train.run import published_settings
 
+    from ...methods import is_training_free
+
     c = f.config
+    if is_training_free(f.cell.method):
+        return f"fit, no training loop, on {features_label(c)}"
     settings = {k: c.get(k) for k in ("optimizer", "lr", "weight_decay", "batch_size")}
     text = f"{c.get('optimizer')}, lr {c.get('lr'):g}, wd {c.get('weight_decay'):g}, batch {c.get('batch_size')}"
     if f.record.get("same_optimizer"):
@@ -121,8 +153,10 @@ def recipe_label(f: Finished) -> str:
 def schedule_note(f: Finished, grid: Grid) -> Optional[str]:
     """How the cell's method was adapted to this run (its ``table_note``, e.g. ADSH's schedule scaled to
     the training set), from the cell's run.json; None when it says nothing."""
-    from ...methods import method_class
+    from ...methods import is_training_free, method_class
 
+    if is_training_free(f.cell.method):
+        return None
     c, cls = f.config, method_class(f.cell.method)
     n = int(read_json(f.cell.directory / R.RUN_NAME).get("protocol", {}).get("sizes", {}).get("train", 0)) or 1
     config = cls.Config.from_dict(c.get("method_params", {}), cls.name)
@@ -179,9 +213,15 @@ def _row(name: str, family: str, bits: int, seeds: List[int], results: List[Dict
 
 def build_table(grid: Grid, protocols: Optional[Dict[int, Any]] = None, floor: bool = True) -> Dict[str, Any]:
     """The table document (what ``table.json`` holds); see the module docstring."""
+    from ...methods import is_training_free
+
     done, missing = collect(grid)
     extra: List[str] = []
     floors: Dict[int, Dict[str, Any]] = {}
+    fits = [f for f in done if is_training_free(f.cell.method)]
+    if floor and any(f.cell.method == FLOOR_BASELINE and f.config.get("model") == PIXELS for f in fits):
+        floor = False  # the floor's own baseline on the pixels is a row already
+        extra.append(f"No separate LSH floor: the {FLOOR_BASELINE} row is that baseline on the training pixels.")
     if floor:
         for seed in grid.seeds:
             first = next((f for f in done if f.cell.seed == seed), None)
@@ -200,13 +240,17 @@ def build_table(grid: Grid, protocols: Optional[Dict[int, Any]] = None, floor: b
                 rows.append(_row(m, _family(m), b, [f.cell.seed for f in mine],
                                  [f.metrics["results"][str(b)] for f in mine],
                                  [f.summary[str(b)]["seconds"] for f in mine if str(b) in f.summary],
-                                 [f.config.get("epochs") for f in mine], [recipe_label(f) for f in mine],
+                                 [_epochs(f, b) for f in mine], [recipe_label(f) for f in mine],
                                  [f.cell.name for f in mine]))
         if floors:
             seeds = sorted(floors)
             rows.append(_row(FLOOR, "floor", b, seeds, [floors[s]["results"][str(b)] for s in seeds], [], [], [],
                              [f"{FLOOR_DIR}/seed{s}" for s in seeds]))
-    first = done[0] if done else None
+    trained = [f for f in done if not is_training_free(f.cell.method)]
+    label_free = [m for m in grid.methods if any(f.cell.method == m for f in done) and not saw_labels(m)]
+    first = (trained or done or [None])[0]
+    if label_free:
+        extra.append(label_free_note(label_free, fits, first.config.get("select_on")))
     res0 = first.metrics["results"][str(grid.bits[0])] if first else {}
     topk = first.metrics.get("topk", "all") if first else "all"
     for f in done:
@@ -224,6 +268,32 @@ def build_table(grid: Grid, protocols: Optional[Dict[int, Any]] = None, floor: b
         "missing": [{"cell": c.name, "state": s} for c, s in missing],
         "notes": [FAMILY_NOTE, *extra],
     }
+
+
+def _epochs(f: Finished, bits: int) -> Any:
+    """The cell's epochs: as asked of a training loop; 0 for a fit, as its summary records."""
+    from ...methods import is_training_free
+
+    if is_training_free(f.cell.method):
+        return f.summary.get(str(bits), {}).get("epochs", 0)
+    return f.config.get("epochs")
+
+
+def label_free_note(methods: Sequence[str], fits: Sequence[Finished], select_on: Optional[str]) -> str:
+    """The note on rows whose training never read a label, and on the features the baselines were fitted on."""
+    from ...methods import is_training_free
+
+    families = ", ".join(dict.fromkeys(_family(m) for m in methods))
+    text = f"Rows of family {families} ({', '.join(methods)}) saw no labels in training; the labels served evaluation"
+    trained = [m for m in methods if not is_training_free(m)]
+    whose = {"val": "the validation split's", "query": "the queries'"}.get(str(select_on))
+    if trained and whose:  # selecting the epoch reads labels where the data has them
+        text += f", and {whose} mAP chose the epoch of {', '.join(trained)}"
+    text += "."
+    features = sorted({features_label(f.config) for f in fits})
+    if features:
+        text += f" The training-free baselines were fitted on {' / '.join(features)} of the training images."
+    return text
 
 
 def _pm(stat: Dict[str, Any]) -> str:
