@@ -193,9 +193,7 @@ def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, pro
                              progress=progress, transform=eval_transform(model))
         codes = res.pop("codes")
         save_npz(out / f"codes_bits{bits}.npz", query=codes["query"], database=codes["database"])
-        extra = (getattr(model, "checkpoint_meta", {}) or {}).get("extra", {})
-        res.update(checkpoint=str(ck), fingerprint=getattr(model, "fingerprint", None), epoch=extra.get("epoch"),
-                   trained_on=extra.get("dataset"))
+        res.update(_provenance(model, ck))
         results[bits] = res
         _retrieval_figure(protocol, codes, out / f"retrieval_bits{bits}.png", n_queries, k)
     doc = {"dataset": protocol.name, "split_hash": protocol.split_record()["hash"],
@@ -214,21 +212,33 @@ def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, pro
 
 
 def copy_score(model: torch.nn.Module, dataset, *, seed: int = 0, batch_size: int = 256, device="cpu",
-               workers: int = 0, progress: bool = False, transform=None, dataset_name=None) -> Dict[str, Any]:
+               workers: int = 0, progress: bool = False, transform=None, dataset_name=None,
+               originals: Optional[np.ndarray] = None, amp: bool = False, preprocess=None) -> Dict[str, Any]:
     """The label-free score of ``model`` on ``dataset`` (a ``RetrievalSet``): each image's fixed
     augmented copy (seeded by ``seed`` and its row) retrieved among the originals
-    (:func:`hybridhash.metrics.copy_retrieval_map`), with the chance level and the codes."""
+    (:func:`hybridhash.metrics.copy_retrieval_map`), with the chance level and the codes.
+    ``originals``: the dataset's codes when the caller has them already (n, bits); ``preprocess``:
+    the copies' pipeline (default the model's)."""
     from ..data.transforms import eval_transform
     from ..data.views import seeded_copies
     from ..metrics.copies import chance_level, copy_retrieval_map
 
-    originals = encode_images(model, dataset.with_transform(transform or eval_transform(model)),
-                              batch_size=batch_size, device=device, workers=workers,
-                              progress="encode originals" if progress else None)
-    copy_codes = encode_images(model, seeded_copies(dataset, model.preprocess, seed, dataset_name), batch_size=batch_size, device=device, workers=workers,
+    if originals is None:
+        originals = encode_images(model, dataset.with_transform(transform or eval_transform(model)),
+                                  batch_size=batch_size, device=device, workers=workers, amp=amp,
+                                  progress="encode originals" if progress else None)
+    copy_codes = encode_images(model, seeded_copies(dataset, preprocess or model.preprocess, seed, dataset_name),
+                               batch_size=batch_size, device=device, workers=workers, amp=amp,
                                progress="encode copies" if progress else None)
     return {"copy_map": copy_retrieval_map(originals, copy_codes), "chance": chance_level(len(originals)),
             "n": len(originals), "codes": {"originals": originals, "copies": copy_codes}}
+
+
+def _provenance(model: torch.nn.Module, checkpoint) -> Dict[str, Any]:
+    """Where an evaluated model came from: its checkpoint, fingerprint, epoch and training data."""
+    extra = (getattr(model, "checkpoint_meta", {}) or {}).get("extra", {})
+    return {"checkpoint": str(checkpoint), "fingerprint": getattr(model, "fingerprint", None),
+            "epoch": extra.get("epoch"), "trained_on": extra.get("dataset")}
 
 
 def _evaluate_unlabelled(out, ckpts, protocol, dev, batch_size: int, workers: int, progress: bool) -> Dict[str, Any]:
@@ -244,9 +254,7 @@ def _evaluate_unlabelled(out, ckpts, protocol, dev, batch_size: int, workers: in
                          workers=workers, progress=progress, dataset_name=protocol.name)
         codes = res.pop("codes")
         save_npz(out / f"codes_bits{bits}.npz", query=codes["originals"], copies=codes["copies"])
-        extra = (getattr(model, "checkpoint_meta", {}) or {}).get("extra", {})
-        res.update(checkpoint=str(ck), fingerprint=getattr(model, "fingerprint", None), epoch=extra.get("epoch"),
-                   trained_on=extra.get("dataset"))
+        res.update(_provenance(model, ck))
         results[bits] = res
     doc = {"dataset": protocol.name, "split_hash": protocol.split_record()["hash"], "labelled": False,
            "score": "copy_map: each query image's augmented copy retrieved among the query images (no labels)",

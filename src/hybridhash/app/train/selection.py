@@ -9,7 +9,7 @@ import numpy as np
 
 from ... import metrics as M
 from ...engines.encoding import encode_images
-from ..evaluation import class_ids_or_multihot
+from ..evaluation import class_ids_or_multihot, copy_score
 
 
 class Selection:
@@ -48,11 +48,9 @@ class Selection:
         validation originals (:func:`hybridhash.metrics.copy_retrieval_map`)."""
         c = self.config
         originals = self._encode("val") if val_codes is None else val_codes
-        from ...data.views import seeded_copies
-
-        copies = encode_images(self.model, seeded_copies(self.protocol.val, self.preprocess, c.seed, self.protocol.name),
-                               batch_size=c.eval_batch_size, device=self.device, workers=c.workers, amp=self.amp)
-        return M.copy_retrieval_map(originals, copies)
+        return copy_score(self.model, self.protocol.val, seed=c.seed, batch_size=c.eval_batch_size,
+                          device=self.device, workers=c.workers, dataset_name=self.protocol.name,
+                          originals=originals, amp=self.amp, preprocess=self.preprocess)["copy_map"]
 
     def scores(self) -> Dict[str, float]:
         """The selection scores of this epoch: ``val_map`` or ``query_map`` (labelled data), and with
