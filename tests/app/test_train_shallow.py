@@ -271,3 +271,46 @@ def test_select_on_query_scores_what_evaluate_scores(tmp_path, capsys):
     assert rc == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"][str(BITS)]
     assert log["query_map"] == pytest.approx(metrics["map"], abs=1e-6)
+
+
+def test_a_fit_logs_the_label_free_copy_score_beside_val_map(runs):
+    """The fit is scored as a trained epoch is: val mAP, and the copy score of its val images (each
+    image's seeded augmented copy found among the val originals), recomputed here from the codes."""
+    import hybridhash
+    from hybridhash.data.views import seeded_copies
+    from hybridhash.engines.encoding import encode_images
+    from hybridhash.metrics.copies import copy_retrieval_map
+
+    run = runs["itq"]
+    log = json.loads((run / f"bits{BITS}" / "log.jsonl").read_text())
+    summary = json.loads((run / "summary.json").read_text())["results"][str(BITS)]
+    assert summary["selected_by"] == "val_map" and summary["best_metric"] == pytest.approx(log["val_map"], abs=1e-6)
+    protocol = load_protocol("digits", split_file=str(run / "split.json"))
+    model = hybridhash.from_pretrained(checkpoint(run))
+    originals = model_codes(model, protocol, "val")
+    copies = encode_images(model, seeded_copies(protocol.val, model.preprocess, 0, protocol.name), batch_size=97)
+    assert log["val_copy_map"] == pytest.approx(copy_retrieval_map(originals, copies), abs=1e-6)
+
+
+@pytest.mark.parametrize("where", ["unlabelled", "select_on_copy"])
+def test_a_fit_without_labels_is_scored_by_the_copy_score(tmp_path, capsys, where):
+    """On a folder without labels (or with --select-on copy) the fit's score is the copy score: no
+    val_map is made up from missing labels."""
+    if where == "unlabelled":
+        p = load_protocol("digits", sizes=dict(query=2, train=10), val_fraction=0.2)
+        folder = tmp_path / "flat"
+        folder.mkdir()
+        images = [s.image(i) for s in (p.train, p.val, p.query, p.database) for i in range(len(s))]
+        for n, image in enumerate(images):
+            image.save(folder / f"img{n:03d}.png")
+        extra = ["--dataset", f"folder:{folder}"]
+    else:
+        extra = ["--select-on", "copy"]
+    rc, printed, err = run_cli(fit_args(tmp_path / "run", "itq", *extra), capsys)
+    assert rc == 0, err
+    log = json.loads((tmp_path / "run" / f"bits{BITS}" / "log.jsonl").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["results"][str(BITS)]
+    assert summary["selected_by"] == "val_copy_map"
+    assert summary["best_metric"] == pytest.approx(log["val_copy_map"], abs=1e-6)
+    assert ("val_map" in log) == (where == "select_on_copy")
+    assert f"val copy mAP {log['val_copy_map']:.4f}" in printed

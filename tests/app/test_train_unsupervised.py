@@ -128,6 +128,18 @@ def test_labelled_run_logs_both_scores_and_their_rank_correlation(tmp_path, smal
     assert summary["best_epoch"] == best + 1
 
 
+def test_select_on_copy_picks_the_epoch_by_the_copy_score_where_labels_exist(tmp_path, small_digits):
+    results = train(_config(tmp_path / "run", epochs=3, batch_size=16, method="bihalf", select_on="copy"),
+                    protocol=small_digits)
+    log = [json.loads(x) for x in (tmp_path / "run/bits16/log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all("val_map" in r and "val_copy_map" in r for r in log)  # both logged
+    summary = json.loads((tmp_path / "run/summary.json").read_text())["results"]["16"]
+    assert summary["selected_by"] == "val_copy_map" == results[16].selected_by
+    best = max(range(3), key=lambda i: (log[i]["val_copy_map"], i))  # ties go to the later epoch
+    assert summary["best_epoch"] == best + 1
+    assert summary["best_metric"] == pytest.approx(log[best]["val_copy_map"], abs=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # a folder without labels, end to end through the command line
 

@@ -105,11 +105,12 @@ def run(args) -> int:
     if current().is_main:
         for bits, r in results.items():
             best = "n/a" if r.best_metric is None else f"{r.best_metric:.4f}"
+            score = (r.selected_by or f"{r.select_on}_map").replace("_", " ").replace("map", "mAP")
             if r.epochs == 0 and r.best_epoch == 0:  # a training-free baseline, fitted
-                print(f"{bits:3d} bits: fitted {config.method}, {r.select_on} mAP {best}, {r.seconds:.1f} s -> "
+                print(f"{bits:3d} bits: fitted {config.method}, {score} {best}, {r.seconds:.1f} s -> "
                       f"{r.directory}")
                 continue
-            print(f"{bits:3d} bits: {r.epochs} epochs, best {r.select_on} mAP {best} at epoch {r.best_epoch}, "
+            print(f"{bits:3d} bits: {r.epochs} epochs, best {score} {best} at epoch {r.best_epoch}, "
                   f"{r.seconds:.1f} s -> {r.directory}")
         for warning in _split_warnings(config.out):
             print(f"warning: {warning}")

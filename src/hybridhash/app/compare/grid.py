@@ -48,6 +48,15 @@ EVAL_DIR = "eval"
 # the optimiser settings --same-optimizer imposes on every method
 SHARED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size")
 LOCK_POLL_SECONDS = 1.0  # how often a grid looks again at a cell another process is training
+
+
+def saw_labels(method: str) -> bool:
+    """Whether ``method``'s training reads the labels (a fit never does)."""
+    from ...methods import is_training_free, method_class
+
+    return not is_training_free(method) and method_class(method).trains_on == "labels"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of the grid: ``method`` at ``seed``, every code length, in ``directory``."""
@@ -218,6 +227,8 @@ class Grid:
             device=self.device, threads=self.threads, parallel=self.parallel, progress=self.progress,
             max_pixels=self.max_pixels)
         kw.update(self.train_options)
+        if not saw_labels(cell.method) and kw.get("select_on", "val") == "val":
+            kw["select_on"] = "copy"  # a row that reads no label in training reads none to pick its epoch
         if self.same_optimizer and impose:
             kw.update(self.imposed_settings())
         return TrainConfig(**kw)

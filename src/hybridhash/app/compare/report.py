@@ -22,7 +22,7 @@ from ...errors import ConfigError, DataError, HybridHashError
 from ...fileio import atomic_path, read_json, write_json
 from ...models.features import PIXELS
 from .floors import FLOOR_BASELINE
-from .grid import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid
+from .grid import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid, saw_labels
 
 FLOOR = "floor: LSH (pixels)"
 FLOOR_DIR = "floor-lsh"
@@ -87,7 +87,10 @@ def check_one_comparison(done: Sequence[Finished]) -> None:
         for key in keys:
             seen = {}
             for f in cells:
-                seen.setdefault(repr(f.config.get(key)), f.cell.name)
+                value = f.config.get(key)
+                if key == "select_on" and value == "copy":  # the same split, scored without its labels
+                    value = "val"
+                seen.setdefault(repr(value), f.cell.name)
             if len(seen) > 1:
                 shown = ", ".join(f"{name} has {value}" for value, name in seen.items())
                 raise ConfigError(f"cells differ in {key} ({shown}); a comparison needs one {key}: use another --out")
@@ -104,13 +107,6 @@ def _family(method: str) -> str:
     from ...methods import create_method, is_training_free
 
     return BASELINE_FAMILY if is_training_free(method) else create_method(method, 8, 1, 1).family
-
-
-def saw_labels(method: str) -> bool:
-    """Whether ``method``'s training read the labels (a fit never does)."""
-    from ...methods import is_training_free, method_class
-
-    return not is_training_free(method) and method_class(method).trains_on == "labels"
 
 
 def features_label(config: Dict[str, Any]) -> str:
@@ -286,9 +282,11 @@ def label_free_note(methods: Sequence[str], fits: Sequence[Finished], select_on:
     families = ", ".join(dict.fromkeys(_family(m) for m in methods))
     text = f"Rows of family {families} ({', '.join(methods)}) saw no labels in training; the labels served evaluation"
     trained = [m for m in methods if not is_training_free(m)]
-    whose = {"val": "the validation split's", "query": "the queries'"}.get(str(select_on))
-    if trained and whose:  # selecting the epoch reads labels where the data has them
-        text += f", and {whose} mAP chose the epoch of {', '.join(trained)}"
+    if trained and select_on == "query":  # the queries' labels chose their epochs
+        text += f", but the queries' mAP chose the epoch of {', '.join(trained)}"
+    elif trained:  # compare selects label-free rows on the copy score (Grid.config_for)
+        text += (f"; the epoch of {', '.join(trained)} was chosen by the label-free copy score on the validation "
+                 f"split (each image's augmented copy found among the originals), so no label was read")
     text += "."
     features = sorted({features_label(f.config) for f in fits})
     if features:
@@ -304,7 +302,8 @@ def _pm(stat: Dict[str, Any]) -> str:
 
 def header(doc: Dict[str, Any]) -> str:
     k = doc["topk"]
-    sel = {"val": "the validation split", "query": "the queries (not a fair protocol)"}.get(doc["select_on"], "n/a")
+    sel = {"val": "the validation split", "copy": "the validation split", "query": "the queries (not a fair protocol)"
+           }.get(doc["select_on"], "n/a")
     recipe = ("--same-optimizer: one optimiser setting imposed on every method." if doc["same_optimizer"] else
               "Each method under its recipe: its published settings when fine-tuning, the project's shared scratch "
               "recipe from random weights.")

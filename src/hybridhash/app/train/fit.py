@@ -139,7 +139,7 @@ def fit_run(config: TrainConfig, protocol=None, *, locked: bool = False) -> Dict
         protocol = R.load_run_protocol(config, run_dir)
     for baseline in baselines.values():
         check_rows(baseline, len(protocol.train))
-    if config.select_on == "val" and len(protocol.val) == 0:
+    if config.select_on != "query" and len(protocol.val) == 0:
         raise ConfigError(f"{protocol.name}: no validation image to score the fit on ({len(protocol.train)} training "
                           f"images, val_fraction {protocol.val_fraction:g}); use --val-fraction above 0 or "
                           f"--select-on query")
@@ -178,7 +178,8 @@ def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, f
     from ...codes import binarize
     from ...models.shallow import ShallowHashModel
     from ...engines.encoding import encode_images
-    from ..evaluation import class_ids_or_multihot
+    from ..evaluation import class_ids_or_multihot, copy_score
+    from .recipe import selection_metric
 
     out = R.bits_dir(run_dir, baseline.bits)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,16 +195,24 @@ def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, f
         return encode_images(model, getattr(p, subset).with_transform(transform), batch_size=config.eval_batch_size,
                              device=features.device, workers=config.workers)
 
-    # as a trained model's selection: val queries against the training images, or the protocol's sets
-    queries, database = ("val", "train") if config.select_on == "val" else ("query", "database")
-    q, d = codes(queries), codes(database)
-    ql = class_ids_or_multihot(getattr(p, queries).labels, p.multi_label)
-    dl = class_ids_or_multihot(getattr(p, database).labels, p.multi_label)
-    score = float(M.mean_average_precision(q, d, ql, dl, topk=p.topk))
-    metric = f"{config.select_on}_map"
+    # scored as a trained model's epoch is: val queries against the training images (or the protocol's
+    # sets), and the label-free copy score beside it; the selection's metric is the fit's score
+    queries, database = ("query", "database") if config.select_on == "query" else ("val", "train")
+    q = codes(queries)
+    scores = {}
+    if p.labelled:
+        ql = class_ids_or_multihot(getattr(p, queries).labels, p.multi_label)
+        dl = class_ids_or_multihot(getattr(p, database).labels, p.multi_label)
+        scores[f"{queries}_map"] = float(M.mean_average_precision(q, codes(database), ql, dl, topk=p.topk))
+    if queries == "val":
+        scores["val_copy_map"] = copy_score(model, p.val, seed=config.seed, batch_size=config.eval_batch_size,
+                                            device=features.device, workers=config.workers, dataset_name=p.name,
+                                            originals=q, preprocess=preprocess)["copy_map"]
+    metric = selection_metric(config.select_on, p.labelled)
+    score = scores[metric]
     seconds = time.perf_counter() - t0 + shared
     meta = {"preprocess": preprocess, "epoch": 0, "step": 0, "dataset": p.name, "split_hash": p.split_record()["hash"],
-            "select_on": config.select_on, metric: score, "train_config": config.to_dict(),
+            "select_on": config.select_on, **scores, "train_config": config.to_dict(),
             "fit": {"method": baseline.name, "family": "shallow", "n_train": baseline.n_train}}
     for name in (R.BEST, R.LAST):
         with R.saving(out / name) as tmp:
@@ -211,7 +220,8 @@ def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, f
     facts = baseline.facts()
     write_json(out / METHOD_NAME, {"method": baseline.name, "family": "shallow", "config": baseline.config(),
                                    "facts": facts})
-    record = {"epoch": 0, "step": 0, metric: round(score, 6), "best": True, "time": round(seconds, 3),
+    record = {"epoch": 0, "step": 0, **{k: round(v, 6) for k, v in scores.items()}, "best": True,
+              "time": round(seconds, 3),
               "elapsed": round(seconds, 3)}
     if (out / R.LOG_NAME).exists():
         (out / R.LOG_NAME).unlink()
@@ -219,4 +229,4 @@ def _fit_bits(config: TrainConfig, protocol, run_dir: Path, network, baseline, f
     if config.progress:
         _log.info("%d bits, %s fitted on %d images of %d features: %s %.4f", baseline.bits, baseline.name,
                   baseline.n_train, baseline.n_features, metric, score)
-    return BitsResult(baseline.bits, out, 0, 0, score, config.select_on, seconds, [record])
+    return BitsResult(baseline.bits, out, 0, 0, score, config.select_on, seconds, [record], selected_by=metric)

@@ -26,7 +26,7 @@ from . import distributed as D
 from . import feeds as FD
 from .build import build_method, check_trainable, method_params
 from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
-from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, check_numbers, resolve
+from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, check_numbers, resolve, selection_metric
 from .state import STATE_NAME, read_training_state
 
 _log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def train(config: TrainConfig, protocol=None, *, callbacks: Sequence[Callback] =
     config = fit_method(config, len(protocol.train))
     # the method's own checks against the training set (e.g. a bank's rows), before images are cached
     build_method(config, config.bits[0], protocol.n_class, len(protocol.train))
-    if config.select_on == "val" and len(protocol.val) == 0:
+    if config.select_on != "query" and len(protocol.val) == 0:
         raise ConfigError(_no_val_message(protocol))
     if config.select_on == "query" and dist_info.is_main:
         _log.warning("selecting the model on the test queries reproduces the original's protocol but is not a "
@@ -230,7 +230,7 @@ def _train_bits(config: TrainConfig, protocol, bits: int, run_dir: Path, callbac
         if dist_info.is_main:
             _log.info("%d bits: already trained (%d epochs), skipped", bits, counters["epoch"])
         history = R.read_log(out)
-        selected_by = f"{config.select_on}_map" if protocol.labelled else "val_copy_map"
+        selected_by = selection_metric(config.select_on, protocol.labelled)
         return BitsResult(bits, out, int(counters["epoch"]), counters.get("best_epoch"), counters.get("best_metric"),
                           config.select_on, float(counters.get("elapsed", 0.0)), history, selected_by,
                           FD.copy_spearman(history))

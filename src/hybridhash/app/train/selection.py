@@ -10,6 +10,7 @@ import numpy as np
 from ... import metrics as M
 from ...engines.encoding import encode_images
 from ..evaluation import class_ids_or_multihot, copy_score
+from .recipe import selection_metric
 
 
 class Selection:
@@ -18,8 +19,8 @@ class Selection:
 
     @property
     def metric_name(self) -> str:
-        """The score that selects the best epoch: the label-free one on data without labels."""
-        return f"{self.config.select_on}_map" if self.labelled else "val_copy_map"
+        """The score that selects the best epoch: the label-free one on data without labels or when asked."""
+        return selection_metric(self.config.select_on, self.labelled)
 
     def _train_images(self):
         """The training images through the evaluation pipeline, (B, 3, H, W) batches on the device."""
@@ -54,8 +55,8 @@ class Selection:
 
     def scores(self) -> Dict[str, float]:
         """The selection scores of this epoch: ``val_map`` or ``query_map`` (labelled data), and with
-        ``select_on="val"`` the label-free ``val_copy_map`` (logged beside the true one)."""
-        if self.config.select_on != "val":
+        ``select_on`` "val" or "copy" the label-free ``val_copy_map`` (logged beside the true one)."""
+        if self.config.select_on == "query":
             return {"query_map": self.select_metric()}
         val = self._encode("val")
         out = {"val_map": self.select_metric(val)} if self.labelled else {}
@@ -63,10 +64,10 @@ class Selection:
         return out
 
     def select_metric(self, val_codes: Optional[np.ndarray] = None) -> float:
-        """mAP used for model selection: val queries against the training images (``select_on="val"``),
+        """mAP of labelled data: val queries against the training images (``select_on`` "val" / "copy"),
         or the protocol's queries against its database (``"query"``), at the protocol's K."""
         p = self.protocol
-        if self.config.select_on == "val":
+        if self.config.select_on != "query":
             q, d = self._encode("val") if val_codes is None else val_codes, self._encode("train")
             ql, dl = p.val.labels, p.train.labels
         else:
