@@ -18,7 +18,8 @@ from hybridhash.data import load_protocol
 from hybridhash.errors import ConfigError
 from hybridhash.fileio import read_json, write_json
 from hybridhash.app.compare.floors import lsh_codes, pixel_vectors
-from hybridhash.app.compare.grid import Grid, cell_state, parse_shard
+from hybridhash.app.commands.compare import parse_shard
+from hybridhash.app.compare.grid import Grid, cell_state
 from hybridhash.app.compare.report import Finished, recipe_label, schedule_note, write_report
 
 # hybridhash_cpu with one layer per level: learns on a few digits in seconds

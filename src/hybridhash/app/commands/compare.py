@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Tuple
 
 from .options import add_option, from_bounds, json_object
 from .vocabulary import add_batch_size, add_data_root, add_image_root, add_max_pixels, add_progress, add_threads
@@ -106,8 +107,8 @@ def grid_from_args(args):
 
 
 def run(args) -> int:
+    from hybridhash.app.compare.grid import GRID_NAME
     from hybridhash.errors import ConfigError
-    from hybridhash.app.compare.grid import GRID_NAME, parse_shard
     from hybridhash.app.compare.report import markdown, write_report
 
     shard = parse_shard(args.shard)
@@ -131,3 +132,16 @@ def run(args) -> int:
     print(markdown(doc), end="")
     print(f"\ntable: {grid.out}/table.md (also table.csv, table.json, report.html)")
     return 0
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"i/n"`` -> (i, n), checked."""
+    from hybridhash.errors import ConfigError
+
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be i/n such as 0/2, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+    return i, n

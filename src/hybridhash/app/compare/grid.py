@@ -39,7 +39,7 @@ from ...limits import MAX_PIXELS
 from ...locking import LockedError, exclusive
 from ...outdir import claim
 from ..train.recipe import NONNEGATIVE_INT, RESUME_KEYS, TrainConfig, check_bits_list
-from .selectors import known_methods, unknown_method
+from .selectors import known_methods, saw_labels, unknown_method
 
 GRID_NAME = "grid.json"  # the grid's options, so that --report-only knows what to tabulate
 CELL_NAME = "cell.json"  # inside a cell: how the grid ran it (same-optimizer, times)
@@ -48,13 +48,6 @@ EVAL_DIR = "eval"
 # the optimiser settings --same-optimizer imposes on every method
 SHARED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size")
 LOCK_POLL_SECONDS = 1.0  # how often a grid looks again at a cell another process is training
-
-
-def saw_labels(method: str) -> bool:
-    """Whether ``method``'s training reads the labels (a fit never does)."""
-    from ...methods import is_training_free, method_class
-
-    return not is_training_free(method) and method_class(method).trains_on == "labels"
 
 
 @dataclass(frozen=True)
@@ -448,13 +441,3 @@ def cell_state(cell: Cell, bits: Sequence[int], split_hash: Optional[str] = None
             return "done"
     return "partial" if (cell.directory / R.RUN_NAME).is_file() else "missing"
 
-
-def parse_shard(text: str) -> Tuple[int, int]:
-    """``"i/n"`` -> (i, n), checked."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard must be i/n such as 0/2, got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ConfigError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
-    return i, n

@@ -22,7 +22,8 @@ from ...errors import ConfigError, DataError, HybridHashError
 from ...fileio import atomic_path, read_json, write_json
 from ...models.features import PIXELS
 from .floors import FLOOR_BASELINE
-from .grid import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid, saw_labels
+from .grid import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid
+from .selectors import saw_labels
 
 FLOOR = "floor: LSH (pixels)"
 FLOOR_DIR = "floor-lsh"

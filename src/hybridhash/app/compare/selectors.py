@@ -16,6 +16,13 @@ from ...errors import ConfigError
 SELECTORS = ("all", "supervised", "unsupervised", "baselines")
 
 
+def saw_labels(method: str) -> bool:
+    """Whether ``method``'s training reads the labels (a fit never does)."""
+    from ...methods import is_training_free, method_class
+
+    return not is_training_free(method) and method_class(method).trains_on == "labels"
+
+
 def selector_methods(selector: str) -> List[str]:
     """The methods a selector of :data:`SELECTORS` stands for: ``all`` and ``supervised`` those that
     train on labels, ``unsupervised`` those of that family, ``baselines`` the training-free ones."""
