@@ -279,12 +279,13 @@ class Grid:
         ``callbacks``: passed to ``train`` (see :class:`~.loop.Trainer`). ``echo``: progress lines.
         """
         self.check()
-        claim_grid(self.out)  # before any cell of a folder of other files is read
         cells = self.cells(shard)
         protocols = {} if protocols is None else protocols
+        for seed in dict.fromkeys(cell.seed for cell in cells):  # data it cannot compare on: refused before --out
+            if seed not in protocols:
+                protocols[seed] = self.protocol(seed)
+        claim_grid(self.out)  # before any cell of a folder of other files is read
         for cell in cells:  # every started cell must be the run this grid asks for: refused now, not hours later
-            if cell.seed not in protocols:
-                protocols[cell.seed] = self.protocol(cell.seed)
             saved = run_config(cell)
             if saved is not None:
                 check_same_run(cell, saved, self.resolved(self.config_for(cell), len(protocols[cell.seed].train)))
