@@ -194,6 +194,9 @@ class Method(nn.Module):
     even_batch: ClassVar[bool] = False
     # trains_on "views": the augmentation that makes each view (hybridhash.data.views); else None
     views: ClassVar[Optional["TwoViewAugmentation"]] = None
+    # the loss also takes ``features=`` (B, F): the model's penultimate features of the batch, the
+    # input of its hash layer (a map averaged over its positions), with their gradient
+    takes_features: ClassVar[bool] = False
 
     def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
         super().__init__()
@@ -282,12 +285,17 @@ class Method(nn.Module):
         return None
 
     # state saved with a run
-    def state_tensors(self) -> Dict[str, Tensor]:
-        """Every buffer, detached and contiguous (safetensors-ready); restore with ``load_state_tensors``."""
-        return {k: v.detach().contiguous().clone() for k, v in self.named_buffers()}
+    def _state(self) -> Dict[str, Tensor]:
+        return {**dict(self.named_parameters()), **dict(self.named_buffers())}
 
+    def state_tensors(self) -> Dict[str, Tensor]:
+        """Every parameter (a classifier the method trains) and buffer, detached and contiguous
+        (safetensors-ready); restore with ``load_state_tensors``."""
+        return {k: v.detach().contiguous().clone() for k, v in self._state().items()}
+
+    @torch.no_grad()
     def load_state_tensors(self, tensors: Dict[str, Tensor]) -> None:
-        own = dict(self.named_buffers())
+        own = self._state()
         tensors = {self.renamed_state.get(k, k): v for k, v in tensors.items()}
         if set(tensors) != set(own):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))

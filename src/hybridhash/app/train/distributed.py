@@ -67,6 +67,18 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes_)])
 
 
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average the gradients of ``module``'s parameters over the ranks (what DDP does for the model's),
+    so that parameters outside the model (a method's classifier) stay identical; no-op with one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in module.parameters():
+        if p.grad is None:  # every rank steps the same parameters, so all agree on which have none
+            continue
+        dist.all_reduce(p.grad)
+        p.grad.div_(dist.get_world_size())
+
+
 STREAM_ORDER = 0  # data order
 STREAM_AUGMENT = 1  # augmentation, dropout and other per-epoch randomness
 STREAM_METHOD = 2  # a method's own draws (samples of rows, codes, centers)
