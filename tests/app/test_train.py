@@ -343,7 +343,7 @@ def _average_worker(rank, world, port, out):
         unused = torch.nn.Linear(2, 2)  # no gradient on any rank: left alone
         layer.weight.grad = torch.full((2, 3), float(rank + 1))
         layer.bias.grad = torch.tensor([float(rank), 10.0 * rank])
-        D.average_gradients(torch.nn.ModuleList([layer, unused]))
+        D.average_gradients([*layer.parameters(), *unused.parameters()])
         torch.save({"w": layer.weight.grad, "b": layer.bias.grad, "unused": unused.weight.grad},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -361,5 +361,5 @@ def test_a_methods_own_gradients_are_averaged_over_the_ranks(tmp_path):
         assert got["unused"] is None
     layer = torch.nn.Linear(2, 2)
     layer.weight.grad = torch.ones(2, 2)
-    D.average_gradients(layer)  # one process: unchanged
+    D.average_gradients(layer.parameters())  # one process: unchanged
     assert torch.equal(layer.weight.grad, torch.ones(2, 2))

@@ -1,5 +1,5 @@
 """pcdh: the loss, value and gradient (network outputs, features, discrete layer, classifier), against a
-pair-by-pair re-computation from METHODS.md part 2 (A.1, A.2 pcdh), the straight-through fix against
+pair-by-pair re-computation from the formulas of docs/roster.md (pcdh), the straight-through fix against
 the reference's blocked threshold, the class loss decided by the labels, and a run through the trainer
 that is given the model's penultimate features."""
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 A method is a small ``nn.Module``: its loss, the activation it applies to the raw hash-layer output
 ``h`` (B, bits), the hooks a trainer calls around epochs and steps, and the tensors it must save
-with a run (``state_tensors``). Everything it keeps between steps is a registered buffer, so
-``.to(device)`` moves it and ``state_tensors`` finds it. ``trains_on`` says what the loss takes
+with a run (``state_tensors``). Everything it keeps between steps is a registered buffer, or a
+parameter that trains with the network (a classifier; a trainer gives ``method.parameters()`` to its
+optimizer), so ``.to(device)`` moves it and ``state_tensors`` finds it. ``trains_on`` says what the loss takes
 besides h: the batch's labels (``loss(h, y, index)``), target features of each image
 (``loss(h, x)``) or the outputs of a second view of each image (``loss(h1, h2)``).
 """
@@ -285,17 +286,17 @@ class Method(nn.Module):
         return None
 
     # state saved with a run
-    def _state(self) -> Dict[str, Tensor]:
-        return {**dict(self.named_parameters()), **dict(self.named_buffers())}
-
     def state_tensors(self) -> Dict[str, Tensor]:
-        """Every parameter (a classifier the method trains) and buffer, detached and contiguous
-        (safetensors-ready); restore with ``load_state_tensors``."""
-        return {k: v.detach().contiguous().clone() for k, v in self._state().items()}
+        """Every buffer and every parameter the method owns (a classifier trained with the network),
+        detached and contiguous (safetensors-ready); restore with ``load_state_tensors``."""
+        return {k: v.detach().contiguous().clone() for k, v in self._state_items()}
+
+    def _state_items(self):
+        return [*self.named_parameters(), *self.named_buffers()]
 
     @torch.no_grad()
     def load_state_tensors(self, tensors: Dict[str, Tensor]) -> None:
-        own = self._state()
+        own = dict(self._state_items())
         tensors = {self.renamed_state.get(k, k): v for k, v in tensors.items()}
         if set(tensors) != set(own):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))

@@ -67,16 +67,15 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes_)])
 
 
-def average_gradients(module: torch.nn.Module) -> None:
-    """Average the gradients of ``module``'s parameters over the ranks (what DDP does for the model's),
-    so that parameters outside the model (a method's classifier) stay identical; no-op with one process."""
+def average_gradients(params) -> None:
+    """Replace each gradient of ``params`` by its mean over the ranks (parameters outside the DDP
+    model, e.g. a method's classifier); nothing with one process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    for p in module.parameters():
-        if p.grad is None:  # every rank steps the same parameters, so all agree on which have none
-            continue
-        dist.all_reduce(p.grad)
-        p.grad.div_(dist.get_world_size())
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 STREAM_ORDER = 0  # data order

@@ -280,7 +280,8 @@ class Trainer(Selection):
                 loss = self.method.loss(h, y, idx, gathered=gathered, **FD.tapped(self.tap))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            D.average_gradients(self.method)  # a method's own parameters (a classifier) stay equal on every rank
+            if self.dist.enabled:  # a method's own parameters (a classifier) are outside DDP's averaging
+                D.average_gradients(self.method.parameters())
             if c.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
