@@ -331,3 +331,35 @@ def test_scratch_recipe_scales_the_rate_of_methods_that_collapse_at_it():
     # the published settings of a pretrained run are untouched
     assert resolve(TrainConfig(method="dnnh", pretrained="imagenet"), img_size=224,
                    method_defaults={"lr": 1e-5}).lr == 1e-5
+
+
+def _average_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        layer = torch.nn.Linear(3, 2)
+        unused = torch.nn.Linear(2, 2)  # no gradient on any rank: left alone
+        layer.weight.grad = torch.full((2, 3), float(rank + 1))
+        layer.bias.grad = torch.tensor([float(rank), 10.0 * rank])
+        D.average_gradients([*layer.parameters(), *unused.parameters()])
+        torch.save({"w": layer.weight.grad, "b": layer.bias.grad, "unused": unused.weight.grad},
+                   os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_methods_own_gradients_are_averaged_over_the_ranks(tmp_path):
+    """What DDP does for the model's parameters, for a method's (pcdh's classifier): the mean over ranks."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(got["w"], torch.full((2, 3), 1.5)) and torch.equal(got["b"], torch.tensor([0.5, 5.0]))
+        assert got["unused"] is None
+    layer = torch.nn.Linear(2, 2)
+    layer.weight.grad = torch.ones(2, 2)
+    D.average_gradients(layer.parameters())  # one process: unchanged
+    assert torch.equal(layer.weight.grad, torch.ones(2, 2))

@@ -83,9 +83,12 @@ TARGET_DIM = 12  # width of the target features the harness draws
 
 def feed(method, h, y, index, g):
     """The arguments of ``method.loss`` for a batch of raw outputs h (B, K), by what it trains on:
-    (h, y, index); (h, x) with target features x (B, TARGET_DIM) drawn from g; or (h, h2) with h2 a
-    second view's outputs, h plus noise drawn from g (so both depend on h)."""
+    (h, y, index), and penultimate features (B, TARGET_DIM) drawn from g for a method that
+    ``takes_features``; (h, x) with target features x (B, TARGET_DIM) drawn from g; or (h, h2) with h2
+    a second view's outputs, h plus noise drawn from g (so both depend on h)."""
     if method.trains_on == "labels":
+        if method.takes_features:
+            return h, y, index, torch.randn(h.shape[0], TARGET_DIM, generator=g).to(h.dtype)
         return h, y, index
     noise_shape = (h.shape[0], TARGET_DIM) if method.trains_on == "targets" else tuple(h.shape)
     noise = torch.randn(noise_shape, generator=g).to(h.dtype)
@@ -141,6 +144,7 @@ class MethodSuite:
         if cls.trains_on == "labels":
             assert params[:4] == ["self", "h", "y", "index"] and not issubclass(cls, UnsupervisedMethod)
             assert cls.views is None
+            assert ("features" in params) == cls.takes_features  # the trainer passes them as features=
             return
         # no labels and no training-set rows reach the loss: it has no argument for them
         assert issubclass(cls, UnsupervisedMethod) and cls.family == "unsupervised"
@@ -217,7 +221,8 @@ class MethodSuite:
                 return method.loss(model(X[rows]), X[rows])
             if method.trains_on == "views":
                 return method.loss(model(X[rows]), model(X2[rows]))
-            return method.loss(model(X[rows]), Y[rows], rows)
+            # the inputs of the linear model are its penultimate features
+            return method.loss(model(X[rows]), Y[rows], rows, *([X[rows]] if method.takes_features else []))
 
         with torch.no_grad():
             before = full_loss().item()

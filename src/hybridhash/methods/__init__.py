@@ -75,6 +75,11 @@ the first half of the batch with the second, so keep every batch even (drop the 
 ``method.make_head(in_features)`` of ``cibhash`` is its two-layer head. Codes are sign(h), as for
 every method.
 
+Penultimate features: a method that ``takes_features`` (``pcdh``) is also given ``features=`` (B, F),
+the input of the model's hash layer for the batch (a map averaged over its positions), with its
+gradient. A method's own parameters (``pcdh``'s discrete layer and classifier) train with the
+network: give ``method.parameters()`` to the optimizer; ``state_tensors`` holds them too.
+
 ADSH: with ``config.database == "learned"`` the training-set (database) codes are
 ``method.learned_codes()`` (its V) instead of the network's; say which in the report. CSQ:
 ``method.centers`` (C, bits) +-1, ``min_center_distance`` / ``mean_center_distance`` for the log.
@@ -90,6 +95,7 @@ and no trainer hooks. :mod:`.shallow` fits them on streamed features (``make_sha
 """
 from . import (adsh, bihalf, cibhash, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, greedyhash_unsup,  # noqa: F401
                hashnet, hybridhash)  # (registers)
+from . import pcdh  # noqa: F401  (registers)
 from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
 from .shallow import SHALLOW, ShallowHash, is_training_free, load_shallow, make_shallow

@@ -2,8 +2,9 @@
 
 A method is a small ``nn.Module``: its loss, the activation it applies to the raw hash-layer output
 ``h`` (B, bits), the hooks a trainer calls around epochs and steps, and the tensors it must save
-with a run (``state_tensors``). Everything it keeps between steps is a registered buffer, so
-``.to(device)`` moves it and ``state_tensors`` finds it. ``trains_on`` says what the loss takes
+with a run (``state_tensors``). Everything it keeps between steps is a registered buffer, or a
+parameter that trains with the network (a classifier; a trainer gives ``method.parameters()`` to its
+optimizer), so ``.to(device)`` moves it and ``state_tensors`` finds it. ``trains_on`` says what the loss takes
 besides h: the batch's labels (``loss(h, y, index)``), target features of each image
 (``loss(h, x)``) or the outputs of a second view of each image (``loss(h1, h2)``).
 """
@@ -194,6 +195,9 @@ class Method(nn.Module):
     even_batch: ClassVar[bool] = False
     # trains_on "views": the augmentation that makes each view (hybridhash.data.views); else None
     views: ClassVar[Optional["TwoViewAugmentation"]] = None
+    # the loss also takes ``features=`` (B, F): the model's penultimate features of the batch, the
+    # input of its hash layer (a map averaged over its positions), with their gradient
+    takes_features: ClassVar[bool] = False
 
     def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
         super().__init__()
@@ -283,11 +287,16 @@ class Method(nn.Module):
 
     # state saved with a run
     def state_tensors(self) -> Dict[str, Tensor]:
-        """Every buffer, detached and contiguous (safetensors-ready); restore with ``load_state_tensors``."""
-        return {k: v.detach().contiguous().clone() for k, v in self.named_buffers()}
+        """Every buffer and every parameter the method owns (a classifier trained with the network),
+        detached and contiguous (safetensors-ready); restore with ``load_state_tensors``."""
+        return {k: v.detach().contiguous().clone() for k, v in self._state_items()}
 
+    def _state_items(self):
+        return [*self.named_parameters(), *self.named_buffers()]
+
+    @torch.no_grad()
     def load_state_tensors(self, tensors: Dict[str, Tensor]) -> None:
-        own = dict(self.named_buffers())
+        own = dict(self._state_items())
         tensors = {self.renamed_state.get(k, k): v for k, v in tensors.items()}
         if set(tensors) != set(own):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))

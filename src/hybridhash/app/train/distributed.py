@@ -67,6 +67,17 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes_)])
 
 
+def average_gradients(params) -> None:
+    """Replace each gradient of ``params`` by its mean over the ranks (parameters outside the DDP
+    model, e.g. a method's classifier); nothing with one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
 STREAM_ORDER = 0  # data order
 STREAM_AUGMENT = 1  # augmentation, dropout and other per-epoch randomness
 STREAM_METHOD = 2  # a method's own draws (samples of rows, codes, centers)

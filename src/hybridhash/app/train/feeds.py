@@ -1,7 +1,8 @@
 """What the training loop gives a method's loss besides the outputs h, by what the method declares it
 trains on (``trains_on``, never its name), and the label-free validation score.
 
-- ``labels``: ``loss(h, y, index)``.
+- ``labels``: ``loss(h, y, index)``; with ``features=`` (B, F), the penultimate features, for a method that
+  ``takes_features`` (:class:`FeatureTap`).
 - ``targets``: ``loss(h, x)``, x (B, d): pixel targets (the input images minus the training set's mean
   image, flattened; ``--targets pixels``, for a model trained from scratch) or the pooled features of
   the pretrained backbone, frozen (``--targets features``, the published form: only the hash head trains).
@@ -85,6 +86,40 @@ def attach_head(model: nn.Module, method: nn.Module) -> None:
 
     if isinstance(method, Method) and type(method).make_head is not Method.make_head:
         attach_method_head(model, method.name, method.config.to_dict())
+
+
+class FeatureTap:
+    """Keeps the input of ``model.hash_head.to_bits`` at each forward: the penultimate features that a
+    method which ``takes_features`` is given beside h (through DDP's forward too, with their gradient)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        layer = getattr(getattr(model, "hash_head", None), "to_bits", None)
+        if layer is None:
+            raise ConfigError(f"{type(model).__name__} has no hash_head.to_bits layer whose input a method's loss "
+                              "could take as the penultimate features; choose another --model")
+        self.value: Optional[torch.Tensor] = None
+        layer.register_forward_pre_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args) -> None:
+        self.value = args[0]
+
+    def take(self) -> dict:
+        """``{"features": f}``, f (B, F) float32 of the last forward (a map (B, F, h, w) averaged over its
+        positions, as the hash layer's outputs are); the tap lets go of it."""
+        f, self.value = self.value, None
+        if f is None:
+            raise ConfigError("no forward pass filled the feature tap before the loss")
+        return {"features": (f.mean((2, 3)) if f.dim() == 4 else f).float()}
+
+
+def feature_tap(model: nn.Module, method: nn.Module) -> Optional[FeatureTap]:
+    """A :class:`FeatureTap` on ``model`` when ``method`` takes features, else None."""
+    return FeatureTap(model) if getattr(method, "takes_features", False) else None
+
+
+def tapped(tap: Optional[FeatureTap]) -> dict:
+    """The keyword arguments a tap adds to the loss: ``features=`` (B, F), or none without a tap."""
+    return {} if tap is None else tap.take()
 
 
 def freeze_backbone(model: nn.Module) -> None:

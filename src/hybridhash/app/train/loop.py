@@ -10,7 +10,7 @@ hooks a loss alone cannot express. The loop calls, in this order::
     for each epoch:
         method.on_epoch_start(epoch, step)
         rows = method.epoch_rows(epoch, generator)          None: the whole training set
-        for each batch:  loss = method.loss(h, y, index, gathered=...)
+        for each batch:  loss = method.loss(h, y, index, gathered=..., [features=...])
                          backward, step;  method.on_step(step)
         method.on_epoch_end(epoch)
 
@@ -146,6 +146,7 @@ class Trainer(Selection):
         self.even_batch = bool(getattr(self.method, "even_batch", False))
         self.labelled = bool(getattr(protocol, "labelled", True))
         FD.attach_head(self.model, self.method)  # a method's own head (cibhash's encoder), if any
+        self.tap = FD.feature_tap(self.model, self.method)  # the penultimate features, for a method that takes them
         if self.trains_on == "targets" and c.targets == "features":
             FD.freeze_backbone(self.model)  # the published form: only the hash head learns
         self.optimizer = build_optimizer(self.model, c, self.method)
@@ -276,9 +277,11 @@ class Trainer(Selection):
                 if self.dist.enabled:
                     # every rank writes every rank's batch, so the methods' states stay identical
                     gathered = (D.all_gather_rows(h.detach()), D.all_gather_rows(y), D.all_gather_rows(idx))
-                loss = self.method.loss(h, y, idx, gathered=gathered)
+                loss = self.method.loss(h, y, idx, gathered=gathered, **FD.tapped(self.tap))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.dist.enabled:  # a method's own parameters (a classifier) are outside DDP's averaging
+                D.average_gradients(self.method.parameters())
             if c.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
