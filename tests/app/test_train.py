@@ -333,6 +333,17 @@ def test_scratch_recipe_scales_the_rate_of_methods_that_collapse_at_it():
                    method_defaults={"lr": 1e-5}).lr == 1e-5
 
 
+
+def test_scratch_recipe_keeps_the_batch_of_a_loss_defined_on_the_whole_batch():
+    from hybridhash.methods import method_class
+
+    c = resolve(TrainConfig(method="cibhash"), img_size=32)
+    assert (c.batch_size, c.lr) == (method_class("cibhash").scratch_batch_size, pytest.approx(2e-4))
+    assert resolve(TrainConfig(method="cibhash", batch_size=32), img_size=32).batch_size == 32  # given wins
+    assert resolve(TrainConfig(method="bihalf"), img_size=32).batch_size == 16  # the shared recipe's
+    assert method_class("dsh").scratch_batch_size is None
+
+
 def _average_worker(rank, world, port, out):
     import torch.distributed as dist
 

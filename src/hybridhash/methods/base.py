@@ -162,7 +162,7 @@ class Method(nn.Module):
 
     Subclasses set ``name``, ``family``, ``activation``, ``Config`` and ``DEFAULTS`` and implement
     ``loss``; the hooks below are no-ops here. What a training run decides from its method (the
-    run's seed, training options passed on, the scratch recipe's learning rate, a schedule fitted to
+    run's seed, training options passed on, the scratch recipe's learning rate and batch, a schedule fitted to
     the training set, a note under a comparison table) is asked of the class through ``uses_seed``,
     ``run_options``, ``scratch_lr_scale``, ``fit_schedule`` and ``table_note``, so that nothing
     outside a method's own file decides by its name. What its loss is fed is declared the same way:
@@ -189,6 +189,9 @@ class Method(nn.Module):
     run_options: ClassVar[Tuple[str, ...]] = ()
     # factor on the shared scratch recipe's learning rate (when no learning rate is given)
     scratch_lr_scale: ClassVar[float] = 1.0
+    # batch of the shared scratch recipe for a loss defined on the batch as a whole (a per-batch median,
+    # in-batch negatives), where the recipe's small batch changes what is optimised; None: the recipe's
+    scratch_batch_size: ClassVar[Optional[int]] = None
     # what ``loss`` takes besides h (one of TRAINS_ON); see UnsupervisedMethod for the other two
     trains_on: ClassVar[str] = "labels"
     # the loss pairs the batch's first half with its second: a trainer keeps every batch even

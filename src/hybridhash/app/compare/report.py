@@ -139,7 +139,10 @@ def recipe_label(f: Finished) -> str:
     if c.get("recipe") == "scratch":
         # the four settings compared do not depend on the image size
         expected = scratch_recipe(SCRATCH_MAX_IMG, f.cell.method)
-        kind = "shared scratch" + (" (lr scaled)" if method_class(f.cell.method).scratch_lr_scale != 1.0 else "")
+        cls = method_class(f.cell.method)
+        adapted = [what for what, changed in (("lr scaled", cls.scratch_lr_scale != 1.0),
+                                              ("its batch", cls.scratch_batch_size is not None)) if changed]
+        kind = "shared scratch" + (f" ({', '.join(adapted)})" if adapted else "")
     else:
         expected = published_settings(TrainConfig.from_dict(c))
         kind = "published"

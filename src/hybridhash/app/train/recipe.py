@@ -167,10 +167,12 @@ def original_recipe() -> Dict[str, Any]:
 def scratch_recipe(img_size: int, method: str = "hybridhash") -> Dict[str, Any]:
     """Settings that converge from random weights for small models on small images (docs/methods.md),
     shared by every method; the learning rate is scaled by the method's ``scratch_lr_scale`` (the
-    methods whose codes collapse at it; the table of `compare` shows the rate each cell used)."""
+    methods whose codes collapse at it) and a loss defined on the whole batch keeps the batch it names
+    (``scratch_batch_size``); the table of `compare` shows what each cell used."""
     from ...methods import method_class
 
-    return dict(epochs=30, batch_size=16, optimizer="adamw", lr=2e-3 * method_class(method).scratch_lr_scale,
+    cls = method_class(method)
+    return dict(epochs=30, batch_size=cls.scratch_batch_size or 16, optimizer="adamw", lr=2e-3 * cls.scratch_lr_scale,
                 weight_decay=1e-4, momentum=None,
                 schedule="cosine", warmup_epochs=1.0, head_init_std=0.1, data_mode="cache",
                 shift=max(1, round(img_size / 16)), eval_every=5, amp=True, grad_clip=5.0, parallel=0)
