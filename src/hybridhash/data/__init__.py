@@ -7,7 +7,8 @@
 
 Modules: :mod:`.protocols` (the table), :mod:`.load` (``load_protocol``, ``Protocol``, split
 records), :mod:`.sets` (pools, ``RetrievalSet``), :mod:`.splits` (seeded draws), one reader per
-source (:mod:`.digits`, :mod:`.cifar`, :mod:`.listfile`, :mod:`.folder`), :mod:`.images` (safe
+source (:mod:`.digits`, :mod:`.cifar`, :mod:`.listfile`, :mod:`.folder`), :mod:`.distort` (seeded
+distortions of the derived ``digits_hard``), :mod:`.images` (safe
 loading), :mod:`.transforms` (pipelines from a model's preprocess dict), :mod:`.check`.
 """
 import importlib

@@ -142,11 +142,12 @@ def check_protocol(name: str, root=None, *, image_root=None, verify_images: bool
     if name_dir is not None:
         root = name_dir
     if spec.kind == "digits":
-        from .digits import digits_pool
-        pool = digits_pool()
-        report = CheckReport(name, "scikit-learn's bundled digits")
-        report.sets.append(SetReport("all", "load_digits", len(pool), pool.n_class))
-        _check_split(report, spec, name, {pool.name: pool}, sizes, val_fraction)
+        from .digits import digits_pools
+        pools = digits_pools(spec.distortion, 0)  # seed 0, as the split drawn below
+        report = CheckReport(name, "scikit-learn's bundled digits" + (" (distorted copies)" if spec.distortion else ""))
+        for key, pool in pools.items():
+            report.sets.append(SetReport("all" if len(pools) == 1 else key, "load_digits", len(pool), pool.n_class))
+        _check_split(report, spec, name, pools, sizes, val_fraction)
         return report
     if spec.kind == "cifar":
         return _check_cifar(spec, name, root, verify_images, sizes, val_fraction)

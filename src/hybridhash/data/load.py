@@ -2,6 +2,7 @@
 that re-creates exactly that split later (so evaluation uses the split training used)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -101,6 +102,7 @@ class Protocol:
             "class_names": self.class_names,
             "original_bank_rows": self.original_bank_rows,
             "warnings": list(self.warnings),
+            **self._distortion(),
         }
 
     describe = summary
@@ -126,7 +128,12 @@ class Protocol:
             "pools": pools,
             "sets": sets,
             "hash": _record_hash(pools, sets),
+            **self._distortion(),  # its pixels are fingerprinted with the pools; the parameters for the reader
         }
+
+    def _distortion(self) -> dict:
+        d = self.spec.distortion if self.spec else None
+        return {} if d is None else {"distortion": dataclasses.asdict(d)}
 
     def save_split(self, path) -> dict:
         """Write :meth:`split_record` as JSON (atomically) and return it."""
@@ -141,7 +148,7 @@ class Protocol:
 
         Images go to ``directory/images/<class>/<row>.png`` (single-label; ``images/<row>.png``
         otherwise; ``row`` is the image's row in the whole data set, so an image in two sets is written
-        once), and ``<set>.txt`` lists each set (the queries as ``test.txt``), so exporting query,
+        once; ``images/<pool>/...`` where the sets come from several pools, as ``digits_hard``'s), and ``<set>.txt`` lists each set (the queries as ``test.txt``), so exporting query,
         train and database makes ``directory`` a valid ``list:<directory>`` root.
         PNG is lossless: the files decode to exactly the in-memory pixels.
 
@@ -156,7 +163,7 @@ class Protocol:
         if unknown:
             raise DataError(f"unknown set {unknown[0]!r}; sets are {', '.join(SET_NAMES)}")
         claim(directory, "data export")  # a folder of other files is refused, never written into
-        written: Dict[int, str] = {}
+        written: Dict[Tuple[str, int], str] = {}
         made: set = set()
         out: Dict[str, List[str]] = {}
         for set_name in sets:
@@ -165,15 +172,16 @@ class Protocol:
                 raise DataError(f"{self.name}: the {set_name} images are already files; use its list files")
             digits = len(str(max(len(rs.pool) - 1, 0)))
             rels, lines = [], []
+            top = f"images/{_safe_name(rs.pool.name)}" if len(self.pools) > 1 else "images"
             for i, row in enumerate(rs.rows):
                 row = int(row)
                 label = rs.labels[i]
-                if row not in written:
+                if (rs.pool.name, row) not in written:
                     if not self.multi_label and self.class_names:
                         sub = _safe_name(self.class_names[int(label.argmax())])
-                        rel = f"images/{sub}/{row:0{digits}d}.png"
+                        rel = f"{top}/{sub}/{row:0{digits}d}.png"
                     else:
-                        rel = f"images/{row:0{digits}d}.png"
+                        rel = f"{top}/{row:0{digits}d}.png"
                     # the list files, written after their images, are what make the export usable, so
                     # an interrupted export is never taken for a whole one
                     target = os.path.join(directory, rel)
@@ -183,8 +191,8 @@ class Protocol:
                         made.add(parent)
                     with atomic_path(target) as tmp:
                         rs.image(i).save(tmp, format="PNG")
-                    written[row] = rel
-                rel = written[row]
+                    written[rs.pool.name, row] = rel
+                rel = written[rs.pool.name, row]
                 rels.append(os.path.join(directory, rel))
                 lines.append(rel + " " + " ".join("1" if v > 0 else "0" for v in label))
             write_bytes(os.path.join(directory, LIST_FILES.get(set_name, f"{set_name}.txt")), ("\n".join(lines) + "\n").encode())
@@ -210,12 +218,11 @@ def _record_hash(pools: dict, sets: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-def _build_pools(spec: ProtocolSpec, name: str, root, image_root, download: bool):
-    """Read the data. Returns (pools by key, root used, image root used)."""
+def _build_pools(spec: ProtocolSpec, name: str, root, image_root, download: bool, seed: int = 0):
+    """Read the data (``seed``: a derived protocol's distortion). Returns (pools by key, root used, image root used)."""
     if spec.kind == "digits":
-        from .digits import digits_pool
-        pool = digits_pool()
-        return {pool.name: pool}, None, None
+        from .digits import digits_pools
+        return digits_pools(spec.distortion, seed), None, None
     if spec.kind == "cifar":
         from .cifar import cifar_pool, cifar_root
         pool = cifar_pool(root, download)
@@ -291,7 +298,8 @@ def load_protocol(name: str, root=None, *, image_root=None, seed: int = 0, downl
         root = name_dir
     per_class = _check_sizes(spec, sizes)
     record = _read_record(split_file, spec, name) if split_file is not None else None
-    pools, root_used, image_root_used = _build_pools(spec, name, root, image_root, download)
+    drawn_with = seed if record is None else record.get("seed")  # a derived protocol's pixels depend on it
+    pools, root_used, image_root_used = _build_pools(spec, name, root, image_root, download, drawn_with)
     for pool in pools.values():
         if isinstance(pool, FilePool):
             pool.max_pixels = max_pixels
@@ -357,19 +365,22 @@ def label_warnings(name: str, sets: Dict[str, RetrievalSet], class_names: Option
 def _draw(spec, name, pools, per_class, seed, val_fraction) -> Dict[str, Tuple[str, np.ndarray]]:
     """Seeded sets as {set name: (pool key, sorted rows)}."""
     if spec.per_class:
-        (key, pool), = pools.items()
+        # the first pool is drawn from; a derived protocol searches (and validates on) its second, distorted one
+        key, pool = next(iter(pools.items()))
+        val_key = searched = list(pools)[-1]
         classes = pool.labels.argmax(1)  # (N,) single-label
         q, t, rest = split_per_class(classes, pool.n_class, per_class["query"], per_class["train"],
                                      rng_for(seed, STREAM_SPLIT), where=name)
         database = {"rest": rest, "non_query": np.sort(np.concatenate([t, rest])), "train": t}[spec.database]
-        rows = {"query": (key, q), "database": (key, database)}
+        rows = {"query": (searched, q), "database": (searched, database)}
         train_key, train_rows = key, t
     else:
         rows = {"query": ("test.txt", np.arange(len(pools["test.txt"]), dtype=np.int64)),
                 "database": ("database.txt", np.arange(len(pools["database.txt"]), dtype=np.int64))}
         train_key, train_rows = "train.txt", np.arange(len(pools["train.txt"]), dtype=np.int64)
+        val_key = train_key
     pos = draw_val(pools[train_key].labels[train_rows], val_fraction, rng_for(seed, STREAM_VAL))
-    rows["val"] = (train_key, train_rows[pos])
+    rows["val"] = (val_key, train_rows[pos])
     rows["train"] = (train_key, np.delete(train_rows, pos))
     return rows
 

@@ -1,6 +1,7 @@
 """The retrieval protocols as data: which images are queries, which train, which form the database.
 
-One row per protocol of the benchmark table (listed in docs/usage.md, "Protocols"), plus the embedded ``digits`` default and
+One row per protocol of the benchmark table (listed in docs/usage.md, "Protocols"), plus the embedded ``digits`` default,
+``digits_hard`` (derived from it, synthetic: see :class:`Distortion`) and
 two generic layouts, ``list:<dir>`` (DeepHash-style list files) and ``folder:<dir>`` (one
 sub-folder per class). Nothing here touches the disk; :mod:`hybridhash.data.load` builds the sets.
 """
@@ -27,6 +28,27 @@ LIST_FILES = {"train": "train.txt", "query": "test.txt", "database": "database.t
 
 
 @dataclass(frozen=True)
+class Distortion:
+    """A derived protocol's seeded distortion of its searched images (:mod:`hybridhash.data.distort`).
+
+    Every image is resampled to ``size`` x ``size`` px (bilinear, the 8x8 source scaled up); the
+    queries, the database and val then go through, per image: an affine map about the centre
+    (rotation up to ``rotation`` degrees, scale in [1 - ``scale``, 1 + ``scale``], horizontal shear up
+    to ``shear``, translation up to ``shift`` source pixels on each axis), a blank (black) square of
+    ``occlusion`` px, and integer noise uniform in [-``noise``, ``noise``] grey levels (of 255).
+    """
+
+    # the defaults are digits_hard's (docs/compare/table_hard.md: how they were chosen)
+    size: int = 32
+    rotation: float = 20.0
+    scale: float = 0.15
+    shear: float = 0.2
+    shift: float = 0.75
+    occlusion: int = 8
+    noise: int = 32
+
+
+@dataclass(frozen=True)
 class ProtocolSpec:
     """One protocol: its label space, its metric and how its sets are drawn.
 
@@ -47,6 +69,8 @@ class ProtocolSpec:
     # memory-bank rows of the original code (the loss's quirk); None: the training set's size
     original_bank_rows: Optional[int] = None
     description: str = ""
+    # derived protocols: the seeded distortion of queries, database and val (train stays clean)
+    distortion: Optional[Distortion] = None
 
     @property
     def per_class(self) -> bool:
@@ -64,6 +88,11 @@ PROTOCOLS: Dict[str, ProtocolSpec] = {p.name: p for p in [
     ProtocolSpec("digits", "digits", 10, False, None, "non_query", query=20, train=50,
                  published=dict(query=200, train=500, database=1597),
                  description="scikit-learn's bundled 8x8 digits (1797 images), no download"),
+    ProtocolSpec("digits_hard", "digits", 10, False, None, "rest", query=20, train=15,
+                 published=dict(query=200, train=150, database=1447), distortion=Distortion(),
+                 description="derived from digits, synthetic: 15 clean training images per class at 32 px; queries, "
+                             "database and val under a seeded random affine map (rotation <= 20 deg, scale 0.85-1.15, "
+                             "shear <= 0.2, shift <= 0.75 px of 8), an 8x8 px blank square and noise +-32 (no download)"),
     ProtocolSpec("cifar10", database="rest", query=100, train=500,
                  published=dict(query=1000, train=5000, database=54000),
                  description="CIFAR-10, 100 queries and 500 training images per class; database the other 54000",

@@ -27,6 +27,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from ..errors import ConfigError
 from ..limits import MAX_RESIZE
+from .protocols import PROTOCOLS
 
 PIPELINES = ("standard", "cifar", "digits")
 INTERPOLATIONS = {
@@ -38,14 +39,15 @@ INTERPOLATIONS = {
 
 def pipeline_for(dataset: Any = None) -> str:
     """Family for a dataset name (or anything with ``.name``): ``cifar`` for cifar10*, ``digits``
-    for digits, ``standard`` otherwise (and for None)."""
+    for digits and digits_hard, ``standard`` otherwise (and for None)."""
     name = dataset if isinstance(dataset, str) or dataset is None else getattr(dataset, "name", None)
     if not name:
         return "standard"
     base = name.partition(":")[0]
     if base.startswith("cifar10"):
         return "cifar"
-    if base == "digits":
+    spec = PROTOCOLS.get(base)
+    if spec is not None and spec.kind == "digits":  # digits and the protocols derived from it
         return "digits"
     return "standard"
 

@@ -34,7 +34,7 @@ def _parse_sizes(text: str) -> dict:
 def _add_data_args(p: argparse.ArgumentParser, *, split: bool = True) -> None:
     from hybridhash.configs import FRACTION
 
-    p.add_argument("name", help="digits, cifar10, cifar10-1, cifar10-2, nuswide_21, nuswide_21_m, "
+    p.add_argument("name", help="digits, digits_hard, cifar10, cifar10-1, cifar10-2, nuswide_21, nuswide_21_m, "
                                 "nuswide_81_m, coco, imagenet, list:DIR or folder:DIR")
     add_data_root(p)
     add_image_root(p, help="the folder a list file's relative image paths start from (unset: the list file's folder)")
