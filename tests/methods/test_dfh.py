@@ -66,7 +66,8 @@ def test_dfh_loss_gradient_and_centers_match_naive_loops(kind, m):
     method.loss(*first)
     V1 = naive_centers(L(V0), L(first[1]), naive_targets(L(first[0]), L(first[1]), L(V0), 0.1))
     assert method.V.flatten().tolist() == pytest.approx([x for r in V1 for x in r], rel=1e-5, abs=1e-6)
-    h, y, index = 2 * torch.randn(B, K, generator=g, dtype=torch.float64), labels(kind, B, C, g), torch.tensor([2, 3, 4])
+    h, y = 2 * torch.randn(B, K, generator=g, dtype=torch.float64), labels(kind, B, C, g)
+    index = torch.tensor([2, 3, 4])
     h.requires_grad_()
     got = method.loss(h, y, index)
     got.backward()
@@ -101,7 +102,8 @@ def test_dfh_stays_finite_where_the_reference_overflows():
 def test_dfh_centers_follow_every_ranks_rows():
     g = torch.Generator().manual_seed(2)
     n, K, C = 8, 8, 3
-    h_all, y_all, idx_all = torch.randn(6, K, generator=g), labels("single", 6, C, g).float(), torch.randperm(n, generator=g)[:6]
+    h_all, y_all = torch.randn(6, K, generator=g), labels("single", 6, C, g).float()
+    idx_all = torch.randperm(n, generator=g)[:6]
     whole = create_method("dfh", bits=K, n_class=C, num_train=n)
     whole.loss(h_all, y_all, idx_all)
     ranks = [create_method("dfh", bits=K, n_class=C, num_train=n) for _ in range(2)]
