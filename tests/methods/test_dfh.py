@@ -84,6 +84,24 @@ def test_dfh_loss_gradient_and_centers_match_naive_loops(kind, m):
     assert method.V.flatten().tolist() == pytest.approx([x for r in V2 for x in r], rel=1e-5, abs=1e-6)
 
 
+def test_dfh_in_batch_pairs_match_naive_loop_and_leave_the_bank_alone():
+    g = torch.Generator().manual_seed(9)
+    K, C = 4, 3
+    method = create_method("dfh", bits=K, n_class=C, num_train=6, pairs="batch").double()
+    method.V.copy_(torch.randn(K, C, generator=g, dtype=torch.float64))
+    V0 = L(method.V)
+    h = (2 * torch.randn(4, K, generator=g, dtype=torch.float64)).requires_grad_()
+    y = labels("multi", 4, C, g)
+    got = method.loss(h, y, torch.arange(4))
+    got.backward()
+    b = naive_targets(L(h), L(y), V0, 0.1)
+    f = lambda rows: naive_dfh(rows, rows, L(y), L(y), b)  # noqa: E731  (both sides of a pair carry the gradient)
+    assert got.item() == pytest.approx(f(L(h)), rel=1e-6)
+    assert h.grad.flatten().tolist() == pytest.approx([x for r in numeric_gradient(f, L(h)) for x in r],
+                                                      rel=1e-5, abs=1e-6)
+    assert not method.bank.U.any() and not torch.equal(method.V, torch.tensor(V0, dtype=torch.float64))
+
+
 def test_dfh_stays_finite_where_the_reference_overflows():
     """A similar pair with 0.5 h.U < -85: log(1 + exp(m - theta)) is inf, and 0 * inf NaN, in the reference."""
     method = create_method("dfh", bits=8, n_class=2, num_train=2)
@@ -116,13 +134,13 @@ def test_dfh_centers_follow_every_ranks_rows():
 def test_dfh_published_settings_are_the_reference_ones():
     method = create_method("dfh", bits=48, n_class=10, num_train=100)
     assert method.config.to_dict() == {"m": 3.0, "mu": 0.1, "vul": 1.0, "nta": 1.0, "eta": 0.5,
-                                       "center_steps": 200, "center_lr": 0.03}
+                                       "center_steps": 200, "center_lr": 0.03, "pairs": "bank"}
     d = method.defaults
     assert (d.optimizer, d.lr, d.weight_decay, d.batch_size, d.epochs) == ("rmsprop", 1e-5, 1e-5, 64, 150)
     assert set(method.state_tensors()) == {"bank.U", "bank.Y", "V"}
 
 
 def test_dfh_trains_through_the_loop_and_saves_its_centers(tmp_path):
-    _, state, record = train_briefly("dfh", tmp_path / "run", method_params={"center_steps": 50})
+    _, state, record = train_briefly("dfh", tmp_path / "run", method_params={"center_steps": 50, "pairs": "bank"})
     assert record["method"] == "dfh"
     assert state["V"].shape == (16, 10) and state["V"].abs().sum() > 0 and state["bank.U"].abs().sum(1).gt(0).all()

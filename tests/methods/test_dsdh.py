@@ -132,14 +132,38 @@ def test_dsdh_paper_couples_the_codes_and_updates_after_each_epoch(kind):
 
 def test_dsdh_variants_take_their_own_defaults():
     paper = create_method("dsdh", bits=48, n_class=10, num_train=100)
-    assert paper.config.to_dict() == {"variant": "paper", "mu": 0.01, "nu": 1.0, "eta": 0.01, "dcc_iter": 1}
+    assert paper.config.to_dict() == {"variant": "paper", "mu": 0.01, "nu": 1.0, "eta": 0.01, "dcc_iter": 1,
+                                      "pairs": "bank"}
     deephash = create_method("dsdh", bits=48, n_class=10, num_train=100, variant="deephash")
-    assert deephash.config.to_dict() == {"variant": "deephash", "mu": 1.0, "nu": 1.0, "eta": 55.0, "dcc_iter": 10}
+    assert deephash.config.to_dict() == {"variant": "deephash", "mu": 1.0, "nu": 1.0, "eta": 55.0, "dcc_iter": 10,
+                                         "pairs": "bank"}
     assert create_method("dsdh", bits=8, n_class=2, num_train=4, variant="deephash", eta=3).config.eta == 3.0
     for m, batch in ((paper, 128), (deephash, 64)):
         d = m.defaults
         assert (d.optimizer, d.lr, d.weight_decay, d.batch_size, d.epochs) == ("rmsprop", 1e-5, 1e-5, batch, 150)
     assert "deephash" in type(deephash).table_note(deephash.config, {}, {}, 100, "cell.json")
+    batch = create_method("dsdh", bits=8, n_class=2, num_train=4, pairs="batch").config
+    assert "pairs inside the mini-batch" in type(deephash).table_note(batch, {}, {}, 4, "cell.json")
+    assert type(deephash).fit_schedule({}, "scratch", 30, 450) == ({"pairs": "batch"}, 30)
+
+
+def test_dsdh_in_batch_pairs_keep_writing_the_bank_for_the_code_update():
+    g = torch.Generator().manual_seed(6)
+    n, K, C = 8, 4, 3
+    labels_all = labels("multi", n, C, g)
+    method = create_method("dsdh", bits=K, n_class=C, num_train=n, pairs="batch")
+    method.prepare(labels_all, torch.Generator().manual_seed(1))
+    index = torch.tensor([1, 4, 6])
+    h = (2 * torch.randn(3, K, generator=g, dtype=torch.float64)).requires_grad_()
+    y = labels_all[index]
+    got = method.loss(h, y, index)
+    got.backward()
+    codes, c = L(method.codes[index]), method.config
+    f = lambda rows: naive_dsdh(rows, rows, L(y), L(y), codes, None, "paper", c.mu, c.nu, c.eta)  # noqa: E731
+    assert got.item() == pytest.approx(f(L(h)), rel=1e-6)
+    assert h.grad.flatten().tolist() == pytest.approx([x for r in numeric_gradient(f, L(h)) for x in r],
+                                                      rel=1e-5, abs=1e-6)
+    assert torch.equal(method.bank.U[index], h.detach().float())
 
 
 def test_dsdh_deephash_state_round_trips_through_a_checkpoint(tmp_path):
@@ -164,7 +188,7 @@ def test_dsdh_deephash_state_round_trips_through_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("variant", ["paper", "deephash"])
 def test_dsdh_resumed_through_the_trainer_equals_the_uninterrupted_run(tmp_path, variant):
-    params = {"method_params": {"variant": variant}}
+    params = {"method_params": {"variant": variant, "pairs": "bank"}}
     _, straight, record = train_briefly("dsdh", tmp_path / "straight", **params)
     assert record["facts"] == {"variant": variant}
     train_briefly("dsdh", tmp_path / "cut", stop_after_epochs=1, **params)

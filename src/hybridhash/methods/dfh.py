@@ -67,7 +67,8 @@ class DFHConfig(MethodConfig):
     """m: margin of the likelihood (the authors' code: 0, the plain likelihood); mu: weight of the
     class centers in the target codes; vul, nta: weights of the centers' separation and
     quantization terms; eta: weight of the quantization pull of h; center_steps, center_lr: gradient
-    steps on V per optimizer step and their first step size."""
+    steps on V per optimizer step and their first step size; pairs: "bank" (as DeepHash-pytorch) or
+    "batch" (the pairs inside the mini-batch; the centers are fitted alike)."""
 
     m: float = 3.0
     mu: float = 0.1
@@ -76,6 +77,8 @@ class DFHConfig(MethodConfig):
     eta: float = 0.5
     center_steps: int = 200
     center_lr: float = 0.03
+    pairs: str = "bank"
+    choices = {"pairs": ("bank", "batch")}
     nonnegative = ("m", "mu", "vul", "nta", "eta", "center_steps")
     positive = ("center_lr",)
 
@@ -104,11 +107,14 @@ class DFH(BankMethod):
         self.check_batch(h, y, index)
         c = self.config
         written = gathered if gathered is not None else (h, y, index)
-        self.write_bank(*written)
+        if c.pairs == "bank":
+            self.write_bank(*written)
         h = promote(h)
         b = target_codes(h, y, self.V, c.mu)  # (B, K)
         with torch.no_grad():
             h_w, y_w = promote(written[0]).detach(), written[1]
             b_w = target_codes(h_w, y_w, self.V, c.mu)
             self.V.copy_(update_centers(self.V, y_w, b_w, c.vul, c.nta, c.center_steps, c.center_lr))
+        if c.pairs == "batch":
+            return dfh_loss(h, h, y, y, b, c.m, c.eta)
         return dfh_loss(h, self.bank.U, y, self.bank.Y, b, c.m, c.eta)

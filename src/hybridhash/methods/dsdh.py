@@ -73,7 +73,8 @@ def dsdh_loss(h: Tensor, U: Tensor, y: Tensor, Y: Tensor, codes: Tensor, W: Tens
 class DSDHConfig(MethodConfig):
     """variant: "paper" or "deephash" (module docstring); mu: weight of the classification term;
     nu: of W's ridge penalty; eta: of the coupling of the network's outputs with Bd; dcc_iter:
-    rounds of (W step, DCC sweep) per update. ``from_dict`` fills the four numbers the dict does
+    rounds of (W step, DCC sweep) per update; pairs: "bank" (the likelihood against every training
+    row) or "batch" (against the mini-batch; the bank still feeds the W and Bd updates). ``from_dict`` fills the four numbers the dict does
     not give with its variant's defaults (VARIANT_DEFAULTS); the dataclass defaults are "paper"'s."""
 
     variant: str = "paper"
@@ -81,7 +82,8 @@ class DSDHConfig(MethodConfig):
     nu: float = 1.0
     eta: float = 0.01
     dcc_iter: int = 1
-    choices = {"variant": VARIANTS}
+    pairs: str = "bank"
+    choices = {"variant": VARIANTS, "pairs": ("bank", "batch")}
     positive = ("mu",)
     nonnegative = ("nu", "eta", "dcc_iter")
 
@@ -114,9 +116,12 @@ class DSDH(BankMethod):
 
     @classmethod
     def table_note(cls, config, run, given, n_train, wall_record) -> Optional[str]:
+        pairs = super().table_note(config, run, given, n_train, wall_record)
         if config.variant == "paper":
-            return f"{cls.name}: variant paper (codes coupled to the network's outputs, eta {config.eta:g})"
-        return f"{cls.name}: variant deephash (the discrete terms carry no gradient: the likelihood alone trains)"
+            note = f"{cls.name}: variant paper (codes coupled to the network's outputs, eta {config.eta:g})"
+        else:
+            note = f"{cls.name}: variant deephash (the discrete terms carry no gradient: the likelihood alone trains)"
+        return note if pairs is None else f"{note}; {pairs[len(cls.name) + 2:]}"
 
     def facts(self) -> Dict[str, Any]:
         return {"variant": self.config.variant}
@@ -164,4 +169,6 @@ class DSDH(BankMethod):
             raise ConfigError("dsdh: call prepare(train_labels) before training (variant paper)")
         self.write_bank(*(gathered if gathered is not None else (h, y, index)))
         codes = self.codes[index.to(self.codes.device)]
-        return dsdh_loss(promote(h), self.bank.U, y, self.bank.Y, codes, self.W, c.variant, c.mu, c.nu, c.eta)
+        h = promote(h)
+        U, Y = (h, y) if c.pairs == "batch" else (self.bank.U, self.bank.Y)
+        return dsdh_loss(h, U, y, Y, codes, self.W, c.variant, c.mu, c.nu, c.eta)
