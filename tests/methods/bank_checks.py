@@ -1,5 +1,6 @@
-"""Checks shared by the bank methods (DPSH, DSH): the batch against a bank written by hand over two
-steps, gathered rows, and the state of runs saved before the bank was its own module."""
+"""Checks shared by the bank methods (DPSH, DSH, DHN, DBDH, IDHN, ISDH): the batch against a bank
+written by hand over two steps (value, and gradient against central differences of the naive loop),
+gathered rows, and the state of runs saved before the bank was its own module."""
 from __future__ import annotations
 
 import pytest
@@ -7,17 +8,18 @@ import torch
 
 from hybridhash.methods import create_method
 
-from .harness import L, labels
+from .harness import L, labels, numeric_gradient
 
 
-def bank_after(steps, n, K, C):
-    """The bank a bank method holds after ``steps`` [(h, y, index)], built by hand."""
-    U, Y = torch.zeros(n, K), torch.zeros(n, C)
+def bank_after(steps, n, K, C, activation=lambda x: x):
+    """The bank a bank method holds after ``steps`` [(h, y, index)], built by hand: ``activation``
+    of each raw output (a Python float; DPSH and DSH store them as they are)."""
+    U, Y = [[0.0] * K for _ in range(n)], [[0.0] * C for _ in range(n)]
     for h, y, index in steps:
         for row, i in enumerate(index.tolist()):
-            U[i] = h[row].float()  # DPSH and DSH store raw outputs (no activation)
-            Y[i] = y[row].float()
-    return L(U), L(Y)
+            U[i] = [float(torch.tensor(activation(x), dtype=torch.float32)) for x in L(h[row])]
+            Y[i] = L(y[row])
+    return U, Y
 
 
 def matches_naive_over_two_steps(name, naive, K, kind):
@@ -31,6 +33,28 @@ def matches_naive_over_two_steps(name, naive, K, kind):
     U, Y = bank_after(steps, n, K, C)
     h, y, _ = steps[-1]
     assert got == pytest.approx(naive(L(h), U, L(y), Y), rel=1e-5, abs=1e-6), name
+
+
+def matches_naive_value_and_gradient(name, naive, K, kind, activation=lambda x: x, spread=2.0, **hparams):
+    """Two steps of method ``name`` (a bank of n = 10 rows); the second step's loss and its gradient
+    with respect to h against ``naive(h, U, Y_rows...)`` and its central differences, the bank held
+    fixed as the method holds it (written, detached, before the loss)."""
+    g = torch.Generator().manual_seed(3 * K + (kind == "multi"))
+    n, C = 10, 4
+    steps = [(spread * torch.randn(5, K, generator=g, dtype=torch.float64), labels(kind, 5, C, g),
+              torch.randperm(n, generator=g)[:5]) for _ in range(2)]
+    method = create_method(name, bits=K, n_class=C, num_train=n, **hparams)
+    method.loss(*steps[0])
+    h, y, index = steps[1]
+    h = h.clone().requires_grad_()
+    got = method.loss(h, y, index)
+    got.backward()
+    U, Y = bank_after(steps, n, K, C, activation)
+    want = naive(L(h), U, L(y), Y)
+    assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6), name
+    grad = numeric_gradient(lambda rows: naive(rows, U, L(y), Y), L(h))
+    flat = [x for row in grad for x in row]
+    assert h.grad.flatten().tolist() == pytest.approx(flat, rel=1e-5, abs=1e-6), name
 
 
 def gathered_rows_fill_the_bank(name):

@@ -42,6 +42,29 @@ def mean(values):
     return sum(values) / len(values)
 
 
+def softsign(x):
+    return x / (1 + abs(x))
+
+
+def cosine(a, b):
+    """The soft similarity of IDHN and ISDH: a . b / (|a| |b| + 1e-5)."""
+    return dot(a, b) / (math.sqrt(dot(a, a)) * math.sqrt(dot(b, b)) + 1e-5)
+
+
+def numeric_gradient(f, h, eps=1e-6):
+    """d f / d h of a function of a list of rows h (Python floats), by central differences."""
+    grad = []
+    for i, row in enumerate(h):
+        grad.append([])
+        for k in range(len(row)):
+            up = [list(r) for r in h]
+            down = [list(r) for r in h]
+            up[i][k] += eps
+            down[i][k] -= eps
+            grad[i].append((f(up) - f(down)) / (2 * eps))
+    return grad
+
+
 def naive_weighted_likelihood(u, U, y, Y, alpha):
     """HybridHash's and HashNet's weighted pairwise likelihood, pair by pair (docs/methods.md)."""
     pairs = [(i, j) for i in range(len(u)) for j in range(len(U))]

@@ -96,6 +96,7 @@ and no trainer hooks. :mod:`.shallow` fits them on streamed features (``make_sha
 from . import (adsh, bihalf, cibhash, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, greedyhash_unsup,  # noqa: F401
                hashnet, hybridhash)  # (registers)
 from . import pcdh  # noqa: F401  (registers)
+from . import dbdh, dfh, dhn, dsdh, idhn, isdh  # noqa: F401,E402  (registers: DeepHash-pytorch's bank methods)
 from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
 from .shallow import SHALLOW, ShallowHash, is_training_free, load_shallow, make_shallow
