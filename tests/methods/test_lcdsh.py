@@ -46,6 +46,7 @@ def test_lcdsh_value_and_gradient_match_the_pairs(B, K, kind, scale):
 
 def test_lcdsh_published_settings():
     m = create_method("lcdsh", bits=48, n_class=10, num_train=50)
+    assert m.scratch_lr_scale == 0.1  # the scratch recipe's rate, 2e-3, is ten times too high for it
     d = m.defaults
     assert m.config.lam == 3.0 and m.family == "symmetric" and m.activation == "none"
     assert (d.optimizer, d.lr, d.weight_decay, d.batch_size, d.epochs) == ("rmsprop", 1e-5, 1e-5, 128, 350)

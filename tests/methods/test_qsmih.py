@@ -60,6 +60,7 @@ def test_qsmih_zero_rows_have_a_zero_gradient_not_nan():
 
 def test_qsmih_published_settings():
     m = create_method("qsmih", bits=48, n_class=10, num_train=50)
+    assert m.scratch_lr_scale == 0.1  # the scratch recipe's rate, 2e-3, is ten times too high for it
     d = m.defaults
     assert (m.config.alpha, m.config.square_clamp, m.family) == (0.01, True, "symmetric")
     assert (d.optimizer, d.lr, d.weight_decay, d.batch_size, d.epochs) == ("rmsprop", 1e-5, 1e-5, 64, 150)
