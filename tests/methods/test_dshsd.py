@@ -97,7 +97,6 @@ def test_dshsd_published_settings():
     assert (d.optimizer, d.lr, d.weight_decay, d.batch_size, d.epochs) == ("adam", 1e-5, 0.0, 64, 250)
 
 
-@pytest.mark.parametrize("train_classifier", [True, False])
-def test_the_classifier_trains_saves_and_resumes_through_the_trainer(tmp_path, train_classifier):
-    owned_parameters.classifier_trains_saves_and_resumes(tmp_path, "dshsd", {"train_classifier": train_classifier},
-                                                         trained=train_classifier)
+def test_the_classifier_trains_saves_and_resumes_through_the_trainer(tmp_path):
+    # the fixed form's W is a buffer outside method.parameters(), so no optimizer sees it (checked above)
+    owned_parameters.classifier_trains_saves_and_resumes(tmp_path, "dshsd")
