@@ -79,6 +79,26 @@ def naive_weighted_likelihood(u, U, y, Y, alpha):
     return total / S
 
 
+def naive_autograd(naive, *tensors):
+    """(value, grads) of ``naive(*rows)``: each tensor (R, K) becomes a list of R lists of 0-d float64
+    leaves, which ``naive`` combines entry by entry into a 0-d tensor; grads[t] (R, K) is d value /
+    d entry by autograd through those loops (0 where an entry does not reach the value)."""
+    rows = [[[torch.tensor(float(x), dtype=torch.float64, requires_grad=True) for x in row] for row in t.tolist()]
+            for t in tensors]
+    value = naive(*rows)
+    value.backward()
+    grads = [torch.tensor([[0.0 if x.grad is None else x.grad.item() for x in row] for row in r], dtype=torch.float64)
+             for r in rows]
+    return value.item(), grads
+
+
+def assert_matches_naive(value, grads, naive_value, naive_grads, rel=1e-5, abs_=1e-7):
+    """A loss and its gradients against :func:`naive_autograd`'s, within ``rel`` (and ``abs_``)."""
+    assert value == pytest.approx(naive_value, rel=rel, abs=abs_)
+    for got, want in zip(grads, naive_grads):
+        assert torch.allclose(got.double(), want, rtol=rel, atol=abs_), (got, want)
+
+
 # ---------------------------------------------------------------- data
 def labels(kind, B, C, g):
     if kind == "single":

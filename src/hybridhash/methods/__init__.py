@@ -10,7 +10,8 @@ Keyword defaults are the published hyper-parameters; ``create_method(name, ..., 
 overrides them (an unknown name or field raises ``ConfigError`` listing the valid ones).
 ``method.config`` is the typed dataclass (``to_dict`` / ``Config.from_dict`` for JSON),
 ``method.defaults`` the published optimizer, lr, weight decay, batch size and epochs,
-``method.family`` "symmetric" | "asymmetric" | "central" | "unsupervised" (say it in every table).
+``method.family`` "symmetric" | "asymmetric" | "central" | "classification" | "unsupervised" (say it
+in every table).
 
 How a trainer drives a method
 -----------------------------
@@ -97,6 +98,7 @@ from . import (adsh, bihalf, cibhash, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, gre
                hashnet, hybridhash)  # (registers)
 from . import pcdh  # noqa: F401  (registers)
 from . import dbdh, dfh, dhn, dsdh, idhn, isdh  # noqa: F401,E402  (registers: DeepHash-pytorch's bank methods)
+from . import dpn, dshsd, greedyhash, lcdsh, qsmih  # noqa: F401,E402  (registers)
 from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
 from .shallow import SHALLOW, ShallowHash, is_training_free, load_shallow, make_shallow

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["InBatchMethod", "Method", "MethodConfig", "MethodDefaults", "TRAINS_ON", "UnsupervisedMethod",
            "pairwise_similarity", "promote", "straight_through_sign"]
 
-FAMILIES = ("symmetric", "asymmetric", "central", "unsupervised")
+FAMILIES = ("symmetric", "asymmetric", "central", "classification", "unsupervised")
 # what a loss takes besides the outputs h: the labels of the batch; target features x (B, d) of each
 # image (a frozen network's features, or pixel targets); the outputs of a second augmented view
 TRAINS_ON = ("labels", "targets", "views")

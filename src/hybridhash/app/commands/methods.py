@@ -44,15 +44,16 @@ def run(args) -> int:
         return 0
     if not args.name:
         w = max(len("method"), *(len(i["name"]) for i in infos))
-        print(f"{'method':{w}s} {'family':12s} {'trains on':9s} {'activation':10s} {'optimiser':9s} {'lr':>8s} "
+        f = max(len("family"), *(len(i["family"]) for i in infos))
+        print(f"{'method':{w}s} {'family':{f}s} {'trains on':9s} {'activation':10s} {'optimiser':9s} {'lr':>8s} "
               f"{'wd':>8s} {'batch':>5s} {'epochs':>6s}")
         for i in infos:
             d = i["defaults"]
             if d is None:  # a training-free baseline: nothing to optimise
-                print(f"{i['name']:{w}s} {i['family']:12s} {i['trains_on']:9s} {i['activation']:10s} {'fitted':9s} "
+                print(f"{i['name']:{w}s} {i['family']:{f}s} {i['trains_on']:9s} {i['activation']:10s} {'fitted':9s} "
                       f"{'-':>8s} {'-':>8s} {'-':>5s} {'-':>6s}")
                 continue
-            print(f"{i['name']:{w}s} {i['family']:12s} {i['trains_on']:9s} {i['activation']:10s} {d['optimizer']:9s} "
+            print(f"{i['name']:{w}s} {i['family']:{f}s} {i['trains_on']:9s} {i['activation']:10s} {d['optimizer']:9s} "
                   f"{d['lr']:8.1e} {d['weight_decay']:8.1e} {d['batch_size']:5d} {d['epochs']:6d}")
         print("published settings apply when fine-tuning a pretrained model (the original recipe); models trained "
               "from scratch on small images share the scratch recipe. `hybridhash methods NAME` lists one's "
