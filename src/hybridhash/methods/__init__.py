@@ -1,9 +1,8 @@
 """Deep-hashing methods of the field as pluggable pieces (docs/methods.md), timm-style:
 
     >>> from hybridhash.methods import create_method, list_methods
-    >>> list_methods()
-    ['adsh', 'bihalf', 'cibhash', 'cnnh', 'csq', 'dch', 'dnnh', 'dpsh', 'dsh', 'dtsh', 'greedyhash_unsup',
-     'hashnet', 'hybridhash']
+    >>> list_methods("d*")
+    ['dbdh', 'dch', 'dfh', 'dhn', 'dnnh', 'dpn', 'dpsh', 'dsdh', 'dsh', 'dshsd', 'dtsh']
     >>> method = create_method("dsh", bits=64, n_class=10, num_train=5000)  # DSH as published
 
 Keyword defaults are the published hyper-parameters; ``create_method(name, ..., **hparams)``
