@@ -1,8 +1,8 @@
-"""MDSHC written out from METHODS.md part 2, section D, for the tests and the centers benchmark: the
-Gilbert-Varshamov target from its formula in exact fractions, the per-center ADMM as section D.1.3
-describes the official code (one center at a time, the matrix inverted at every inner iteration,
-the best candidate kept as they arise) with the fixes 1-5 of section D, and the loss per item
-with Python floats (or scalar tensors, so that autograd differentiates the formula as written)."""
+"""MDSHC written out from its definition (docs/methods.md#mdshc), for the tests and the centers
+benchmark: the Gilbert-Varshamov target from its formula in exact fractions, the per-center ADMM as
+the official code runs it (one center at a time, the matrix inverted at every inner iteration, the
+best candidate kept as they arise) with the fixes 1-5, and the loss item by item on scalar tensors
+(so that autograd differentiates the formula as written)."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,5 @@
 """MDSHC (Wang et al., CVPR 2023): central similarity towards hash centers whose minimum distance
-reaches the Gilbert-Varshamov target (METHODS.md part 2, section D; docs/methods.md#mdshc).
+reaches the Gilbert-Varshamov target (docs/methods.md#mdshc).
 
 Centers: :func:`.mdshc_centers.generate_centers` from the run's seed, with the official
 generator's five defects fixed (that module's docstring names each fix), made on first use of
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .bank import MemoryBank
 from .base import Method, MethodConfig, MethodDefaults, pairwise_similarity, promote
-from .mdshc_centers import distance_summary, generate_centers, initial_kind, target_distance
+from .mdshc_centers import BLOCK, distance_summary, generate_centers, initial_kind, target_distance
 from .registry import register_method
 
 __all__ = ["MDSHC", "MDSHCConfig", "mdshc_center_loss", "mdshc_pair_loss"]
@@ -72,7 +72,7 @@ class MDSHCConfig(MethodConfig):
     pair_start_epoch: int = 9
     seed: int = 0
     max_sweeps: int = 50
-    block: int = 4
+    block: int = BLOCK
     bank: str = "detached"
     choices = {"bank": ("detached",)}
     nonnegative = ("beta", "lam", "pair_start_epoch", "max_sweeps")
@@ -123,7 +123,7 @@ class MDSHC(Method):
         facts = {"centers": initial_kind(self.n_class, self.bits), "center_target": target,
                  "min_center_distance": low, "mean_center_distance": mean, "center_distance_variance": var,
                  "center_sweeps": int(self.center_sweeps), "center_target_reached": low >= target or self.n_class < 2,
-                 "center_generator": f"fixed (METHODS.md part 2, section D, rules 1-5), block {self.config.block}",
+                 "center_generator": f"fixed (rules 1-5 of docs/methods.md#mdshc), block {self.config.block}",
                  "bank": "detached codes of the trained network (no momentum copy)"}
         if self.center_history:
             facts["center_min_per_sweep"] = list(self.center_history)
