@@ -107,8 +107,9 @@ def main() -> None:
         ratio = f"{b['cpu_ratio']:.1f}x" if b else "-"
         o = r.get("one_at_a_time")
         one = f"{o['min']}, {o['sweeps']}, {o['cpu_s']:.1f} ({o['wall_s']:.1f})" if o else "-"
-        lines.append(f"| {r['classes']} | {r['bits']} | {r['target']} | {r['init']} | {r['initial_min']} | {r['min']} | "
-                     f"{r['mean']:.2f} | {r['sweeps']} | {r['cpu_s']:.1f} ({r['wall_s']:.1f}) | {one} | {base} | {ratio} |")
+        lines.append(f"| {r['classes']} | {r['bits']} | {r['target']} | {r['init']} | {r['initial_min']} | "
+                     f"{r['min']} | {r['mean']:.2f} | {r['sweeps']} | {r['cpu_s']:.1f} ({r['wall_s']:.1f}) | {one} | "
+                     f"{base} | {ratio} |")
     (RESULTS / "mdshc_centers.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'mdshc_centers.md'}")
 

@@ -1,4 +1,4 @@
-"""MDSHC written out from its definition (docs/methods.md#mdshc), for the tests and the centers
+"""MDSHC written out from its definition (docs/mdshc.md), for the tests and the centers
 benchmark: the Gilbert-Varshamov target from its formula in exact fractions, the per-center ADMM as
 the official code runs it (one center at a time, the matrix inverted at every inner iteration, the
 best candidate kept as they arise) with the fixes 1-5, and the loss item by item on scalar tensors

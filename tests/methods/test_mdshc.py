@@ -1,5 +1,5 @@
 """MDSHC: the shared method checks, its loss (value and gradient) against a per-item re-computation
-written from its definition (docs/methods.md#mdshc), the centers made from the seed and saved with the run, the pair
+written from its definition (docs/mdshc.md), the centers made from the seed and saved with the run, the pair
 term's switch, the head and the facts a run records."""
 from __future__ import annotations
 

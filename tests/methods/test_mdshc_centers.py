@@ -26,7 +26,7 @@ def test_the_target_is_the_gilbert_varshamov_distance(C):
 
 
 def test_the_target_table_of_the_reference_text():
-    # the table of targets in docs/methods.md#mdshc: 10 and 100 classes at 16, 32, 48, 64, 128 bits
+    # the table of targets in docs/mdshc.md: 10 and 100 classes at 16, 32, 48, 64, 128 bits
     assert [target_distance(K, 10) for K in (16, 32, 48, 64, 128)] == [gv_target(K, 10) for K in (16, 32, 48, 64, 128)]
     assert [target_distance(K, 100) for K in (16, 32, 48, 64, 128)] == [4, 10, 17, 24, 52]
 

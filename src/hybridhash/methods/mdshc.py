@@ -1,5 +1,5 @@
 """MDSHC (Wang et al., CVPR 2023): central similarity towards hash centers whose minimum distance
-reaches the Gilbert-Varshamov target (docs/methods.md#mdshc).
+reaches the Gilbert-Varshamov target (docs/mdshc.md).
 
 Centers: :func:`.mdshc_centers.generate_centers` from the run's seed, with the official
 generator's five defects fixed (that module's docstring names each fix), made on first use of
@@ -123,7 +123,7 @@ class MDSHC(Method):
         facts = {"centers": initial_kind(self.n_class, self.bits), "center_target": target,
                  "min_center_distance": low, "mean_center_distance": mean, "center_distance_variance": var,
                  "center_sweeps": int(self.center_sweeps), "center_target_reached": low >= target or self.n_class < 2,
-                 "center_generator": f"fixed (rules 1-5 of docs/methods.md#mdshc), block {self.config.block}",
+                 "center_generator": f"fixed (rules 1-5 of docs/mdshc.md), block {self.config.block}",
                  "bank": "detached codes of the trained network (no momentum copy)"}
         if self.center_history:
             facts["center_min_per_sweep"] = list(self.center_history)

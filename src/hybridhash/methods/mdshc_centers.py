@@ -1,4 +1,4 @@
-"""MDSHC's hash centers (Wang et al., CVPR 2023; docs/methods.md#mdshc): C codes of K bits whose
+"""MDSHC's hash centers (Wang et al., CVPR 2023; docs/mdshc.md): C codes of K bits whose
 minimum pairwise Hamming distance reaches the Gilbert-Varshamov target D(K, C), found by sweeps of
 a per-center ADMM over the box-and-sphere relaxation of {-1, +1}^K, the ADMM as the official code
 (Wangld5/Center-Hashing) runs it. The official generator's defects are fixed (rules 1-5):
@@ -42,8 +42,8 @@ RHO0, RHO_GROWTH, RHO_CAP = 1e-5, 1.09, 1e7
 GAMMA = (1 + 5 ** 0.5) / 2  # dual step multiplier
 TOL, MAX_OUTER, MAX_INNER, PATIENCE = 1e-6, 1000, 10, 100
 SPHERE_TOL = 1e-3
-# centers optimised side by side: 2.5 to 3 times less CPU than one at a time for 100 classes at 16,
-# 32 and 48 bits, and the target reached within one more sweep (docs/methods.md#mdshc)
+# centers optimised side by side: 2.2 to 3 times less CPU than one at a time for 100 classes at 16
+# to 64 bits, in as many sweeps (benchmarks/results/mdshc_centers.md)
 BLOCK = 4
 
 
@@ -239,9 +239,10 @@ def generate_centers(n_class: int, bits: int, seed: int = 0, max_sweeps: int = 5
     """The centers (C, K) float64 +-1, rows in class order (already permuted), and their report.
 
     ``block``: centers optimised side by side (None: all of them; 1: the published Gauss-Seidel
-    order; every block starts from the set the earlier blocks left). C = 1: the start set unchanged. C > 2^K: ConfigError (no C distinct codes exist).
+    order; every block starts from the set the earlier blocks left). C = 1: the start set unchanged.
+    C > 2^K: ConfigError (no C distinct codes exist).
     """
-    if n_class > 2 ** min(bits, 62):
+    if n_class > 2 ** bits:
         raise ConfigError(f"mdshc: {n_class} classes need at least {(n_class - 1).bit_length()} bits for distinct "
                           f"hash centers, got {bits}; use more bits")
     target = target_distance(bits, n_class)
