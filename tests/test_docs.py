@@ -119,7 +119,7 @@ def test_every_method_has_its_section():
     from hybridhash.methods import list_methods
 
     # methods.md, and roster.md for the rest of DeepHash-pytorch's roster (one page would not be read in one sitting)
-    sections = {h for page in ("methods.md", "roster.md")
+    sections = {h for page in ("methods.md", "roster.md", "mdshc.md")
                 for h in _HEADING.findall(_FENCE.sub("", (DOCS / page).read_text()))}
     names = list_methods()
     assert len(names) >= 10

@@ -83,6 +83,8 @@ network: give ``method.parameters()`` to the optimizer; ``state_tensors`` holds 
 ADSH: with ``config.database == "learned"`` the training-set (database) codes are
 ``method.learned_codes()`` (its V) instead of the network's; say which in the report. CSQ:
 ``method.centers`` (C, bits) +-1, ``min_center_distance`` / ``mean_center_distance`` for the log.
+MDSHC: ``method.centers`` (C, bits) +-1, made from its seed on first use (``prepare``) and
+restored with the state; ``facts()`` reports their target distance, minimum, mean and sweeps.
 
 Scaling to small training sets: ADSH's total epochs are ``iterations * epochs_per_iteration``
 over samples of ``min(num_samples, n)`` images; ``adsh.iterations_for(image_steps, n)`` gives the
@@ -98,6 +100,7 @@ from . import (adsh, bihalf, cibhash, cnnh, csq, dch, dnnh, dpsh, dsh, dtsh, gre
 from . import pcdh  # noqa: F401  (registers)
 from . import dbdh, dfh, dhn, dsdh, idhn, isdh  # noqa: F401,E402  (registers: DeepHash-pytorch's bank methods)
 from . import dpn, dshsd, greedyhash, lcdsh, qsmih  # noqa: F401,E402  (registers)
+from . import mdshc  # noqa: F401  (registers)
 from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
 from .shallow import SHALLOW, ShallowHash, is_training_free, load_shallow, make_shallow
