@@ -35,7 +35,8 @@ BASELINE_FAMILY = "baseline"
 FIGURES = ("map_vs_bits.png", "pr_curve.png")
 FAMILY_NOTE = ("Families: symmetric methods learn from pairs or triplets of network codes; asymmetric ones (ADSH) "
                "also learn codes of the labelled training set directly from its labels, which symmetric ones do "
-               "not use that way; central ones (CSQ) pull each image to a fixed hash centre of its class.")
+               "not use that way; central ones (CSQ, DPN) pull each image to a fixed hash centre of its class; classification ones "
+               "(GreedyHash) learn their codes through a classifier on them.")
 
 
 @dataclass
