@@ -122,7 +122,10 @@ class UpdateReport:
         counts = ", ".join(f"{v} {n}" for v, n in zip(verbs, (self.added, self.removed, self.changed,
                                                              self.relabelled, self.kept)))
         total = self.seconds.get("total", 0.0)
-        if self.dry_run:
+        if not self.dry_run and not (self.added or self.removed or self.changed or self.relabelled):
+            out = [f"{self.collection} is up to date at generation {self.generation}: kept {self.kept} "
+                   f"({total:.2f} s)"]
+        elif self.dry_run:
             out = [f"dry run: {self.collection} would go to generation {self.generation}: {counts}; "
                    f"nothing written ({total:.2f} s)"]
         else:

@@ -19,7 +19,7 @@ import torch
 
 from ... import collection as coll
 from ...data.imagelist import ImageList, file_stats
-from ...data.images import DEFAULT_MAX_PIXELS, unusable_name
+from ...data.images import unusable_name
 from ...data.transforms import model_preprocess
 from ...errors import ConfigError, DataError, IndexMismatchError
 from ...generations import Changes, UpdateReport, diff_images, remove_stale_generations, stop_point, write_update
@@ -51,6 +51,7 @@ def todo_list(changes: Changes) -> ImageList:
 def plan_update(out: Path, col: "coll.Collection", changes: Changes, model: torch.nn.Module,
                 checkpoint: Optional[PathLike], shard_size: int, max_pixels: Optional[int]) -> Optional[EncodePlan]:
     """Write the shard plan of the images ``changes`` encodes (None when there are none)."""
+    out = Path(out)
     remove_stale_generations(out, col.generation)  # what a killed update left after or before its switch
     if not changes.todo.size:
         return None
@@ -63,6 +64,7 @@ def plan_update(out: Path, col: "coll.Collection", changes: Changes, model: torc
 def finish_update(out: Path, col: "coll.Collection", changes: Changes, planned: bool,
                   manifest: Dict[str, Any]) -> Tuple["coll.Collection", UpdateReport]:
     """Gather the encoded shards of the update planned in ``out`` and write generation N+1."""
+    out = Path(out)
     nbytes = (col.bits + 7) // 8
     pos: List[np.ndarray] = [np.zeros(0, np.int64)]
     codes: List[np.ndarray] = [np.zeros((0, nbytes), np.uint8)]
@@ -176,14 +178,13 @@ def update_collection(collection: PathLike, add: Sequence[str] = (), remove: Seq
                       labels: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
                       checkpoint: Optional[PathLike] = None, model: Optional[torch.nn.Module] = None,
                       batch_size: int = 64, workers: int = 0, device: str = "cpu", runtime: str = "auto",
-                      threads: Optional[int] = None, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-                      progress: bool = False, dry_run: bool = False) -> UpdateReport:
+                      threads: Optional[int] = None, progress: bool = False, dry_run: bool = False) -> UpdateReport:
     """Add (or encode again) the images ``add`` and drop the images ``remove`` of a collection, by
     path relative to its image root, without scanning the folder; ``labels`` names the class(es) of
     added or relabelled paths (required for new images of a labelled collection).
 
     The model is ``model`` or the checkpoint (default: the one the manifest names); it must be
-    the collection's. Returns what was done (or, ``dry_run``, what would be; nothing is written).
+    the collection's; images are read under the pixel limit it was encoded with. Returns what was done (or, ``dry_run``, what would be; nothing is written).
     """
     from .shards import encode_shards
 
@@ -197,6 +198,7 @@ def update_collection(collection: PathLike, add: Sequence[str] = (), remove: Seq
         if checkpoint is None:
             raise ConfigError(f"{out}: the manifest names no checkpoint; pass one")
         model = open_encoder(checkpoint, runtime, str(device), threads=threads)
+    max_pixels = col.manifest.get("max_pixels")
     why = update_mismatch(col.manifest, model, col.root, max_pixels)
     if why:
         raise refuse(out, why)
