@@ -25,7 +25,8 @@ from ...errors import ConfigError, DataError, IndexMismatchError
 from ...generations import Changes, UpdateReport, diff_images, remove_stale_generations, stop_point, write_update
 from ...locking import exclusive
 from ...models.weights import model_fingerprint
-from .plan import UPDATE_KEYS, EncodePlan, PathLike, _clear, _mismatch, check_shard, load_plan, plan_encode
+from .plan import (UPDATE_KEYS, EncodePlan, PathLike, _clear, _mismatch, check_shard, load_plan, plan_encode,
+                   read_output)
 
 
 def update_mismatch(manifest: Dict[str, Any], model: torch.nn.Module, image_root: Path,
@@ -54,6 +55,9 @@ def plan_update(out: Path, col: "coll.Collection", changes: Changes, model: torc
     out = Path(out)
     remove_stale_generations(out, col.generation)  # what a killed update left after or before its switch
     if not changes.todo.size:
+        _, old_plan, _ = read_output(out)
+        if old_plan is not None and old_plan.get("images_sha256") != col.manifest.get("images_sha256"):
+            _clear(out, old_plan, None)  # an update's shards, applied before it was killed
         return None
     plan = plan_encode(out, todo_list(changes), model, checkpoint, shard_size=shard_size, max_pixels=max_pixels,
                        update=True)
