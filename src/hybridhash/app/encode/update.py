@@ -95,12 +95,15 @@ def finish_update(out: Path, col: "coll.Collection", changes: Changes, planned: 
 
 
 def new_fields(images: ImageList, checkpoint: Optional[PathLike]) -> Dict[str, Any]:
-    """The manifest fields an update sets from its image list and checkpoint."""
+    """The manifest fields an update sets from its image list and checkpoint (without one, the
+    checkpoint recorded before stays: the model is the same, its fingerprint checked)."""
     import datetime
 
-    return {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
-            "source": images.source, "images_sha256": images.digest(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    fields = {"source": images.source, "images_sha256": images.digest(),
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if checkpoint is not None:
+        fields["checkpoint"] = str(Path(checkpoint).resolve())
+    return fields
 
 
 def dry_report(col: "coll.Collection", changes: Changes, seconds: Dict[str, float]) -> UpdateReport:
