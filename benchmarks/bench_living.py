@@ -149,7 +149,7 @@ def main() -> None:
                       if int(f.stem[4:]) >= n][:50])
         (tmp / "sample.txt").write_text("".join(f"{p}\n" for p in rel))
         fresh = encode_collection(tmp / "sample.txt", tmp / "fresh", ckpt, root=images, **kw)
-        by_path = {col.path(int(i)): bytes(np.asarray(col.codes[k])) for k, i in enumerate(col.item_ids)}
+        by_path = dict(zip(col.all_paths(), map(bytes, np.asarray(col.codes))))
         assert all(by_path[fresh.path(i)] == bytes(np.asarray(fresh.codes[i])) for i in range(fresh.count))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -121,7 +121,8 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
                     first = found.rejected[0]
                     raise DataError(f"{printable(str(found.root / first['path']))}: {first['reason']} "
                                     f"(strict: stopping)")
-                manifest, _, _ = read_output(out)  # a directory that is not ours is refused before the lock's file is put in it
+                # a directory that is not ours is refused before the lock's file is put in it
+                manifest, _, _ = read_output(out)
                 seconds["list"] = time.perf_counter() - t0
                 if manifest is not None and resume:
                     why = update_mismatch(manifest, model, found.root, max_pixels)

@@ -199,7 +199,8 @@ def merge_shards(out: PathLike) -> "coll.Collection":
     all_codes = np.concatenate(codes)  # (n, bits/8)
     all_stats = None if any(st is None for st in stats) else np.concatenate(stats).astype(np.int64)  # (n, 2)
     labels = images.labels[kept] if images.labels is not None else None
-    skipped_list = list(plan.rejected) + [skip_entry(images.paths[i], r, st) for i, r, st in sorted(skipped, key=lambda t: t[0])]
+    skipped.sort(key=lambda t: t[0])
+    skipped_list = list(plan.rejected) + [skip_entry(images.paths[i], r, st) for i, r, st in skipped]
     manifest = {
         "bits": plan.bits,
         "fingerprint": plan.fingerprint,

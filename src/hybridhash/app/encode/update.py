@@ -191,7 +191,8 @@ def update_collection(collection: PathLike, add: Sequence[str] = (), remove: Seq
     added or relabelled paths (required for new images of a labelled collection).
 
     The model is ``model`` or the checkpoint (default: the one the manifest names); it must be
-    the collection's; images are read under the pixel limit it was encoded with. Returns what was done (or, ``dry_run``, what would be; nothing is written).
+    the collection's; images are read under the pixel limit it was encoded with. Returns what was
+    done (or, ``dry_run``, what would be; nothing is written).
     """
     from .shards import encode_shards
 
