@@ -6,7 +6,7 @@ afterwards (the retriever, the index, the service's items and thumbnails) can tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -18,6 +18,7 @@ OPTIONAL_FIELDS: Dict[str, Any] = {
     "fingerprint": str, "checkpoint": str, "preset": str, "image_root": str, "source": str,
     "images_sha256": str, "codes_sha256": str, "created": str, "preprocess": dict, "shards": list, "files": list,
     "num_classes": (int, 0), "skipped": (int, 0), "max_pixels": (int, 1), "shard_size": (int, 1),
+    "generation": (int, 0), "next_id": (int, 0), "update": dict,
 }
 # paths.txt is read in pieces of whole lines of about this many bytes
 _PIECE = 1 << 24
@@ -50,6 +51,35 @@ def check_fields(mpath: Path, m: Dict[str, Any]) -> None:
                             f"encode the images again")
         elif kind is str and "\0" in value:
             raise DataError(f"{mpath}: {key} holds a NUL character; encode the images again")
+
+
+def check_offsets(mpath: Path, paths_file: Path, offsets_file: Path, off: np.ndarray, count: int) -> None:
+    """The offsets ``off`` of ``offsets_file`` must be (count + 1,), start at 0, never decrease and end
+    at the size of ``paths_file``; then the lines themselves (:func:`check_paths_file`)."""
+    size = paths_file.stat().st_size
+    why = None
+    if off.ndim != 1 or off.shape[0] != count + 1:
+        why = f"{offsets_file} has shape {tuple(off.shape)}, expected ({count + 1},)"
+    elif int(off[0]) != 0 or int(off[-1]) != size:
+        why = f"{offsets_file} spans bytes {int(off[0])}..{int(off[-1])} of {paths_file}, which has {size}"
+    elif count and bool((np.diff(off) < 1).any()):
+        why = f"{offsets_file} is not increasing"
+    if why:
+        raise DataError(f"{mpath}: says {count} items, but {why}; encode the images again")
+    if count:
+        check_paths_file(paths_file, offsets_file, np.asarray(off))
+
+
+def check_ids(mpath: Path, ids_file: Path, ids: Optional[np.ndarray], count: int, next_id: int) -> None:
+    """Item ids int64 (count,) must increase strictly from at least 0 and stay below the manifest's
+    ``next_id`` (without ids, the rows are the ids, so ``next_id`` must be at least ``count``)."""
+    if ids is None:
+        if next_id < count:
+            raise DataError(f"{mpath}: next_id {next_id} is below the count {count}; encode the images again")
+        return
+    if count and (int(ids[0]) < 0 or int(ids[-1]) >= next_id or bool((np.diff(ids) < 1).any())):
+        raise DataError(f"{ids_file}: item ids are not increasing from 0 up to below next_id {next_id}; "
+                        f"encode the images again with --no-resume")
 
 
 def check_paths_file(paths_file: Path, offsets_file: Path, off: np.ndarray) -> None:

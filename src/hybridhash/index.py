@@ -14,8 +14,11 @@ Kinds:
   of them scanned per query). Trained on the first ``add`` (or an explicit ``train``).
 
 ``search`` returns ``(distances int32 (n, k), ids int64 (n, k))``; ids count from 0 in insertion
-order; slots with no item hold id ``EMPTY_ID`` (-1) and distance ``EMPTY_DISTANCE`` (int32 max,
-faiss's convention). Rows are sorted by ``(distance, id)`` for every kind.
+order, or are the caller's own after :func:`hybridhash.index_ids.add_with_ids` or
+:func:`~hybridhash.index_ids.remove_ids` (a collection's item ids after an update; a flat index
+then keeps its codes in a ``faiss.IndexBinaryIDMap``, in increasing id order, so ties stay by id);
+slots with no item hold id ``EMPTY_ID`` (-1) and distance ``EMPTY_DISTANCE`` (int32 max, faiss's
+convention). Rows are sorted by ``(distance, id)`` for every kind.
 
 ``save(path)`` writes the faiss index file and a JSON sidecar ``<path>.json`` (kind, bits, params,
 count, optional model fingerprint, optional ``codes_sha256`` of the packed codes it was built from);
@@ -58,6 +61,7 @@ KINDS: Dict[str, Dict[str, Any]] = {
     "ivf": {"nlist": None, "nprobe": 8},
 }
 _FAISS_TYPES = {"flat": "IndexBinaryFlat", "ivf": "IndexBinaryIVF"}
+_MAPPED_TYPES = {"flat": "IndexBinaryIDMap", "ivf": "IndexBinaryIVF"}  # holding ids the caller chose
 _TRAIN_POINTS_PER_LIST = 256  # k-means sample per cell, as faiss's own default cap
 _CHUNK_MIN, _CHUNK_MAX = 16, 256  # queries per worker task
 
@@ -135,6 +139,10 @@ class HashIndex:
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.threads = int(threads) if threads is not None else usable_cores()
         self._index: Any = faiss.IndexBinaryFlat(self.bits) if kind == "flat" else None
+        # ids chosen by the caller (hybridhash.index_ids) rather than 0..ntotal-1 in insertion order
+        self.mapped = False
+        # ivf: the ids below this were in the index when its cells were trained (the drift measure)
+        self.trained_next_id: Optional[int] = None
 
     # ------------------------------------------------------------------ size
     @property
@@ -157,6 +165,8 @@ class HashIndex:
         if self._index is None:
             return 0
         if self.kind == "flat":
+            if self.mapped:  # codes + int64 ids
+                return int(faiss.downcast_IndexBinary(self._index.index).xb.size()) + 8 * self.ntotal
             return int(self._index.xb.size())  # exactly ntotal * bits/8
         ivf = self._index
         sizes = sum(int(ivf.invlists.list_size(i)) for i in range(ivf.nlist))
@@ -205,16 +215,26 @@ class HashIndex:
         x = as_packed(codes, self.bits)
         if x.shape[0] == 0:
             return
+        if self.mapped:
+            raise ConfigError("this index holds ids chosen by the caller: add codes with "
+                              "hybridhash.index_ids.add_with_ids")
         if not self.is_trained:
             self.train(x)
         if self.kind == "flat":
             self._index.add(x)  # a copy, nothing to parallelize
             return
+        self._add_ivf(x, None)
+
+    def _add_ivf(self, x: np.ndarray, ids: Optional[np.ndarray]) -> None:
+        """Add packed codes (n, bits/8) to the trained ivf index, with ids int64 (n,) or ntotal..ntotal+n-1."""
         # the costly part of an ivf add is finding each code's cell: spread it over the workers
         quantizer = self._index.quantizer
         cells = np.concatenate(self._chunked(lambda a, b: quantizer.search(x[a:b], 1)[1][:, 0], len(x), 65536))
         cells = np.ascontiguousarray(cells, dtype=np.int64)  # (n,)
-        self._index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(cells))
+        self._index.add_core(len(x), faiss.swig_ptr(x), None if ids is None else faiss.swig_ptr(ids),
+                             faiss.swig_ptr(cells))
+        if self.trained_next_id is None:  # the add that trained the cells
+            self.trained_next_id = int(self.ntotal if ids is None else ids.max() + 1)
 
     # ------------------------------------------------------------------ search
     @property
@@ -316,6 +336,8 @@ class HashIndex:
             "trained": self._index is not None,
             "fingerprint": self.fingerprint,
             "codes_sha256": self.codes_sha256,
+            "ids": "chosen" if self.mapped else "sequential",
+            "trained_next_id": self.trained_next_id,
             "faiss_version": faiss.__version__,
         }, indent=2) + "\n")
 
@@ -364,13 +386,19 @@ class HashIndex:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
             raise DataError(f"cannot read faiss index {path}: corrupt or not a binary index ({reason[:160]})") from None
         trained = bool(m.get("trained", True))
-        expected_type = _FAISS_TYPES[kind] if trained else "IndexBinaryFlat"  # untrained: empty placeholder
+        mapped = m.get("ids") == "chosen"
+        expected_type = (_MAPPED_TYPES if mapped else _FAISS_TYPES)[kind] if trained \
+            else "IndexBinaryFlat"  # untrained: empty placeholder
         if type(index).__name__ != expected_type or index.d != bits or index.ntotal != count:
             raise DataError(f"index file {path} disagrees with its manifest: file holds {index.ntotal} "
                             f"{index.d}-bit codes in a {type(index).__name__}, manifest says {count} "
                             f"{bits}-bit codes in a {kind} index")
         obj = cls(bits, kind, fingerprint=fingerprint, threads=threads, **params)
         obj.codes_sha256 = codes_sha256
+        obj.mapped = mapped and trained
+        # an ivf index saved before this was recorded: every id it held counts as trained on
+        nxt = m.get("trained_next_id", count if kind == "ivf" and trained else None)
+        obj.trained_next_id = int(nxt) if isinstance(nxt, int) and not isinstance(nxt, bool) else None
         if not trained:
             return obj
         if kind == "ivf":

@@ -20,6 +20,9 @@ MAX_FILE_BYTES: int = 4 * MAX_PIXELS + 2**20
 
 # images per shard of an encoded collection (the unit of resume)
 SHARD_SIZE: int = 4096
+# an ivf index whose rows were more than this share added after its cells were trained is reported
+# as due for `hybridhash index --kind ivf` again (hybridhash.index_ids.ivf_drift)
+IVF_RETRAIN_SHARE: float = 0.2
 
 # the HTTP service
 MAX_UPLOAD_BYTES: int = 20 * 2**20  # largest accepted upload

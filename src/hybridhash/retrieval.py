@@ -4,6 +4,11 @@ Query images go through exactly the evaluation pipeline the collection was encod
 model's preprocessing, :func:`hybridhash.app.encode.eval_transform`), decoded by
 :func:`~hybridhash.data.images.open_image` under a pixel limit. One Retriever may serve
 concurrent searches (a web server's threads): the model forward and the index search each hold a lock.
+
+A Retriever answers from the generation of the collection it opened, whatever an update does
+meanwhile (its files stay mapped). :meth:`Retriever.refresh` opens the current generation when
+there is a new one (one ``stat`` when there is not) and swaps it in between searches: a search
+takes the (collection, index) pair once, so one in flight finishes on the old pair.
 """
 from __future__ import annotations
 
@@ -63,7 +68,23 @@ class Retriever:
     def __init__(self, model: torch.nn.Module, collection: Collection, index: "HashIndex", *,
                  device: Union[str, torch.device] = "cpu", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                  checkpoint: Optional[str] = None):
-        source = checkpoint or "the model"
+        self._source = checkpoint or "the model"
+        pre = self._check(model, collection, index)
+        self._state = (collection, index)  # replaced whole by refresh(): readers take both at once
+        self._kind: Optional[str] = None  # the index kind asked for when opened (None: the saved one)
+        self._root: Optional[Union[str, os.PathLike]] = None
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess = pre
+        self.max_pixels = max_pixels
+        self.transform = eval_transform(model)
+        self._model_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+
+    def _check(self, model: torch.nn.Module, collection: Collection, index: "HashIndex") -> Dict[str, Any]:
+        """IndexMismatchError unless ``model``, ``collection`` and ``index`` belong together; the preprocessing."""
+        source = self._source
         if int(model.bits) != collection.bits:
             raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, {source} makes "
                                      f"{model.bits}-bit codes")
@@ -85,15 +106,39 @@ class Retriever:
                                      f"(sha256 {str(built_from)[:12]}, the collection's "
                                      f"{collection.codes_sha256[:12]}); "
                                      f"rebuild it with `hybridhash index`")
-        self.collection = collection
-        self.index = index
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.preprocess = pre
-        self.max_pixels = max_pixels
-        self.transform = eval_transform(model)
-        self._model_lock = threading.Lock()
-        self._index_lock = threading.Lock()
+        return pre
+
+    @property
+    def collection(self) -> Collection:
+        return self._state[0]
+
+    @property
+    def index(self) -> "HashIndex":
+        return self._state[1]
+
+    @property
+    def generation(self) -> int:
+        """The generation of the collection answered from."""
+        return self.collection.generation
+
+    def refresh(self) -> bool:
+        """Switch to the collection's current generation if an update made a new one; whether it switched.
+
+        Cheap when nothing changed (one ``stat`` of the manifest). The new generation and its index
+        are opened and checked before the swap, so searches never see a half-opened one; a search
+        running meanwhile finishes on the old generation. Errors (a new generation of another model)
+        leave the old one in use and are raised; a collection being encoded again from scratch
+        (no manifest for now) is not switched to yet.
+        """
+        with self._refresh_lock:
+            old = self.collection
+            if old.is_current() or not (old.directory / "manifest.json").is_file():
+                return False
+            collection = open_collection(old.directory, root=self._root)
+            index = load_or_build_index(collection, self._kind)
+            self._check(self.model, collection, index)
+            self._state = (collection, index)
+            return True
 
     @property
     def bits(self) -> int:
@@ -136,7 +181,9 @@ class Retriever:
             raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, checkpoint {ckpt} "
                                      f"makes {model.bits}-bit codes")
         index = load_or_build_index(collection, kind)
-        return cls(model, collection, index, device=device, max_pixels=max_pixels, checkpoint=str(ckpt))
+        retriever = cls(model, collection, index, device=device, max_pixels=max_pixels, checkpoint=str(ckpt))
+        retriever._kind, retriever._root = kind, root
+        return retriever
 
     # ------------------------------------------------------------------------------------------
     def _to_tensor(self, images: Any) -> torch.Tensor:
@@ -195,17 +242,18 @@ class Retriever:
         k = check_k(k)
         if isinstance(codes, torch.Tensor):
             codes = codes.cpu().numpy()
+        collection, index = self._state  # one generation for the whole search
         with self._index_lock:
             # no empty slots asked for: a k far beyond the collection allocates nothing extra
-            dist, ids = self.index.search(codes, min(k, int(self.index.ntotal)))  # (B, k') int32, int64
+            dist, ids = index.search(codes, min(k, int(index.ntotal)))  # (B, k') int32, int64
         out = []
         for drow, irow in zip(dist, ids):
             hits = []
             for d, i in zip(drow, irow):
                 if i < 0:  # empty slot: k exceeds the collection
                     break
-                hits.append(Hit(rank=len(hits) + 1, id=int(i), distance=int(d), path=self.collection.path(i),
-                                label=self.collection.label(i)))
+                hits.append(Hit(rank=len(hits) + 1, id=int(i), distance=int(d), path=collection.path(i),
+                                label=collection.label(i)))
             out.append(hits)
         return out
 
@@ -228,8 +276,12 @@ def build_index(collection: Collection, kind: str = "flat", **params: Any) -> "H
     """
     from .index import HashIndex
 
+    from .index_ids import add_with_ids
+
     index = HashIndex(collection.bits, kind=kind, fingerprint=collection.fingerprint, **params)
-    if collection.count:
+    if collection.count and collection.ids is not None:  # an updated collection: its rows carry their ids
+        add_with_ids(index, np.ascontiguousarray(collection.codes), np.asarray(collection.ids))
+    elif collection.count:
         index.add(np.ascontiguousarray(collection.codes))  # (n, bits/8) uint8
     index.codes_sha256 = collection.codes_sha256  # saved in the sidecar: the index answers for these codes only
     return index
@@ -247,7 +299,7 @@ def load_or_build_index(collection: Collection, kind: Optional[str] = None) -> "
     """
     from .index import HashIndex, StaleIndexError
 
-    path = index_path(collection.directory)
+    path = collection.index_path
     if path.is_file():
         try:
             index = HashIndex.load(path, expect_bits=collection.bits, expect_fingerprint=collection.fingerprint,

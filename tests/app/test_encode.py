@@ -157,8 +157,12 @@ def test_resume_refuses_another_checkpoint_or_image_list(setup, tmp_path, capsys
 
     subset = tmp_path / "subset.txt"
     subset.write_text("".join(f"{p}\n" for p in setup["good"][:10]))
-    with pytest.raises(IndexMismatchError, match="another image list"):
-        encode_collection(subset, out, setup["ckpt"], model=setup["model"], root=setup["images"], **kw)
+    # another list of images under the same root is an update in place (tests/app/test_encode_update.py)
+    done = []
+    col = encode_collection(subset, out, setup["ckpt"], model=setup["model"], root=setup["images"],
+                            report=done.append, **kw)
+    assert col.count == 10 and col.generation == 1 and col.labels is None
+    assert (done[0].added, done[0].removed, done[0].kept, done[0].relabelled) == (0, len(setup["good"]) - 10, 10, 10)
     fewer = tmp_path / "fewer"
     make_images(fewer, per_class=2, classes=3, bad=False)
     with pytest.raises(IndexMismatchError, match="images under another root"):

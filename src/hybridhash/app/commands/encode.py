@@ -9,7 +9,10 @@ from .vocabulary import add_batch_size, add_collection, add_image_root, add_max_
 
 HELP = "encode a folder or list file of images into a code collection"
 DESCRIPTION = (
-    "Encode images into packed binary codes with paths, labels and a manifest. Work is written in "
+    "Encode images into packed binary codes with paths, labels and a manifest. Run again onto a collection of "
+    "the same checkpoint, it updates it in place: new images are encoded, gone ones dropped, images whose size or "
+    "modification time changed encoded again, the rest (and the saved index) carried over, and the new generation "
+    "switched to at once; it prints what it added, removed, changed, relabelled and kept. Work is written in "
     "shards, so running the same command again after a crash resumes at the first missing shard; shards "
     "whose images changed since (size or modification time) or whose file is damaged are encoded again. "
     "--collection must be new, empty, or a collection hybridhash wrote; only files hybridhash wrote are replaced. "
@@ -36,28 +39,39 @@ def configure(p):
     add_max_pixels(p, "skip images with more pixels (width * height) than this, unread (decompression bombs)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun cuda means cuda:LOCAL_RANK)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse finished shards of an earlier run of the same checkpoint and images")
+                   help="update a finished collection of the same checkpoint in place, and reuse finished shards "
+                        "of an earlier run (--no-resume: encode everything again, from generation 0)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what an update would add, remove, change and keep, and write nothing")
     add_progress(p)
     add_runtime_option(p)
 
 
 def run(args) -> int:
+    import time
+
     from hybridhash.app.encode import encode_collection
+    from hybridhash.terminal import printable
     from hybridhash.environment import dist_env
 
     from hybridhash.environment import device_option
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
+    reports = []
+    t0 = time.perf_counter()
     col = encode_collection(args.images, args.collection, args.checkpoint, root=args.image_root, batch_size=args.batch_size,
                             workers=args.workers, strict=args.strict, shard_size=args.shard_size,
                             max_pixels=args.max_pixels, device=args.device, resume=args.resume,
-                            progress=args.progress, runtime=args.runtime)
-    if col is None:  # a rank other than 0: rank 0 reports
+                            progress=args.progress, runtime=args.runtime, dry_run=args.dry_run,
+                            report=reports.append)
+    for line in (reports[0].lines() if reports else []):
+        print(printable(line))
+    if col is None or reports:  # a dry run, an update, or a rank other than 0 (rank 0 reports)
         return 0
     skipped = col.manifest.get("skipped", 0)
     world_size = dist_env().world_size
-    print(f"encoded {col.count} images into {col.directory} ({col.bits} bits, {col.codes.nbytes} bytes of codes"
-          f"{f', {world_size} ranks' if world_size > 1 else ''})")
+    print(printable(f"encoded {col.count} images into {col.directory} ({col.bits} bits, {col.codes.nbytes} bytes "
+                    f"of codes{f', {world_size} ranks' if world_size > 1 else ''}, {time.perf_counter() - t0:.2f} s)"))
     if skipped:
         print(f"skipped {skipped} unreadable images, listed with the reason in {col.directory / 'skipped.json'}")
     return 0

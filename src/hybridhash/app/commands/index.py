@@ -6,8 +6,9 @@ from .vocabulary import add_collection
 
 HELP = "build and save the search index of a code collection"
 DESCRIPTION = ("Build a binary index over the codes of a collection written by `hybridhash encode` and save it "
-               "(COLLECTION/index.faiss and its JSON sidecar by default), where `hybridhash search` and "
-               "`hybridhash serve` find it. `flat` is exact; the other kinds are sub-linear and approximate.")
+               "(index.faiss and its JSON sidecar beside the current generation's files by default), where "
+               "`hybridhash search` and `hybridhash serve` find it; `hybridhash encode` carries it to later "
+               "generations. `flat` is exact; the other kinds are sub-linear and approximate.")
 
 
 def configure(p):
@@ -28,26 +29,32 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from hybridhash.collection import open_collection
+    from contextlib import ExitStack
+
+    from hybridhash.collection import INDEX_FILE, open_collection
     from hybridhash.errors import ConfigError, DataError
-    from hybridhash.collection import INDEX_FILE
+    from hybridhash.locking import exclusive
     from hybridhash.retrieval import build_index
 
     params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
     if params and args.kind == "flat":
         raise ConfigError(f"--{next(iter(params))} applies to ivf indexes, not flat")
-    col = open_collection(args.collection)
-    t0 = time.perf_counter()
-    index = build_index(col, args.kind, **params)
-    seconds = time.perf_counter() - t0
-    path = Path(args.out if args.out is not None else col.directory) / INDEX_FILE
-    try:
-        index.save(path, fingerprint=col.fingerprint, codes_sha256=col.codes_sha256)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # save removed its partial files
-            raise DataError(f"no space left on device while writing {path}: free space and rerun; "
-                            f"no index was saved") from None
-        raise
+    with ExitStack() as lock:
+        if args.out is None:  # written into the collection: one writer at a time (an update moves generations)
+            open_collection(args.collection).close()  # refused in one line when it is no collection
+            lock.enter_context(exclusive(args.collection, what="code collection"))
+        col = open_collection(args.collection)
+        t0 = time.perf_counter()
+        index = build_index(col, args.kind, **params)
+        seconds = time.perf_counter() - t0
+        path = col.index_path if args.out is None else Path(args.out) / INDEX_FILE
+        try:
+            index.save(path, fingerprint=col.fingerprint, codes_sha256=col.codes_sha256)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):  # save removed its partial files
+                raise DataError(f"no space left on device while writing {path}: free space and rerun; "
+                                f"no index was saved") from None
+            raise
     print(f"{args.kind} index of {col.count} {col.bits}-bit codes: {index.memory_bytes()} bytes in memory, "
           f"built in {seconds:.2f} s, saved to {path}")
     return 0

@@ -18,8 +18,8 @@ from ...data.imagelist import ImageList, file_stats
 from ...data.images import DEFAULT_MAX_PIXELS
 from ...data.transforms import model_preprocess
 from ...errors import DataError, IndexMismatchError
+from ...generations import remove_generation, remove_stale_generations
 from ...fileio import disk_full, read_json, write_json  # noqa: F401  (disk_full re-exported)
-from ...index import remove_saved_index
 from ...limits import SHARD_SIZE
 from ...locking import LOCK_NAME
 from ...models.weights import model_fingerprint
@@ -34,6 +34,8 @@ ITEMS = "items.txt"
 ITEM_LABELS = "items.labels.npy"
 # what must agree for finished shards to be reused
 PLAN_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "images_sha256", "shard_size", "max_pixels")
+# what must agree for a collection to be updated in place rather than encoded again
+UPDATE_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "max_pixels")
 PLAN_FORMAT = "hybridhash-encode-plan"
 PLAN_VERSION = 1
 _SHARD_NAME = re.compile(r"shard-\d{5}\.npz")
@@ -90,8 +92,8 @@ def shard_path(out: PathLike, s: int) -> Path:
     return Path(out) / coll.SHARDS / f"shard-{s:05d}.npz"
 
 
-def _mismatch(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
-    for k in PLAN_KEYS:
+def _mismatch(old: Dict[str, Any], new: Dict[str, Any], keys: Tuple[str, ...] = PLAN_KEYS) -> Optional[str]:
+    for k in keys:
         if old.get(k) != new.get(k):
             a, b = old.get(k), new.get(k)
             if k == "images_sha256":
@@ -136,9 +138,10 @@ def _clear(out: Path, old_plan: Optional[Dict[str, Any]], manifest: Optional[Dic
         if not any(shards.iterdir()):
             shards.rmdir()
     if manifest is not None:
-        remove_saved_index(coll.index_path(out))  # it was built from the codes about to go
-        for name in coll.written_files(manifest):
-            (out / name).unlink(missing_ok=True)
+        gen = coll.Collection.current_generation(out) or 0
+        (out / coll.MANIFEST).unlink(missing_ok=True)  # first: no reader may pair it with half-removed files
+        remove_generation(out, gen, manifest)  # its index too: it was built from the codes about to go
+        remove_stale_generations(out, 0)
 
 
 def _entries(out: Path) -> List[Path]:
@@ -180,7 +183,7 @@ def read_output(out: PathLike) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[
 
 def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkpoint: Optional[PathLike] = None,
                 *, shard_size: int = DEFAULT_SHARD_SIZE, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-                resume: bool = True) -> EncodePlan:
+                resume: bool = True, update: bool = False) -> EncodePlan:
     """Write the shard plan and the image list under ``out/shards/`` (rank 0's job).
 
     ``out`` must be new, empty, or a collection (or encoding run) this project wrote; nothing else
@@ -188,7 +191,9 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
     describe the same model, images, shard size and pixel limit, else IndexMismatchError says what
     differs; its finished shards are then kept, except those whose images changed since (size or
     mtime) and those that are unreadable or do not hold the rows of their plan: those are removed
-    and encoded again. Without ``resume`` earlier results are removed first.
+    and encoded again. Without ``resume`` earlier results are removed first. With ``update``, ``images``
+    are the images an update of the finished collection in ``out`` encodes: an earlier plan of other
+    images is cleared (its shards only; the collection stays) instead of refused.
     """
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
@@ -205,13 +210,15 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
     manifest, old_plan, plan_error = read_output(out)
     if plan_error is not None and resume:
         raise DataError(f"{plan_file}: {plan_error}; pass --no-resume to start over")
-    old = old_plan if old_plan is not None else manifest
+    old = old_plan if old_plan is not None or update else manifest
     if old is not None or plan_error is not None:
         why = _mismatch(old, new) if old is not None else None
-        if why and resume:
+        if update and (why or plan_error is not None):
+            _clear(out, old_plan, None)
+        elif why and resume:
             raise IndexMismatchError(f"{out} holds codes of {why}; pass --no-resume to replace them, "
                                      f"or choose another output directory")
-        if why or not resume or plan_error is not None:
+        elif why or not resume or plan_error is not None:
             _clear(out, old_plan, manifest)
     kept = "nothing was encoded yet"
     with disk_full(out / coll.SHARDS, kept):

@@ -18,6 +18,7 @@ from ...data.imagelist import file_stats
 from ...data.images import DEFAULT_MAX_PIXELS, open_image, printable
 from ...data.transforms import eval_transform
 from ...engines.encoding import encode_batch
+from ...generations import skip_entry
 from ...errors import ConfigError, DataError, IndexMismatchError
 from ...index import remove_saved_index
 from ...models.weights import model_fingerprint
@@ -188,8 +189,9 @@ def merge_shards(out: PathLike) -> "coll.Collection":
             raise DataError(f"{shard_path(out, s)}: {problem}; {hint}")
         index.append(z["index"])
         codes.append(z["codes"])
-        skipped += [(int(i), str(r)) for i, r in zip(z["skipped_index"], z["skipped_reason"])]
         start, end = plan.shard_range(s)
+        skipped += [(int(i), str(r), None if z["stat"] is None else z["stat"][i - start])
+                    for i, r in zip(z["skipped_index"], z["skipped_reason"])]
         stats.append(None if z["stat"] is None else z["stat"][z["index"] - start])  # (m, 2) of the encoded ones
         shards.append({"file": f"{coll.SHARDS}/{shard_path(out, s).name}", "start": start, "end": end,
                        "encoded": int(z["index"].size), "skipped": int(z["skipped_index"].size)})
@@ -197,7 +199,8 @@ def merge_shards(out: PathLike) -> "coll.Collection":
     all_codes = np.concatenate(codes)  # (n, bits/8)
     all_stats = None if any(st is None for st in stats) else np.concatenate(stats).astype(np.int64)  # (n, 2)
     labels = images.labels[kept] if images.labels is not None else None
-    skipped_list = list(plan.rejected) + [{"path": images.paths[i], "reason": r} for i, r in sorted(skipped)]
+    skipped.sort(key=lambda t: t[0])
+    skipped_list = list(plan.rejected) + [skip_entry(images.paths[i], r, st) for i, r, st in skipped]
     manifest = {
         "bits": plan.bits,
         "fingerprint": plan.fingerprint,

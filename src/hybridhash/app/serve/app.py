@@ -338,7 +338,10 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
 def _item_path(collection, item_id: int) -> Path:
     """The file of item ``item_id`` (its listed path, read through links; see Collection.served_path), or a 404."""
-    if not 0 <= item_id < collection.count:
+    if getattr(collection, "ids", None) is not None:  # an updated collection: ids stable across updates, not rows
+        if not collection.has_id(item_id):
+            raise HTTPException(404, f"no item {item_id} in this collection")
+    elif not 0 <= item_id < collection.count:
         raise HTTPException(404, f"no item {item_id}: ids run from 0 to {collection.count - 1}")
     try:
         resolve = getattr(collection, "served_path", None) or collection.abspath  # abspath: an older collection shape
