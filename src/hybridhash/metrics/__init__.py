@@ -18,9 +18,9 @@ Conventions shared by every function here:
 
 Modules: :mod:`.ranking_core` (shared machinery), :mod:`.ranking` (mAP, tie-aware mAP),
 :mod:`.curves` (PR by radius, precision@N, precision within a radius), :mod:`.graded` (ACG, NDCG,
-WAP, tie-aware ACG and NDCG), :mod:`.copies` (a score that
-needs no labels: each augmented copy's original retrieved); the code format itself (packing, Hamming
-distances, the exact top k) is :mod:`hybridhash.codes`, re-exported here in part.
+WAP, tie-aware ACG and NDCG), :mod:`.copies` (a score that needs no labels: each augmented copy's
+original retrieved); the code format itself (packing, Hamming distances, the exact top k) is
+:mod:`hybridhash.codes`, re-exported here in part.
 """
 from __future__ import annotations
 
