@@ -1,5 +1,5 @@
-"""ACG, NDCG and WAP against per-query loops written from their definitions (METHODS.md part 2,
-section E), the tie-aware ACG and NDCG against every order of the tied items."""
+"""ACG, NDCG and WAP against per-query loops written from their definitions (DSRH, CVPR 2015;
+docs/faithfulness.md, "Metrics"), the tie-aware ACG and NDCG against every order of the tied items."""
 from __future__ import annotations
 
 import itertools
