@@ -385,3 +385,39 @@ def test_baseline_cells_get_no_training_loop_options():
     assert (other.config_for(other.cells()[0]).model, other.config_for(other.cells()[0]).model_overrides) == (
         "cnn_cpu", {})
     assert Grid.from_dict(json.loads(json.dumps(other.to_dict()))).baseline_model == "cnn_cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-label data: ACG, NDCG and WAP beside mAP in the table
+
+
+def test_multilabel_grid_carries_acg_ndcg_wap(tmp_path):
+    from tests.helpers.fakes import write_multilabel_lists
+
+    lists = tmp_path / "lists"
+    sets = write_multilabel_lists(lists, seed=3)
+    out = tmp_path / "grid"
+    rc, printed, err = _cli(["compare", "--methods", "pcah", "--bits", "8", "--seeds", "0", "--dataset",
+                             f"list:{lists}", "--threads", "1", "--no-progress", "--out", str(out)])
+    assert rc == 0, err
+    doc = read_json(out / "table.json")
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert set(rows) == {"pcah", "floor: LSH (pixels)"} and doc["topk"] == "all"
+    graded = ("acg", "ndcg", "wap", "acg_tie_aware", "ndcg_tie_aware")
+    for name, metrics in (("pcah", out / "pcah" / "seed0" / "eval" / "metrics.json"),
+                          ("floor: LSH (pixels)", out / "floor-lsh" / "seed0" / "metrics.json")):
+        cell = read_json(metrics)["results"]["8"]
+        for key in graded:
+            assert rows[name][key]["values"] == [cell[key]], (name, key)
+    # the cell's figures from its saved codes and the list files' labels
+    codes = np.load(out / "pcah" / "seed0" / "eval" / "codes_bits8.npz")
+    args = (codes["query"], codes["database"], sets["test.txt"], sets["database.txt"])
+    for key, fn in (("acg", M.mean_acg), ("ndcg", M.mean_ndcg), ("wap", M.weighted_mean_average_precision)):
+        assert rows["pcah"][key]["mean"] == pytest.approx(fn(*args), abs=1e-12), key
+    r = rows["pcah"]
+    assert "| method | family | bits | mAP@all | tie-aware mAP@all | ACG@all | NDCG@all | WAP@all | P(r<=2) |" in printed
+    assert f"| {r['map']['mean']:.4f} | {r['map_tie_aware']['mean']:.4f} | {r['acg']['mean']:.4f} | " \
+           f"{r['ndcg']['mean']:.4f} | {r['wap']['mean']:.4f} |" in printed
+    with open(out / "table.csv") as f:
+        csv_row = next(row for row in csv.DictReader(f) if row["method"] == "pcah")
+    assert float(csv_row["ndcg_mean"]) == pytest.approx(r["ndcg"]["mean"], abs=1e-15) and csv_row["ndcg_std"] == ""

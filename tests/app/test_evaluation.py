@@ -17,6 +17,7 @@ from hybridhash.app.evaluation import retrieval_metrics
 from hybridhash.app.rundir import find_checkpoints
 from hybridhash.app.report import GREEN, RED, pick_queries, retrieval_picture
 from hybridhash.codes import hamming_topk
+from tests.helpers.fakes import write_multilabel_lists
 
 SMALL = {"depths": [1, 1, 1]}
 
@@ -48,7 +49,8 @@ def direct_codes(model, dataset):
 def test_metrics_json_matches_a_direct_recomputation(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli.main(["evaluate", "--checkpoint", str(run_dir), "--out", str(out), "--queries", "3"]) == 0
-    assert "mAP@all" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mAP@all" in printed and "ACG" not in printed  # single-label: no multi-label figures
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["dataset"] == "digits" and sorted(doc["results"]) == ["24", "8"]
     p = load_protocol("digits", split_file=str(run_dir / "split.json"))
@@ -72,6 +74,7 @@ def test_metrics_json_matches_a_direct_recomputation(run_dir, tmp_path, capsys):
         assert len(r["pr_curve"]["radius"]) == bits + 1
         assert r["precision_at_n"]["n"][-1] == len(p.database)
         assert r["epoch"] == 3
+        assert not {"acg", "ndcg", "wap", "acg_tie_aware", "ndcg_tie_aware"} & set(r)
     for name in ("pr_curve.png", "precision_at_n.png", "map_vs_bits.png", "retrieval_bits8.png", "retrieval_bits24.png"):
         with Image.open(out / name) as im:
             assert im.size[0] > 100 and im.size[1] > 100
@@ -120,3 +123,33 @@ def test_retrieval_picture_frames_relevant_green_and_others_red(tmp_path):
     assert np.nonzero(greens[:h])[1].mean() < np.nonzero(reds[:h])[1].mean()
     assert np.nonzero(greens[h:])[1].mean() > np.nonzero(reds[h:])[1].mean()
     assert pick_queries(np.array([0, 0, 1, 2, 1]), 4) == [0, 2, 3, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# multi-label data: ACG, NDCG and WAP beside mAP
+
+
+def test_multilabel_evaluation_reports_acg_ndcg_wap(tmp_path, capsys):
+    sets = write_multilabel_lists(tmp_path / "lists")
+    torch.manual_seed(0)
+    model = hybridhash.create_model("hybridhash_cpu", bits=16, **SMALL)
+    torch.nn.init.normal_(model.hash_head.to_bits.weight, std=1.0)
+    model.save_pretrained(str(tmp_path / "bits16" / "best"))
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "bits16" / "best"), "--out", str(out),
+                     "--dataset", f"list:{tmp_path / 'lists'}", "--queries", "0"]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "metrics.json").read_text())
+    r = doc["results"]["16"]
+    codes = np.load(out / "codes_bits16.npz")
+    args = (codes["query"], codes["database"], sets["test.txt"], sets["database.txt"])
+    expected = {"acg": M.mean_acg(*args), "ndcg": M.mean_ndcg(*args), "wap": M.weighted_mean_average_precision(*args),
+                "acg_tie_aware": M.tie_aware_mean_acg(*args), "ndcg_tie_aware": M.tie_aware_mean_ndcg(*args),
+                "map": M.mean_average_precision(*args)}
+    for key, value in expected.items():
+        assert r[key] == pytest.approx(value, abs=1e-12), key
+    assert doc["topk"] == "all" and 0 < r["acg"] and 0 < r["ndcg"] < 1
+    header, row = printed.splitlines()[1:3]
+    assert header.split() == ["bits", "mAP", "tie-aware", "P@r<=2", "ACG@all", "NDCG@all", "WAP@all"]
+    assert row.split()[-3:] == [f"{r['acg']:.4f}", f"{r['ndcg']:.4f}", f"{r['wap']:.4f}"]
+

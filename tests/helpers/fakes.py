@@ -81,6 +81,22 @@ def write_list_dir(directory: Path, sets: Dict[str, Sequence[Sequence[int]]], *,
     return out
 
 
+def write_multilabel_lists(directory: Path, seed: int = 0, n_class: int = 5) -> Dict[str, np.ndarray]:
+    """A small NUS-WIDE-style list-file directory: 12 train, 6 query and 40 database images with
+    multi-hot labels (query 0 shares no label with anything, query 1 carries every label).
+
+    Returns:
+        {list file name: labels int (n, n_class)}.
+    """
+    rng = np.random.default_rng(seed)
+    sets = {name: (rng.random((n, n_class)) < 0.4).astype(int)
+            for name, n in (("train.txt", 12), ("test.txt", 6), ("database.txt", 40))}
+    sets["test.txt"][0] = 0
+    sets["test.txt"][1] = 1
+    write_list_dir(directory, sets)
+    return sets
+
+
 def write_folder(directory: Path, per_class: Dict[str, int]) -> Dict[str, List[str]]:
     """``directory/<class>/<i>.png`` for each class; returns {class: relative paths}."""
     out = {}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from ..metrics.graded import STABLE
 from . import rundir as R
 from ..codes import hamming_topk
 from ..engines.encoding import encode_images
@@ -22,6 +23,9 @@ from ..environment import pick_device
 from ..errors import DataError
 
 _log = logging.getLogger(__name__)
+
+# the multi-label figures at the protocol's K shown in tables (acg -> ACG, ndcg -> NDCG, wap -> WAP)
+GRADED = {key: key.upper() for key in STABLE}
 
 # points of the precision@N curve, capped at the database size
 PRECISION_AT_N = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -36,7 +40,7 @@ def _ns(n_database: int) -> list:
 
 def retrieval_metrics(query_codes: np.ndarray, database_codes: np.ndarray, query_labels: np.ndarray,
                       database_labels: np.ndarray, topk: Optional[int] = None, *, curves: bool = True,
-                      radius: int = 2) -> Dict[str, Any]:
+                      radius: int = 2, graded: bool = False) -> Dict[str, Any]:
     """Every figure of a retrieval evaluation.
 
     Args:
@@ -44,12 +48,14 @@ def retrieval_metrics(query_codes: np.ndarray, database_codes: np.ndarray, query
         query_labels, database_labels: multi-hot (n, C) or class ids (n,).
         topk: the protocol's K (None: the whole database).
         curves: also compute the PR curve over Hamming radius and precision@N.
+        graded: also the multi-label figures at K (relevance = labels shared).
 
     Returns:
         dict: ``map`` (mAP@K with ties broken by database index), ``map_tie_aware`` (mAP@K averaged
         over the orders of equal distances), ``topk`` ("all" or K), ``precision_within_radius``
-        (at ``radius``), and with ``curves`` the ``pr_curve`` {radius, precision, recall} and
-        ``precision_at_n`` {n, precision} lists.
+        (at ``radius``), with ``curves`` the ``pr_curve`` {radius, precision, recall} and
+        ``precision_at_n`` {n, precision} lists, and with ``graded`` ``acg``, ``ndcg``, ``wap``
+        (ACG@K, NDCG@K, weighted mAP@K), ``acg_tie_aware`` and ``ndcg_tie_aware``.
     """
     if len(query_codes) == 0 or len(database_codes) == 0:
         raise DataError(f"cannot score retrieval with {len(query_codes)} queries and {len(database_codes)} "
@@ -62,6 +68,8 @@ def retrieval_metrics(query_codes: np.ndarray, database_codes: np.ndarray, query
         "map": M.mean_average_precision(*args, topk=topk),
         "map_tie_aware": M.tie_aware_mean_average_precision(*args, topk=topk),
     }
+    if graded:
+        out.update(M.graded_scores(*args, topk=topk))
     if curves:
         r, p, rc = M.precision_recall_by_radius(*args)
         out["radius"] = radius
@@ -100,7 +108,8 @@ def evaluate_model(model: torch.nn.Module, protocol, *, batch_size: int = 256, d
     t1 = time.perf_counter()
     ql = class_ids_or_multihot(protocol.query.labels, protocol.multi_label)
     dl = class_ids_or_multihot(protocol.database.labels, protocol.multi_label)
-    out = retrieval_metrics(codes["query"], codes["database"], ql, dl, protocol.topk, curves=curves)
+    out = retrieval_metrics(codes["query"], codes["database"], ql, dl, protocol.topk, curves=curves,
+                            graded=bool(protocol.multi_label))
     out["encode_seconds"] = t1 - t0
     out["codes"] = codes
     return out

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from ..codes import PackedDatabase, pack_bits, read_pair, to_numpy
+from ..codes import PackedDatabase, pack_bits, popcount, read_pair, to_numpy
 from ..codes import words as _words
 from ..errors import ConfigError, DataError, IndexMismatchError
 from ..environment import usable_cores
@@ -63,6 +63,9 @@ class _Labels:
                 raise DataError(f"query_labels have {q.shape[1]} classes but database_labels have {d.shape[1]}")
             self.query = self._pack("query_labels", q)  # (nq, W)
             self.database = self._pack("database_labels", d)  # (ndb, W)
+            dtype = np.uint16 if self.database.shape[1] * 128 < 1 << 16 else np.uint32
+            self._label_counts = popcount(self.database).sum(axis=1, dtype=dtype)  # (ndb,) labels of each item
+            self._label_space = PackedDatabase(self.database.view(np.uint8))  # laid out for xor, as codes are
         else:
             for name, arr in (("query_labels", q), ("database_labels", d)):
                 if not np.issubdtype(arr.dtype, np.integer):
@@ -97,6 +100,26 @@ class _Labels:
         for w in range(q.shape[1]):
             rel |= (q[:, w, None] & self.database[None, :, w]) != 0
         return rel
+
+    def shared_pairs(self, query_rows: np.ndarray, database_rows: np.ndarray) -> np.ndarray:
+        """Labels shared by (query_rows[i], database_rows[i]) pairs: int64 (n,) (class ids: 0 or 1)."""
+        if not self.multilabel:
+            return (self.query[query_rows] == self.database[database_rows]).astype(np.int64)
+        both = self.query[query_rows] & self.database[database_rows]  # (n, W)
+        return popcount(both).sum(axis=1, dtype=np.int64)
+
+    def shared(self, start: int, stop: int) -> np.ndarray:
+        """Labels queries [start, stop) share with every database item: (stop - start, ndb) uint16
+        (uint32 past 32767 classes; class ids: 0 or 1)."""
+        if not self.multilabel:
+            return (self.query[start:stop, None] == self.database[None, :]).astype(np.uint16)
+        # |a & b| = (|a| + |b| - |a xor b|) / 2, so the tiled popcount of xor of the codes serves
+        q = self.query[start:stop]
+        counts = self._label_counts
+        out = np.add(popcount(q).sum(axis=1, dtype=counts.dtype)[:, None], counts[None, :])  # (qc, ndb)
+        out -= self._label_space.distances(q)
+        out >>= 1
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,13 +180,17 @@ class _Task:
         rows = flat // kk
         return rows, flat - rows * kk
 
+    def distance_keys(self, start: int, stop: int) -> np.ndarray:
+        """row * levels + distance of every (query, item) pair of queries [start, stop), the bin of
+        a per-query histogram over distance: intp ((stop - start) * ndb,), rows in query order."""
+        D = self.codes.distances(start, stop)  # (qc, ndb)
+        keys = (np.arange(stop - start, dtype=np.intp) * self.codes.levels)[:, None] + D  # (qc, ndb)
+        return keys.ravel()
+
     def histograms(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Items and relevant items at each distance 0..8 * nbytes: int64 (stop - start, levels) each."""
-        D = self.codes.distances(start, stop)  # (qc, ndb)
-        qc = stop - start
-        levels = self.codes.levels
-        keys = (np.arange(qc, dtype=np.intp) * levels)[:, None] + D  # (qc, ndb)
-        keys = keys.ravel()
+        qc, levels = stop - start, self.codes.levels
+        keys = self.distance_keys(start, stop)
         everything = np.bincount(keys, minlength=qc * levels).reshape(qc, levels)
         relevant = np.bincount(keys[self.labels.matrix(start, stop).ravel()], minlength=qc * levels)
         return everything, relevant.reshape(qc, levels)

@@ -14,7 +14,8 @@ from .vocabulary import code_length
 HELP = "compare hashing methods: one model, one protocol, methods x code lengths x seeds, mean +- std"
 DESCRIPTION = (
     "Trains every method at every code length with every seed on one model and one protocol, and tabulates "
-    "mAP@K of the protocol, tie-aware mAP and precision within Hamming radius 2 (mean +- sample std over seeds) "
+    "mAP@K of the protocol, tie-aware mAP and precision within Hamming radius 2 (on multi-label data also ACG@K, "
+    "NDCG@K and weighted mAP@K; mean +- sample std over seeds) "
     "beside random-projection LSH of the pixels. One cell = one method at one seed: an ordinary training run "
     "(OUT/<method>/seed<s>/, all code lengths, selected on the validation split) and its evaluation "
     "(OUT/<method>/seed<s>/eval/metrics.json). Every method of a seed trains on one split drawn with that seed. "

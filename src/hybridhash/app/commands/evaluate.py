@@ -4,7 +4,7 @@ from __future__ import annotations
 from .options import add_option, from_bounds
 from .vocabulary import add_batch_size, add_data_root, add_image_root, add_max_pixels, add_progress, add_seed, add_workers
 
-HELP = "evaluate checkpoints: mAP, tie-aware mAP, PR curve, precision@N, retrieval picture"
+HELP = "evaluate checkpoints: mAP, tie-aware mAP, PR curve, precision@N, retrieval picture; ACG/NDCG/WAP if multi-label"
 DESCRIPTION = (
     "Encode the queries and the database of the run's recorded split (or of --dataset) with each checkpoint "
     "(a run directory evaluates every bits*/best) and write OUT/metrics.json, pr_curve.png, precision_at_n.png, "
@@ -37,7 +37,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from hybridhash.app.evaluation import evaluate_checkpoints
+    from hybridhash.app.evaluation import GRADED, evaluate_checkpoints
     from hybridhash.app.rundir import find_run_dir
 
     ck = Path(args.checkpoint)
@@ -61,10 +61,14 @@ def run(args) -> int:
         print(f"metrics in {out}")
         return 0
     tk = doc["topk"]
-    print(f"{doc['dataset']}: mAP@{tk} on {next(iter(doc['results'].values()))['n_query']} queries")
-    print(f"{'bits':>5} {'mAP':>8} {'tie-aware':>10} {'P@r<=2':>8}")
+    first = next(iter(doc["results"].values()))
+    graded = [key for key in GRADED if key in first]  # multi-label protocols: ACG, NDCG, WAP at the same K
+    print(f"{doc['dataset']}: mAP@{tk} on {first['n_query']} queries")
+    heads = "".join(f" {GRADED[g] + '@' + str(tk):>10}" for g in graded)
+    print(f"{'bits':>5} {'mAP':>8} {'tie-aware':>10} {'P@r<=2':>8}{heads}")
     for bits, r in doc["results"].items():
-        print(f"{bits:>5} {r['map']:8.4f} {r['map_tie_aware']:10.4f} {r['precision_within_radius']:8.4f}")
+        print(f"{bits:>5} {r['map']:8.4f} {r['map_tie_aware']:10.4f} {r['precision_within_radius']:8.4f}"
+              + "".join(f" {r[g]:10.4f}" for g in graded))
     for warning in doc.get("warnings", []):
         print(f"warning: {warning}")
     print(f"metrics and figures in {out}")

@@ -20,7 +20,9 @@ import numpy as np
 from .. import rundir as R
 from ...errors import ConfigError, DataError, HybridHashError
 from ...fileio import atomic_path, read_json, write_json
+from ...metrics.graded import STABLE, TIE_AWARE
 from ...models.features import PIXELS
+from ..evaluation import GRADED
 from .floors import FLOOR_BASELINE
 from .grid import CELL_NAME, METRICS_NAME, Cell, Grid, cell_state, claim_grid
 from .selectors import saw_labels
@@ -192,7 +194,7 @@ def floor_metrics(grid: Grid, seed: int, split_hash: str, cell: Cell, protocol=N
     results = {}
     for b in grid.bits:
         qc, dc = lsh_codes(tr, q, db, bits=b, seed=seed)
-        results[str(b)] = retrieval_metrics(qc, dc, ql, dl, protocol.topk)
+        results[str(b)] = retrieval_metrics(qc, dc, ql, dl, protocol.topk, graded=bool(protocol.multi_label))
     doc = {"dataset": protocol.name, "split_hash": split_hash, "seed": seed,
            "topk": "all" if protocol.topk is None else protocol.topk, "results": results}
     write_json(path, doc)
@@ -204,9 +206,11 @@ def floor_metrics(grid: Grid, seed: int, split_hash: str, cell: Cell, protocol=N
 
 def _row(name: str, family: str, bits: int, seeds: List[int], results: List[Dict[str, Any]],
          seconds: List[float], epochs: List[Any], recipes: List[str], cells: List[str]) -> Dict[str, Any]:
+    # the multi-label figures (ACG, NDCG, WAP, tie-aware ACG and NDCG) where every cell of the row has them
+    graded = {key: _stats([r[key] for r in results]) for key in STABLE + TIE_AWARE if all(key in r for r in results)}
     return {"method": name, "family": family, "bits": bits, "seeds": seeds, "n": len(seeds), "cells": cells,
             "map": _stats([r["map"] for r in results]),
-            "map_tie_aware": _stats([r["map_tie_aware"] for r in results]),
+            "map_tie_aware": _stats([r["map_tie_aware"] for r in results]), **graded,
             "precision_within_radius": _stats([r["precision_within_radius"] for r in results]),
             "train_seconds": _stats(seconds), "epochs": sorted(set(epochs), key=str),
             "recipe": " / ".join(dict.fromkeys(recipes))}
@@ -299,6 +303,11 @@ def label_free_note(methods: Sequence[str], fits: Sequence[Finished], select_on:
     return text
 
 
+def _graded_keys(doc: Dict[str, Any]) -> List[str]:
+    """The multi-label figures some row of the table has (none on single-label data)."""
+    return [key for key in GRADED if any(key in r for r in doc["rows"])]
+
+
 def _pm(stat: Dict[str, Any]) -> str:
     if stat["mean"] is None:
         return "-"
@@ -322,12 +331,14 @@ def header(doc: Dict[str, Any]) -> str:
 def table_cells(doc: Dict[str, Any]) -> tuple:
     """(column names, rows of display strings) of the table."""
     k = doc["topk"]
-    cols = ["method", "family", "bits", f"mAP@{k}", f"tie-aware mAP@{k}", "P(r<=2)", "train s", "epochs", "recipe",
-            "seeds"]
+    graded = _graded_keys(doc)
+    cols = ["method", "family", "bits", f"mAP@{k}", f"tie-aware mAP@{k}", *(f"{GRADED[g]}@{k}" for g in graded),
+            "P(r<=2)", "train s", "epochs", "recipe", "seeds"]
     rows = []
     for r in doc["rows"]:
         secs = r["train_seconds"]["mean"]
         rows.append([r["method"], r["family"], str(r["bits"]), _pm(r["map"]), _pm(r["map_tie_aware"]),
+                     *(_pm(r[g]) if g in r else "-" for g in graded),
                      f"{r['precision_within_radius']['mean']:.4f}", "-" if secs is None else f"{secs:.1f}",
                      ",".join(map(str, r["epochs"])) or "-", r["recipe"] or "-", str(r["n"])])
     return cols, rows
@@ -359,13 +370,15 @@ def csv_text(doc: Dict[str, Any]) -> str:
     """One CSV line per row; floats at full precision, an undefined std empty."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    graded = _graded_keys(doc)
+    w.writerow(CSV_COLUMNS + tuple(f"{g}_{s}" for g in graded for s in ("mean", "std")))
     blank = (lambda v: "" if v is None else repr(v))
     for r in doc["rows"]:
         w.writerow([r["method"], r["family"], r["bits"], blank(r["map"]["mean"]), blank(r["map"]["std"]),
                     blank(r["map_tie_aware"]["mean"]), blank(r["map_tie_aware"]["std"]),
                     blank(r["precision_within_radius"]["mean"]), blank(r["train_seconds"]["mean"]),
-                    " ".join(map(str, r["epochs"])), r["recipe"], r["n"], " ".join(map(str, r["seeds"]))])
+                    " ".join(map(str, r["epochs"])), r["recipe"], r["n"], " ".join(map(str, r["seeds"])),
+                    *(blank(r.get(g, {}).get(s)) for g in graded for s in ("mean", "std"))])
     return buf.getvalue()
 
 
