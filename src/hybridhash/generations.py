@@ -240,7 +240,7 @@ def _clear_dir(d: Path, top: bool) -> None:
 def remove_generation(directory: Path, generation: int, manifest: Dict[str, Any]) -> None:
     """Remove the files generation ``generation`` consists of (``manifest``'s list) and its index."""
     d = generation_dir(directory, generation)
-    remove_saved_index(d / INDEX_FILE)
+    remove_saved_index(d / INDEX_FILE, why="its generation was replaced")
     for name in written_files(manifest):
         if name != MANIFEST:
             (d / name).unlink(missing_ok=True)

@@ -420,9 +420,10 @@ def _saved_here(mpath: Path) -> bool:
     return isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT
 
 
-def remove_saved_index(path: Union[str, os.PathLike], keep_sha256: Optional[str] = None) -> bool:
+def remove_saved_index(path: Union[str, os.PathLike], keep_sha256: Optional[str] = None,
+                       why: str = "it was built from other codes") -> bool:
     """Remove the index saved at ``path`` (file and sidecar), unless it was built from the codes of
-    digest ``keep_sha256``. Only an index whose sidecar is this project's is touched (never a file
+    digest ``keep_sha256``; ``why`` is logged. Only an index whose sidecar is this project's is touched (never a file
     the project did not write). Returns whether one was removed."""
     path = Path(path)
     side = HashIndex.manifest_path(path)
@@ -432,5 +433,5 @@ def remove_saved_index(path: Union[str, os.PathLike], keep_sha256: Optional[str]
         return False
     path.unlink(missing_ok=True)
     side.unlink(missing_ok=True)
-    _log.info("removed %s: it was built from other codes", path)
+    _log.info("removed %s: %s", path, why)
     return True
