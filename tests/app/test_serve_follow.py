@@ -222,3 +222,51 @@ def test_a_generation_of_another_model_is_not_switched_to(serve_collection, tmp_
         assert h["count"] == 24 and retriever.collection.fingerprint == h["fingerprint"]
         assert _answer(_search(c, query).json()["results"]) == want  # the old generation, still served
         assert c.get("/items/3").status_code == 200
+
+
+def test_the_follower_checks_by_stat_and_backs_off_while_switching_fails(caplog):
+    """With nothing new it never refreshes; while refreshing fails it tries at doubling intervals,
+    logs the reason once and reports it; once it succeeds the new generation is reported."""
+    from hybridhash.app.serve.follow import GenerationFollower
+    from hybridhash.errors import IndexMismatchError
+
+    class Collection:
+        directory, count = Path("codes"), 5
+
+        def __init__(self, generation, current=True):
+            self.generation, self.current = generation, current
+
+        def is_current(self):
+            return self.current
+
+    class Fake:
+        def __init__(self):
+            self.collection, self.calls, self.fail = Collection(0), 0, True
+
+        def refresh(self):
+            self.calls += 1
+            if self.fail:
+                raise IndexMismatchError("codes was encoded by model b, the model is model a")
+            self.collection = Collection(1)
+            return True
+
+    fake = Fake()
+    follower = GenerationFollower(fake, 0.02).start()
+    try:
+        time.sleep(0.5)
+        assert fake.calls == 0  # current: only the stat each time
+        fake.collection.current = False
+        time.sleep(1.0)
+        # at 0.04, 0.12, 0.28, 0.6 s after it went stale (doubling), not every 0.02 s (50 times)
+        assert 2 <= fake.calls <= 6, fake.calls
+        status = follower.status()
+        assert status["number"] == 0 and status["switches"] == 0 and "encoded by model b" in status["error"]
+        assert sum("not switching" in r.getMessage() for r in caplog.records) == 1
+        fake.fail = False
+        deadline = time.monotonic() + 10
+        while follower.status()["switches"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert follower.status()["number"] == 1 and follower.status()["error"] is None
+    finally:
+        follower.stop()
