@@ -38,6 +38,7 @@ MAX_DECODES: int = 2  # images decoded at once (a 49 MP PNG costs ~190 MB while 
 MAX_REQUESTS: int = 32  # requests answered at once; more get 503 with Retry-After
 BODY_TIMEOUT: float = 30.0  # seconds an upload may stall between two chunks before a 408
 KEEP_ALIVE_TIMEOUT: int = 5  # seconds an idle keep-alive connection stays open
+FOLLOW_INTERVAL: float = 1.0  # seconds between the service's checks for a new generation (one stat)
 # the most the service's options may raise those to
 MAX_BATCH_CAP: int = 4096
 MAX_DECODES_CAP: int = 256

@@ -362,6 +362,8 @@ def test_serve_command_rejects_bad_options(built, capsys):
     assert "--port" in capsys.readouterr().err
     assert cli.main(["serve", "--collection", str(built["codes"]), "--max-upload-mb", "0"]) == 1
     assert "--max-upload-mb" in capsys.readouterr().err
+    assert cli.main(["serve", "--collection", str(built["codes"]), "--follow", "-1"]) == 1
+    assert "--follow" in capsys.readouterr().err
     assert cli.main(["serve", "--collection", str(built["codes"].parent / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
 
@@ -373,6 +375,7 @@ def test_serve_command_binds_loopback_and_prints_the_url(built, tmp_path):
     try:
         lines = [lines_q.get(timeout=120), lines_q.get(timeout=120)]
         assert lines[0].startswith("serving 24 images (32-bit codes"), lines
+        assert lines[0].rstrip().endswith("(generation 0, following its updates every 1 s)"), lines
         url = lines[1].split()[1].rstrip("/")
         assert url.startswith("http://127.0.0.1:"), lines
         deadline = time.monotonic() + 60
@@ -383,7 +386,7 @@ def test_serve_command_binds_loopback_and_prints_the_url(built, tmp_path):
             except httpx.TransportError:
                 assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "stderr.txt").read_text()
                 time.sleep(0.1)
-        assert h.json()["count"] == 24
+        assert h.json()["count"] == 24 and h.json()["generation"]["follow_interval"] == 1.0
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         assert proc.wait(timeout=30) == 0
     finally:

@@ -213,3 +213,48 @@ def test_api_docs_render_under_their_policy(browser, served):
         assert "'unsafe-inline'" not in policy["script-src"] and "'unsafe-eval'" not in policy["script-src"]
     finally:
         context.close()
+
+
+def test_the_page_follows_an_update_of_the_collection(browser, tmp_path):
+    """The service switches to a new generation while the page is open: the next search shows the
+    new count and generation, and its results (thumbnails included) come from the new generation."""
+    import time
+
+    import httpx
+    from playwright.sync_api import expect
+
+    from hybridhash.app.encode import encode_collection
+    from tests.helpers.collections import build_collection
+    from tests.helpers.living import digit_png
+
+    built = build_collection(tmp_path)
+    images, paths = built["images"], built["paths"]
+    app = create_app(Retriever.open(built["codes"]), follow_interval=0.1)
+    with BackgroundServer(app) as server:
+        context, page = _watched_page(browser)
+        try:
+            page.goto(server.url + "/")
+            line = page.locator("#collection")
+            expect(line).to_have_attribute("data-count", "24")
+            expect(line).to_have_attribute("data-generation", "0")
+            (images / paths[5]).unlink()
+            for i in range(2):
+                digit_png(images / f"new/new_{i}.png", 40 + i)
+            encode_collection(images, built["codes"], built["checkpoint"], workers=0, progress=False)
+            deadline = time.monotonic() + 20
+            while httpx.get(server.url + "/health").json()["generation"]["number"] != 1:
+                assert time.monotonic() < deadline, "the service did not switch"
+                time.sleep(0.05)
+            page.select_option("#k", "50")
+            page.set_input_files("#file", str(images / "new/new_1.png"))
+            expect(_tiles(page)).to_have_count(25)
+            expect(line).to_have_attribute("data-count", "25")
+            expect(line).to_have_attribute("data-generation", "1")
+            expect(line).to_contain_text("25 images")
+            expect(line).to_contain_text("generation 1")
+            expect(_tiles(page).first).to_have_attribute("data-distance", "0")
+            shown = {int(i) for i in _tiles(page).evaluate_all("els => els.map(e => e.dataset.id)")}
+            assert shown == {int(i) for i in app.state.retriever.collection.item_ids}
+            assert page.js_errors == [] and page.failed == []
+        finally:
+            context.close()

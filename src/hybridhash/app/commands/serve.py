@@ -16,6 +16,7 @@ DESCRIPTION = (
 
 def configure(p):
     from hybridhash.limits import BODY_TIMEOUT as DEFAULT_BODY_TIMEOUT, KEEP_ALIVE_TIMEOUT as DEFAULT_KEEP_ALIVE_TIMEOUT
+    from hybridhash.limits import FOLLOW_INTERVAL as DEFAULT_FOLLOW_INTERVAL
     from hybridhash.limits import K_CAP, MAX_BATCH_CAP, MAX_DECODES_CAP, MAX_REQUESTS_CAP, MAX_TIMEOUT
     from hybridhash.limits import MAX_BATCH as DEFAULT_MAX_BATCH, MAX_DECODES as DEFAULT_MAX_DECODES
     from hybridhash.limits import MAX_K as DEFAULT_MAX_K
@@ -55,6 +56,11 @@ def configure(p):
                help="seconds an upload may stall before the request gets 408 and is closed")
     add_option(p, "--keep-alive-timeout", type=bounded(int, 1, MAX_TIMEOUT), default=DEFAULT_KEEP_ALIVE_TIMEOUT,
                help="seconds an idle connection is kept open after a response")
+    add_option(p, "--follow", type=bounded(float, 0, MAX_TIMEOUT), default=DEFAULT_FOLLOW_INTERVAL,
+               metavar="SECONDS",
+               help="seconds between checks for a new generation of the collection (written by `hybridhash "
+                    "encode` run again onto it), switched to between requests without a restart; "
+                    "0: serve the generation opened until restarted")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="the server's log level")
 
@@ -76,7 +82,8 @@ def run(args) -> int:
                                runtime=args.runtime, max_pixels=args.max_pixels, root=args.image_root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      max_k=args.max_k, max_batch=args.max_batch, max_decodes=args.max_decodes,
-                     body_timeout=args.body_timeout, max_requests=args.max_requests, allowed_hosts=hosts)
+                     body_timeout=args.body_timeout, max_requests=args.max_requests, allowed_hosts=hosts,
+                     follow_interval=args.follow or None)
     sock = bind_socket(args.host, args.port)  # bound before printing, so the URL is the real one
     port = sock.getsockname()[1]
     if args.host in ("0.0.0.0", "::", ""):
@@ -84,8 +91,10 @@ def run(args) -> int:
         where = f" (listening on all interfaces, port {port})"
     else:
         url, where = socket_url(sock) + "/", ""
+    following = f", following its updates every {args.follow:g} s" if args.follow else ""
     print(f"serving {retriever.count} images ({retriever.bits}-bit codes, "
-          f"{getattr(retriever.index, 'kind', 'flat')} index) from {printable(retriever.collection.directory)}")
+          f"{getattr(retriever.index, 'kind', 'flat')} index) from {printable(retriever.collection.directory)}"
+          f" (generation {retriever.generation}{following})")
     print(f"open {url} in a browser{where}; API docs at {url}docs; Ctrl-C stops", flush=True)
     if not is_loopback(args.host):
         print("warning: not bound to loopback: anyone who can reach this address can search the collection "

@@ -1,6 +1,7 @@
 """The HTTP service and its web page: ``create_app(retriever)`` (:mod:`.app`, the routes), its upload
-limits (:mod:`.uploads`), query batching (:mod:`.batching`), thumbnails (:mod:`.thumbnails`) and
-ways to run it (:mod:`.server`)."""
+limits (:mod:`.uploads`), query batching (:mod:`.batching`), the stored images (:mod:`.items`) and
+their thumbnails (:mod:`.thumbnails`), following updates of the collection (:mod:`.follow`) and ways
+to run it (:mod:`.server`)."""
 from .app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
 from .batching import SearchBatcher
 from .thumbnails import ThumbnailCache

@@ -4,7 +4,7 @@ Routes::
 
     POST /search          multipart ``image`` (+ ``k``) -> the k nearest items as JSON
     GET  /items/{id}      the stored image of item ``id`` (``?thumb=1``: a small cached thumbnail)
-    GET  /health          status, collection size, bits, model fingerprint, limits
+    GET  /health          status, collection size, bits, model fingerprint, limits, the generation served
     GET  /                the web page (static files under /static, no external resource)
     GET  /docs, /openapi.json
 
@@ -20,6 +20,10 @@ MB; see :mod:`.decodes`), at most ``max_requests`` requests are answered at once
 a client that stops sending its request body for ``body_timeout`` seconds gets 408 and a closed
 connection. Images are decoded by :mod:`hybridhash.data.images`, the decoder the encoder uses,
 under the project's one pixel limit; thumbnails too, so every encoded image has one.
+
+The service follows its collection (:mod:`.follow`): an update by ``hybridhash encode`` is noticed
+within ``follow_interval`` seconds and switched to between requests, with no restart; ``/health``
+says which generation is served, and an item an update removed is a 404 (:mod:`.items`).
 """
 # no ``from __future__ import annotations``: FastAPI must evaluate the endpoint annotations, whose
 # bounds (``le=max_k``) are closure variables of create_app
@@ -35,16 +39,17 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ...data.images import DEFAULT_MAX_PIXELS
-from ...errors import ConfigError, DataError, one_line
-from ...limits import K_CAP, MAX_DECODES, MAX_K, MAX_REQUESTS, MAX_UPLOAD_BYTES
+from ...errors import ConfigError, DataError
+from ...limits import FOLLOW_INTERVAL, K_CAP, MAX_DECODES, MAX_K, MAX_REQUESTS, MAX_UPLOAD_BYTES
 from .batching import DEFAULT_MAX_BATCH, SearchBatcher
 from .decodes import DecodePool
+from .follow import GenerationFollower
 from .headers import DOCS_PATH, LOOPBACK_HOSTS, SecurityHeadersMiddleware, host_pattern
+from .items import image_response, thumbnail_response
 from .thumbnails import THUMB_SIZE, ThumbnailCache
 from .uploads import (DEFAULT_BODY_TIMEOUT, ENVELOPE_BYTES, BodyLimitMiddleware, RequestLimitMiddleware, TooLarge,
                       decode_upload)
@@ -57,6 +62,7 @@ DEFAULT_MAX_UPLOAD_BYTES = MAX_UPLOAD_BYTES
 DEFAULT_MAX_K = MAX_K
 DEFAULT_MAX_DECODES = MAX_DECODES
 DEFAULT_MAX_REQUESTS = MAX_REQUESTS
+DEFAULT_FOLLOW_INTERVAL = FOLLOW_INTERVAL
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,6 +94,15 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
+class Generation(BaseModel):
+    number: int  # the generation of the collection served (0: as first encoded)
+    count: int  # its items
+    since: str  # when the service began answering from it (ISO 8601, UTC)
+    switches: int  # generations switched to since the service started
+    follow_interval: Optional[float]  # seconds between checks for a new one; None: not followed
+    error: Optional[str]  # why the last switch to a newer generation failed, if it did
+
+
 class Health(BaseModel):
     status: str
     count: int
@@ -95,6 +110,7 @@ class Health(BaseModel):
     fingerprint: Optional[str]
     model: Optional[str]
     index: Optional[str]
+    generation: Generation
     limits: dict
     stats: dict
 
@@ -152,7 +168,8 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
                max_k: int = DEFAULT_MAX_K, max_batch: int = DEFAULT_MAX_BATCH, thumb_size: int = THUMB_SIZE,
                thumb_cache_items: int = 4096, max_decodes: int = DEFAULT_MAX_DECODES,
                body_timeout: Optional[float] = DEFAULT_BODY_TIMEOUT, max_requests: int = DEFAULT_MAX_REQUESTS,
-               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+               follow_interval: Optional[float] = DEFAULT_FOLLOW_INTERVAL) -> FastAPI:
     """The service for ``retriever`` (a :class:`~hybridhash.retrieval.Retriever` or the same shape).
 
     Args:
@@ -172,6 +189,9 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         allowed_hosts: the Host header names answered (see :func:`.headers.allowed_hosts`); other
             requests get 400, so a web page that rebinds its own domain to this address cannot
             read the service.
+        follow_interval: seconds between checks for a new generation of the collection, switched
+            to between requests (:mod:`.follow`; while the app runs); None or 0: the generation
+            opened is served until a restart.
 
     Thumbnails are made under the pixel limit the collection was encoded with (not the upload
     limit), so every item that has a code has a thumbnail.
@@ -186,7 +206,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     retriever_limit = getattr(retriever, "max_pixels", None)
     if retriever_limit is not None:  # the retriever refuses larger images anyway: say so up front
         max_pixels = min(max_pixels, int(retriever_limit))
-    collection = retriever.collection
+    collection = retriever.collection  # the generation opened; requests take the served one each time
     batcher = SearchBatcher(retriever, max_batch=max_batch)
     decoder = DecodePool(max_decodes)
     encoded_limit = getattr(collection, "manifest", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
@@ -199,18 +219,23 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     model_config = getattr(model, "config", None)
     health = {
         "status": "ok",
-        "count": int(retriever.count),
         "bits": int(retriever.bits),
         "fingerprint": getattr(collection, "fingerprint", None) or getattr(model, "fingerprint", None),
         "model": getattr(model_config, "preset", None),
-        "index": getattr(getattr(retriever, "index", None), "kind", None),
         "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_k": max_k},
     }
     swagger_assets = _swagger_assets()
 
+    def switched(new) -> None:  # a generation written with another pixel limit (--no-resume) thumbnails under it
+        thumbs.max_pixels = getattr(new, "manifest", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
+
+    follower = GenerationFollower(retriever, follow_interval, on_switch=switched)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        follower.start()
         yield
+        follower.stop()
         batcher.close()
         decoder.close()
 
@@ -227,6 +252,7 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     app.state.batcher = batcher
     app.state.thumbnails = thumbs
     app.state.decoder = decoder
+    app.state.follower = follower
     # the last added runs first: headers on every answer, then the Host check, then the bounds
     app.add_middleware(BodyLimitMiddleware, limit=max_upload_bytes + ENVELOPE_BYTES,
                        reported_limit=max_upload_bytes, timeout=body_timeout)
@@ -292,27 +318,24 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
                                             404: {"model": Problem, "description": "no such item"}},
              response_class=Response, tags=["items"])
     def item(item_id: int, thumb: Annotated[bool, Query(description="a small thumbnail instead")] = False):
-        """The stored image of item ``item_id``, or its thumbnail (longest side ``thumb_size`` px)."""
-        path = _item_path(collection, item_id)
+        """The stored image of item ``item_id``, or its thumbnail (longest side ``thumb_size`` px), from
+        the generation served now: 404 for an id it does not hold (an update removed it)."""
+        collection = retriever.collection  # one generation for the whole request
         headers = {"Cache-Control": "public, max-age=3600"}
         if thumb:
-            try:
-                data, media_type = thumbs.get(item_id, path)
-            except (OSError, DataError, ValueError, SyntaxError) as err:
-                log.warning("item %d: no thumbnail (%s)", item_id, one_line(err))
-                raise HTTPException(404, f"item {item_id}: its image cannot be read") from None
-            return Response(data, media_type=media_type, headers=headers)
-        media_type = _image_type(path)
-        if media_type is None:
-            raise HTTPException(404, f"item {item_id}: its image cannot be read")
-        return FileResponse(path, media_type=media_type, headers=headers)
+            return thumbnail_response(collection, item_id, thumbs, headers)
+        return image_response(collection, item_id, headers)
 
     @app.get("/health", response_model=Health, tags=["service"])
     def get_health() -> dict:
-        """Liveness, the collection's size and code length, the limits uploads must keep, and counters
-        (searches answered, model forwards run: their ratio is the batching achieved)."""
-        return {**health, "stats": {"searches": batcher.queries, "forwards": batcher.batches,
-                                    "thumbnails_cached": len(thumbs)}}
+        """Liveness, the collection's size and code length, the generation served (its number, count,
+        since when), the limits uploads must keep, and counters (searches answered, model forwards
+        run: their ratio is the batching achieved)."""
+        generation = follower.status()
+        return {**health, "count": generation["count"], "generation": generation,
+                "index": getattr(getattr(retriever, "index", None), "kind", None),
+                "stats": {"searches": batcher.queries, "forwards": batcher.batches,
+                          "thumbnails_cached": len(thumbs)}}
 
     @app.get(DOCS_PATH, include_in_schema=False)
     def docs(request: Request):
@@ -334,34 +357,6 @@ def create_app(retriever, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def _item_path(collection, item_id: int) -> Path:
-    """The file of item ``item_id`` (its listed path, read through links; see Collection.served_path), or a 404."""
-    if getattr(collection, "ids", None) is not None:  # an updated collection: ids stable across updates, not rows
-        if not collection.has_id(item_id):
-            raise HTTPException(404, f"no item {item_id} in this collection")
-    elif not 0 <= item_id < collection.count:
-        raise HTTPException(404, f"no item {item_id}: ids run from 0 to {collection.count - 1}")
-    try:
-        resolve = getattr(collection, "served_path", None) or collection.abspath  # abspath: an older collection shape
-        path = Path(resolve(item_id))
-    except DataError as err:
-        log.warning("refused to serve %s", err)
-        raise HTTPException(404, f"item {item_id}: not served (its path leaves the image root, or its link "
-                                 f"no longer leads to the file that was encoded)") from None
-    if not path.is_file():
-        raise HTTPException(404, f"item {item_id}: its image file is missing")
-    return path
-
-
-def _image_type(path: Path) -> Optional[str]:
-    """The MIME type from the file's own header (not its name); None for a file that is no image."""
-    try:
-        with Image.open(path) as img:
-            return Image.MIME.get(img.format or "", "application/octet-stream")
-    except Exception:  # unreadable or not an image: never served
-        return None
 
 
 def _display_name(filename: Optional[str]) -> str:

@@ -5,7 +5,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Hashable, Optional, Tuple
 
 from PIL import Image
 
@@ -22,7 +22,8 @@ THUMB_SIZE = 256
 class ThumbnailCache:
     """Thumbnails of collection items, made on first request and kept in a bounded LRU.
 
-    ``get(id, path) -> (bytes, media type)``. Bounded both in entries and in bytes; the least recently
+    ``get(key, path) -> (bytes, media type)``: ``key`` names the file's content (the service uses its
+    path, size and modification time, so a rewritten file is not answered from the cache). Bounded both in entries and in bytes; the least recently
     used thumbnails go first. Small images become PNG (lossless, a few kB), larger ones JPEG.
     """
 
@@ -31,7 +32,7 @@ class ThumbnailCache:
         self.size, self.max_items, self.max_bytes = size, max_items, max_bytes
         self.max_pixels = max_pixels  # the limit the collection was encoded under: each item gets a thumbnail
         self._decoder = decoder  # shared with the uploads: the threads images are decoded on
-        self._items: "OrderedDict[int, Tuple[bytes, str]]" = OrderedDict()
+        self._items: "OrderedDict[Hashable, Tuple[bytes, str]]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -43,18 +44,18 @@ class ThumbnailCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def get(self, item_id: int, path: Path) -> Tuple[bytes, str]:
+    def get(self, key: Hashable, path: Path) -> Tuple[bytes, str]:
         with self._lock:
-            entry = self._items.get(item_id)
+            entry = self._items.get(key)
             if entry is not None:
-                self._items.move_to_end(item_id)
+                self._items.move_to_end(key)
                 self.hits += 1
                 return entry
             self.misses += 1
         entry = self._make(path)  # outside the lock: two threads may both make it, both get the same
         with self._lock:
-            if item_id not in self._items:
-                self._items[item_id] = entry
+            if key not in self._items:
+                self._items[key] = entry
                 self._bytes += len(entry[0])
             while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
                 _, (data, _) = self._items.popitem(last=False)

@@ -28,9 +28,11 @@
     errorBox.textContent = "";
   }
 
-  async function loadHealth() {
+  // the collection line; read again after each search and when the tab is shown again, since
+  // the service follows updates of its collection (a new generation, another count)
+  async function loadHealth(first) {
     try {
-      const r = await fetch("/health");
+      const r = await fetch("/health", { cache: "no-store" });
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       const h = await r.json();
       limits = h.limits;
@@ -38,14 +40,19 @@
       const parts = [plural(h.count, "image"), `${h.bits}-bit codes`];
       if (h.model) parts.push(h.model);
       if (h.index) parts.push(`${h.index} index`);
+      const gen = h.generation ? h.generation.number : 0;
+      if (gen > 0) parts.push(`generation ${gen}`);
       collectionLine.textContent = parts.join(" · ");
       collectionLine.dataset.count = h.count;
       collectionLine.dataset.bits = h.bits;
+      collectionLine.dataset.generation = gen;
+      if (!first) return;
       for (const opt of [...kSelect.options]) {
         if (Number(opt.value) > limits.max_k) opt.remove();
       }
       if (!kSelect.value && kSelect.options.length) kSelect.selectedIndex = kSelect.options.length - 1;
     } catch (err) {
+      if (!first) return;  // a search reports its own failure
       collectionLine.textContent = "the service does not answer";
       showError(`Cannot reach the search service (${err.message}).`);
     }
@@ -105,6 +112,7 @@
     } finally {
       document.body.classList.remove("busy");
     }
+    loadHealth(false);
   }
 
   function tile(hit) {
@@ -193,5 +201,7 @@
     if (item) useFile(item.getAsFile());
   });
 
-  loadHealth();
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) loadHealth(false); });
+
+  loadHealth(true);
 })();
