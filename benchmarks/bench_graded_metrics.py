@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model, load_text  # benchmarks/machine.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_CLASS = 21
@@ -69,15 +69,6 @@ def loop_scores(q: np.ndarray, db: np.ndarray, ql: np.ndarray, dbl: np.ndarray, 
     return out
 
 
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")),
-                "unknown")
-
-
 def best_of(fn, repeats: int) -> tuple:
     times, value = [], None
     for _ in range(repeats):
@@ -122,7 +113,7 @@ def markdown(results: list, machine: dict) -> str:
         "# Multi-label metric speed (benchmarks/bench_graded_metrics.py)",
         "",
         f"CPU: {machine['cpu_model']}, {machine['usable_cpus']} usable CPUs, numpy {machine['numpy']}. Load average "
-        f"(1, 5, 15 min): {_load(machine['loadavg_start'])} at start, {_load(machine['loadavg_end'])} at end "
+        f"(1, 5, 15 min): {load_text(machine['loadavg_start'])} at start, {load_text(machine['loadavg_end'])} at end "
         "(a shared machine: compare the ratios, not the absolute times).",
         "",
         "| K | queries x database | loop s | threads | ACG+NDCG+WAP functions s | loop / functions "
@@ -147,10 +138,6 @@ def markdown(results: list, machine: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _load(triple) -> str:
-    return ", ".join(f"{v:.2f}" for v in triple)
 
 
 def main() -> None:

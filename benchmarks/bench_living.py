@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from multiprocessing import Pool
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from machine import cpu_model  # benchmarks/machine.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARE = 0.01  # added, removed and changed, each
@@ -69,17 +69,6 @@ def make_images(folder: Path, first: int, count: int, workers: int, seed: int = 
     with Pool(workers) as pool:
         assert sum(pool.map(_write, jobs)) == count
     return time.perf_counter() - t0
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,18 +32,10 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 from hybridhash.methods.mdshc_centers import BLOCK, generate_centers  # noqa: E402
 from tests.methods.mdshc_naive import gv_target, naive_centers  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES, BITS = (10, 100), (16, 32, 48, 64)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                "unknown")
 
 
 def timed(fn):

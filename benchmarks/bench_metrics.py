@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import load_text  # benchmarks/machine.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -192,7 +193,7 @@ def markdown(results: list[dict], machine: dict) -> str:
         "# Retrieval metric speed (benchmarks/bench_metrics.py)",
         "",
         f"{machine['usable_cpus']} usable CPUs, numpy {machine['numpy']}. Load average (1, 5, 15 min): "
-        f"{_load(machine['loadavg_start'])} at start, {_load(machine['loadavg_end'])} at end; the machine was "
+        f"{load_text(machine['loadavg_start'])} at start, {load_text(machine['loadavg_end'])} at end; the machine was "
         "shared with other jobs, so absolute times are inflated, ratios less so.",
         "",
         "| setting | queries x database | mAP | tie-aware mAP | project s (default threads) | project s (1 thread) "
@@ -224,10 +225,6 @@ def markdown(results: list[dict], machine: dict) -> str:
     return "\n".join(lines)
 
 
-def _load(triple) -> str:
-    return ", ".join(f"{v:.2f}" for v in triple)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -257,7 +254,7 @@ def main() -> None:
         print(
             f"{name}: mAP {r['map']:.4f}, tie-aware {r['tie_aware_map']:.4f}; project {min(runs[0]['seconds']):.2f} s "
             f"(runs {', '.join(f'{t:.2f}' for t in runs[0]['seconds'])}; 1 thread {min(runs[1]['seconds']):.2f} s), "
-            f"peak RSS +{max(runs[0]['peak_rss_delta_mb']):.0f} MB; load {_load(r['loadavg_before'])}",
+            f"peak RSS +{max(runs[0]['peak_rss_delta_mb']):.0f} MB; load {load_text(r['loadavg_before'])}",
             flush=True,
         )
         for loop_name, loop in r["loops"].items():

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "src"))  # the collection is built by the code the
 # the repository root, for tests.helpers: the service is started as its tests start it
 sys.path.insert(0, str(REPO))
 from tests.helpers.serving import serve_process  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 RESULTS = REPO / "benchmarks" / "results"
 # the commit before the service's memory bounds: what the baseline runs
@@ -86,17 +87,6 @@ class Sampler:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def build(tmp: Path, megapixels: float) -> tuple[Path, Path]:

@@ -1,14 +1,14 @@
 """IDHN (Zhang, Zou, Lin, Chen and Wang, IEEE TMM 2019, "Improved Deep Hashing With Soft Pairwise
 Similarity for Multi-Label Image Retrieval"): softsign outputs against a bank, with a soft
 similarity (the cosine of the label vectors); the likelihood on pairs whose similarity is near 0 or
-1, a squared error on the others (docs/methods.md, idhn). ``soft_similarity`` and ``softsign`` are
-shared with ISDH."""
+1, a squared error on the others (docs/methods.md, idhn). ISDH is IDHN with another pair loss."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Tuple
 
 from torch import Tensor
+from torch.nn.functional import softsign  # h / (1 + |h|)
 
 from .bank import BankMethod
 from .base import MethodConfig, MethodDefaults
@@ -16,11 +16,6 @@ from .dhn import likelihood
 from .registry import register_method
 
 SCALES = ("deephash", "official")
-
-
-def softsign(h: Tensor) -> Tensor:
-    """h / (1 + |h|), any shape."""
-    return h / (1 + h.abs())
 
 
 def soft_similarity(y: Tensor, Y: Tensor) -> Tuple[Tensor, Tensor]:

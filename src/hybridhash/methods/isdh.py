@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.functional import softsign
 
-from .bank import BankMethod
-from .base import MethodDefaults
 from .dhn import likelihood
-from .idhn import IDHNConfig, inner_scale, soft_similarity, softsign
+from .idhn import IDHN, IDHNConfig, inner_scale, soft_similarity
 from .registry import register_method
 
 
@@ -39,16 +38,11 @@ class ISDHConfig(IDHNConfig):
 
 
 @register_method
-class ISDH(BankMethod):
-    name = "isdh"
-    family = "symmetric"
-    activation = "softsign"
-    Config = ISDHConfig
-    DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=128, epochs=150)
+class ISDH(IDHN):
+    """IDHN's softsign bank and soft similarity, with ISDH's pair loss."""
 
-    def activate(self, h: Tensor) -> Tensor:
-        """softsign(h), what the bank stores."""
-        return softsign(h)
+    name = "isdh"
+    Config = ISDHConfig
 
     def pair_loss(self, h: Tensor, y: Tensor, U: Tensor, Y: Tensor) -> Tensor:
         c = self.config
