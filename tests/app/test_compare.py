@@ -188,7 +188,8 @@ def test_shards_split_the_cells_disjointly_and_completely():
     (["--methods", "all", "dsh"], "'all' stands alone"),
     (["--methods", "dsh", "dsh"], "lists a method twice"),
     (["--methods", "bihalf", "nosuch"], "known: adsh, bihalf,"),
-    (["--methods", "nosuch"], "lsh, pcah, sh; or a selector: all, supervised, unsupervised, baselines"),
+    (["--methods", "nosuch"], "lsh, pcah, sh; or a selector: all, supervised, symmetric, asymmetric, central, classification, "
+                             "unsupervised, baselines"),
     (["--methods", "all", "baselines"], "'all' stands alone"),
     (["--methods", "lsh", "--baseline-model", "nosuch"], "--baseline-model: unknown model 'nosuch'"),
     (["--methods", "lsh", "--baseline-pretrained", "imagenet"], "--baseline-pretrained: pixels"),
@@ -366,6 +367,12 @@ def test_selectors_expand_by_what_methods_declare():
     assert methods("hybridhash", "baselines") == ["hybridhash", *baselines]
     assert methods("unsupervised", "baselines") == unsupervised + baselines
     assert methods("dsh", "supervised") == ["dsh", *[m for m in supervised if m != "dsh"]]  # dsh once, first
+    # the families partition the registered methods, each selector bringing its own
+    families = {f: methods(f) for f in ("symmetric", "asymmetric", "central", "classification", "unsupervised")}
+    assert sorted(sum(families.values(), [])) == every
+    assert all(method_class(m).family == f for f, ms in families.items() for m in ms)
+    assert {"csq", "dpn", "mdshc"} <= set(families["central"]) and "adsh" in families["asymmetric"]
+    assert methods("central", "baselines") == families["central"] + baselines
 
 
 def test_baseline_cells_get_no_training_loop_options():

@@ -38,8 +38,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("grid")
     g.add_argument("--methods", nargs="+", metavar="NAME",
                    help="method names and selectors, mixed: 'supervised' (the methods that train on labels; 'all' "
-                        "alone means the same), 'unsupervised' (those that train without labels), 'baselines' (the "
-                        "training-free lsh pcah itq sh), e.g. hybridhash baselines (default: all, or the grid "
+                        "alone means the same), a family: 'symmetric', 'asymmetric', 'central', 'classification', "
+                        "'unsupervised' (those that train without labels), and 'baselines' (the "
+                        "training-free lsh pcah itq sh), e.g. central baselines (default: all, or the grid "
                         "recorded in OUT with --report-only)")
     add_option(g, "--bits", type=code_length(), nargs="+", help="code lengths (default: 16 32 64)")
     add_option(g, "--seeds", type=from_bounds(ranges["seed"]), nargs="+",

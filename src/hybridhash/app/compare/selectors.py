@@ -11,9 +11,12 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 from ...errors import ConfigError
+from ...methods.base import FAMILIES
 
-# --methods words that stand for several methods, each decided by the methods' declared properties
-SELECTORS = ("all", "supervised", "unsupervised", "baselines")
+# --methods words that stand for several methods, each decided by the methods' declared properties:
+# the supervised ones, each family (symmetric, asymmetric, central, classification, unsupervised),
+# and the training-free baselines
+SELECTORS = ("all", "supervised", *FAMILIES, "baselines")
 
 
 def saw_labels(method: str) -> bool:
@@ -25,14 +28,14 @@ def saw_labels(method: str) -> bool:
 
 def selector_methods(selector: str) -> List[str]:
     """The methods a selector of :data:`SELECTORS` stands for: ``all`` and ``supervised`` those that
-    train on labels, ``unsupervised`` those of that family, ``baselines`` the training-free ones."""
+    train on labels, a family's name the methods of that family, ``baselines`` the training-free ones."""
     from ...methods import SHALLOW, list_methods, method_class
     from ..train.feeds import methods_training_on
 
     if selector in ("all", "supervised"):
         return methods_training_on("labels")
-    if selector == "unsupervised":
-        return [m for m in list_methods() if method_class(m).family == "unsupervised"]
+    if selector in FAMILIES:
+        return [m for m in list_methods() if method_class(m).family == selector]
     if selector == "baselines":
         return sorted(SHALLOW)
     raise ConfigError(f"--methods: unknown selector {selector!r}; selectors: {', '.join(SELECTORS)}")
