@@ -2,7 +2,7 @@
 
     >>> from hybridhash.methods import create_method, list_methods
     >>> list_methods("d*")
-    ['dbdh', 'dch', 'dfh', 'dhn', 'dnnh', 'dpn', 'dpsh', 'dsdh', 'dsh', 'dshsd', 'dtsh']
+    ['daph', 'dbdh', 'dch', 'dfh', 'dhn', 'dnnh', 'dpn', 'dpsh', 'dsdh', 'dsh', 'dshsd', 'dtsh']
     >>> method = create_method("dsh", bits=64, n_class=10, num_train=5000)  # DSH as published
 
 Keyword defaults are the published hyper-parameters; ``create_method(name, ..., **hparams)``
@@ -101,6 +101,7 @@ from . import pcdh  # noqa: F401  (registers)
 from . import dbdh, dfh, dhn, dsdh, idhn, isdh  # noqa: F401,E402  (registers: DeepHash-pytorch's bank methods)
 from . import dpn, dshsd, greedyhash, lcdsh, qsmih  # noqa: F401,E402  (registers)
 from . import mdshc  # noqa: F401  (registers)
+from . import daph  # noqa: F401  (registers: two networks, see Method.streams)
 from .base import TRAINS_ON, Method, MethodConfig, MethodDefaults, UnsupervisedMethod
 from .registry import create_method, list_methods, method_class, method_defaults, register_method
 from .shallow import SHALLOW, ShallowHash, is_training_free, load_shallow, make_shallow

@@ -201,6 +201,13 @@ class Method(nn.Module):
     # the loss also takes ``features=`` (B, F): the model's penultimate features of the batch, the
     # input of its hash layer (a map averaged over its positions), with their gradient
     takes_features: ClassVar[bool] = False
+    # networks the method trains: 2 is two copies of the model trained in turn, each pass's loss given
+    # ``stream=`` (which copy learns) and ``other=`` (the other copy's raw outputs of the batch, no
+    # gradient); the copy ``encode_stream`` is the run's checkpoint, the one that encodes
+    streams: ClassVar[int] = 1
+    encode_stream: ClassVar[int] = 0
+    # whether the comparison selectors ("all", a family) bring it; False: a grid runs it only when named
+    in_default_grid: ClassVar[bool] = True
 
     def __init__(self, bits: int, n_class: int, num_train: int, config: Optional[MethodConfig] = None) -> None:
         super().__init__()

@@ -24,6 +24,10 @@ def register_method(cls: Type[Method]) -> Type[Method]:
     if (cls.trains_on == "views") != (cls.views is not None):
         raise ConfigError(f"method {cls.name!r}: a method that trains on views declares their augmentation "
                           "(``views``), and only such a method does")
+    if cls.streams not in (1, 2) or not 0 <= cls.encode_stream < cls.streams:
+        raise ConfigError(f"method {cls.name!r}: streams must be 1 or 2 and encode_stream one of them")
+    if cls.streams > 1 and (cls.trains_on != "labels" or cls.takes_features):
+        raise ConfigError(f"method {cls.name!r}: a two-network method trains on labels without features")
     _METHODS[cls.name] = cls
     return cls
 

@@ -40,8 +40,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="method names and selectors, mixed: 'supervised' (the methods that train on labels; 'all' "
                         "alone means the same), a family: 'symmetric', 'asymmetric', 'central', 'classification', "
                         "'unsupervised' (those that train without labels), and 'baselines' (the "
-                        "training-free lsh pcah itq sh), e.g. central baselines (default: all, or the grid "
-                        "recorded in OUT with --report-only)")
+                        "training-free lsh pcah itq sh), e.g. central baselines; a partial port (daph) runs only when "
+                        "named (default: all, or the grid recorded in OUT with --report-only)")
     add_option(g, "--bits", type=code_length(), nargs="+", help="code lengths (default: 16 32 64)")
     add_option(g, "--seeds", type=from_bounds(ranges["seed"]), nargs="+",
                help="seeds; each draws its own split, shared by every method (default: 0 1 2)")

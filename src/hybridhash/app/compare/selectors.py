@@ -3,8 +3,8 @@
     >>> expand_methods(["hybridhash", "baselines"])
     ('hybridhash', 'itq', 'lsh', 'pcah', 'sh')
 
-Selectors are decided by what the methods declare (``trains_on``, ``family``) and by the registry of
-training-free baselines, never by a method's name.
+Selectors are decided by what the methods declare (``trains_on``, ``family``, ``in_default_grid``) and
+by the registry of training-free baselines, never by a method's name.
 """
 from __future__ import annotations
 
@@ -28,14 +28,15 @@ def saw_labels(method: str) -> bool:
 
 def selector_methods(selector: str) -> List[str]:
     """The methods a selector of :data:`SELECTORS` stands for: ``all`` and ``supervised`` those that
-    train on labels, a family's name the methods of that family, ``baselines`` the training-free ones."""
+    train on labels, a family's name the methods of that family, ``baselines`` the training-free ones.
+    A method outside the default grid (``in_default_grid`` False, e.g. a partial port) runs only when named."""
     from ...methods import SHALLOW, list_methods, method_class
     from ..train.feeds import methods_training_on
 
     if selector in ("all", "supervised"):
-        return methods_training_on("labels")
+        return [m for m in methods_training_on("labels") if method_class(m).in_default_grid]
     if selector in FAMILIES:
-        return [m for m in list_methods() if method_class(m).family == selector]
+        return [m for m in list_methods() if method_class(m).family == selector and method_class(m).in_default_grid]
     if selector == "baselines":
         return sorted(SHALLOW)
     raise ConfigError(f"--methods: unknown selector {selector!r}; selectors: {', '.join(SELECTORS)}")

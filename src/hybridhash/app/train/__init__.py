@@ -11,7 +11,7 @@ from ..rundir import bits_dir
 from .recipe import TrainConfig, choose_recipe, original_recipe, resolve, scratch_recipe
 
 # imported on first use: they load torch, which the command line's --help does without
-_LAZY = {"BitsResult": "loop", "Trainer": "loop", "lr_factor": "optim", "train": "run"}
+_LAZY = {"BitsResult": "result", "Trainer": "loop", "lr_factor": "optim", "train": "run"}
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,8 @@ from ...limits import FEATURE_CACHE_BYTES
 from ...locking import exclusive
 from ...outdir import check_claim, claim
 from ...environment import pick_device
-from .loop import METHOD_NAME, BitsResult
+from .loop import METHOD_NAME
+from .result import BitsResult
 from .recipe import TrainConfig, check_bits_list, check_numbers
 
 _log = logging.getLogger(__name__)

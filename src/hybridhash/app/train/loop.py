@@ -30,7 +30,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -46,10 +45,12 @@ from . import distributed as D
 from .augment import BatchAugment
 from .build import build_method, build_model
 from . import feeds as FD
+from .result import BitsResult
 from .selection import Selection
 from .optim import build_optimizer, lr_factor
 from .recipe import TrainConfig, divergence_hint, recipe_defaults
 from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
+from .streams import TwoStreams
 
 _log = logging.getLogger(__name__)
 
@@ -68,30 +69,6 @@ class CachedImages:
             items = tqdm(items, desc=desc, leave=False)
         self.images = torch.stack([transform(dataset.image(i)) for i in items])  # (N, 3, H, W)
         self.labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.float32)  # (N, C)
-
-
-@dataclass
-class BitsResult:
-    """What one code length's training left behind."""
-
-    bits: int
-    directory: Path
-    epochs: int
-    best_epoch: Optional[int]
-    best_metric: Optional[float]
-    select_on: str
-    seconds: float
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    # the score that picked the best epoch ("val_map", "query_map", or "val_copy_map" without labels)
-    selected_by: Optional[str] = None
-    # Spearman's rank correlation of val_map and val_copy_map over the epochs (labelled data)
-    copy_spearman: Optional[float] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"bits": self.bits, "directory": str(self.directory), "epochs": self.epochs,
-                "best_epoch": self.best_epoch, "best_metric": self.best_metric, "select_on": self.select_on,
-                "selected_by": self.selected_by, "copy_spearman": self.copy_spearman,
-                "seconds": round(self.seconds, 3)}
 
 
 def _hook(obj: Any, name: str) -> Callable[..., Any]:
@@ -152,6 +129,8 @@ class Trainer(Selection):
         self.optimizer = build_optimizer(self.model, c, self.method)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.net: nn.Module = self.model
+        # a method that trains two networks: the second copy, which takes over model and optimizer when it encodes
+        self.streams = TwoStreams(self) if getattr(self.method, "streams", 1) > 1 else None
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -192,9 +171,9 @@ class Trainer(Selection):
     def _progress(self) -> bool:
         return self.config.progress and self.dist.is_main and sys.stderr.isatty()
 
-    def _set_lr(self) -> float:
+    def _set_lr(self, optimizer: torch.optim.Optimizer) -> float:
         f = self._lr_factor(self.step)
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+        for g, base in zip(optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
         return self.base_lrs[0] * f
 
@@ -238,13 +217,26 @@ class Trainer(Selection):
             yield x, y, idx
 
     def train_epoch(self, epoch: int) -> float:
-        """One pass over this rank's share of the epoch's rows; returns the mean local loss."""
+        """One epoch over this rank's share of its rows (two passes for a two-network method, one
+        training each network); returns the mean local loss."""
         c = self.config
         seed_everything(D.derive_seed(c.seed, epoch, D.STREAM_AUGMENT))
-        self.net.train()
-        if self.trains_on == "targets" and c.targets == "features":
-            FD.hold_backbone_norms(self.model)
         _hook(self.method, "on_epoch_start")(epoch, self.step)
+        if self.streams is not None:
+            loss = self.streams.train_epoch(epoch)
+        else:
+            self.net.train()
+            if self.trains_on == "targets" and c.targets == "features":
+                FD.hold_backbone_norms(self.model)
+            loss = self.train_pass(epoch, self.net, self.optimizer)
+        _hook(self.method, "on_epoch_end")(epoch)
+        return loss
+
+    def train_pass(self, epoch: int, net: nn.Module, optimizer: torch.optim.Optimizer,
+                   extra: Optional[Callable[[torch.Tensor], Dict[str, Any]]] = None) -> float:
+        """One pass over the epoch's batches training ``net`` with ``optimizer``; ``extra(x)``: more
+        keyword arguments of the loss for the batch x (a two-network method's). Returns the mean loss."""
+        c = self.config
         batches = self._batches(epoch)
         if self._progress():
             from tqdm.auto import tqdm
@@ -263,9 +255,9 @@ class Trainer(Selection):
             x = views[0]
             y = y[:keep].to(self.device, non_blocking=True)
             idx = idx[:keep].to(self.device)
-            self._set_lr()
+            self._set_lr(optimizer)
             with autocast_context(self.device, self.amp):
-                outs = [self.net(v, activate=False).float() for v in views]  # (B, bits) raw hash-layer outputs
+                outs = [net(v, activate=False).float() for v in views]  # (B, bits) raw hash-layer outputs
             h = outs[0]
             _hook(self.method, "on_step")(self.step)
             if self.trains_on == "views":
@@ -277,14 +269,14 @@ class Trainer(Selection):
                 if self.dist.enabled:
                     # every rank writes every rank's batch, so the methods' states stay identical
                     gathered = (D.all_gather_rows(h.detach()), D.all_gather_rows(y), D.all_gather_rows(idx))
-                loss = self.method.loss(h, y, idx, gathered=gathered, **FD.tapped(self.tap))
-            self.optimizer.zero_grad(set_to_none=True)
+                loss = self.method.loss(h, y, idx, gathered=gathered, **FD.tapped(self.tap), **(extra(x) if extra else {}))
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.dist.enabled:  # a method's own parameters (a classifier) are outside DDP's averaging
                 D.average_gradients(self.method.parameters())
             if c.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            self.optimizer.step()
+                nn.utils.clip_grad_norm_(net.parameters(), c.grad_clip)
+            optimizer.step()
             self.step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -295,7 +287,6 @@ class Trainer(Selection):
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{value:.4f}")
             self._emit("step_end", epoch=epoch, step=self.step)
-        _hook(self.method, "on_epoch_end")(epoch)
         return total / max(count, 1)
 
     def divergence_hint(self) -> str:
@@ -327,6 +318,8 @@ class Trainer(Selection):
                 "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "elapsed": self.elapsed, "fingerprint": fingerprint, "bits": self.bits,
             })
+            if self.streams is not None:
+                self.streams.save(tmp, self._meta())
 
     def save_best(self) -> None:
         with R.saving(self.out / R.BEST) as tmp:
@@ -350,6 +343,8 @@ class Trainer(Selection):
         self.best_epoch = counters.get("best_epoch")
         self.elapsed = float(counters.get("elapsed", 0.0))
         self.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        if self.streams is not None:
+            self.streams.resume(directory)
 
     # ----------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> BitsResult:

@@ -25,7 +25,8 @@ from ...outdir import check_claim, claim
 from . import distributed as D
 from . import feeds as FD
 from .build import build_method, check_trainable, method_params
-from .loop import BitsResult, CachedImages, Callback, Trainer, tensorboard_writer
+from .loop import CachedImages, Callback, Trainer, tensorboard_writer
+from .result import BitsResult
 from .recipe import RESUME_KEYS, TrainConfig, check_bits_list, check_numbers, resolve, selection_metric
 from .state import STATE_NAME, read_training_state
 
