@@ -127,11 +127,13 @@ TARGET_DIM = 12  # width of the target features the harness draws
 def feed(method, h, y, index, g):
     """The arguments of ``method.loss`` for a batch of raw outputs h (B, K), by what it trains on:
     (h, y, index), and penultimate features (B, TARGET_DIM) drawn from g for a method that
-    ``takes_features``; (h, x) with target features x (B, TARGET_DIM) drawn from g; or (h, h2) with h2
+    ``takes_features``, or the other network's outputs (B, K) drawn from g for a two-network method; (h, x) with target features x (B, TARGET_DIM) drawn from g; or (h, h2) with h2
     a second view's outputs, h plus noise drawn from g (so both depend on h)."""
     if method.trains_on == "labels":
         if method.takes_features:
             return h, y, index, torch.randn(h.shape[0], TARGET_DIM, generator=g).to(h.dtype)
+        if method.streams > 1:
+            return h, y, index, torch.randn(tuple(h.shape), generator=g).to(h.dtype)
         return h, y, index
     noise_shape = (h.shape[0], TARGET_DIM) if method.trains_on == "targets" else tuple(h.shape)
     noise = torch.randn(noise_shape, generator=g).to(h.dtype)
@@ -188,6 +190,7 @@ class MethodSuite:
             assert params[:4] == ["self", "h", "y", "index"] and not issubclass(cls, UnsupervisedMethod)
             assert cls.views is None
             assert ("features" in params) == cls.takes_features  # the trainer passes them as features=
+            assert ("other" in params and "stream" in params) == (cls.streams > 1)  # and a second network's so
             return
         # no labels and no training-set rows reach the loss: it has no argument for them
         assert issubclass(cls, UnsupervisedMethod) and cls.family == "unsupervised"
@@ -253,6 +256,7 @@ class MethodSuite:
         Y = torch.eye(C)[cls]
         method = create_method(self.name, bits=K, n_class=C, num_train=n, **self.params("steps", n))
         model = torch.nn.Linear(D, K)
+        other = torch.nn.Linear(D, K).requires_grad_(False)  # a two-network method's other network, held
         opt = torch.optim.Adam(model.parameters(), lr=0.02)
         method.prepare(training_labels(method, Y), g)
         rows = self.warm_up(method, model, X, Y, g)
@@ -265,7 +269,8 @@ class MethodSuite:
             if method.trains_on == "views":
                 return method.loss(model(X[rows]), model(X2[rows]))
             # the inputs of the linear model are its penultimate features
-            return method.loss(model(X[rows]), Y[rows], rows, *([X[rows]] if method.takes_features else []))
+            extra = [X[rows]] if method.takes_features else [other(X[rows])] if method.streams > 1 else []
+            return method.loss(model(X[rows]), Y[rows], rows, *extra)
 
         with torch.no_grad():
             before = full_loss().item()

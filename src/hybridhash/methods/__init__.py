@@ -80,6 +80,11 @@ the input of the model's hash layer for the batch (a map averaged over its posit
 gradient. A method's own parameters (``pcdh``'s discrete layer and classifier) train with the
 network: give ``method.parameters()`` to the optimizer; ``state_tensors`` holds them too.
 
+Two networks: a method with ``streams == 2`` (``daph``) trains two copies of the model in turn; each
+pass's loss is ``loss(h, y, index, other, stream=p)``, h the outputs of copy p (trained), ``other``
+those of the other copy for the same images (no gradient). Copy ``encode_stream`` encodes. Such a
+method declares ``in_default_grid = False`` when only naming it should bring it into a comparison.
+
 ADSH: with ``config.database == "learned"`` the training-set (database) codes are
 ``method.learned_codes()`` (its V) instead of the network's; say which in the report. CSQ:
 ``method.centers`` (C, bits) +-1, ``min_center_distance`` / ``mean_center_distance`` for the log.

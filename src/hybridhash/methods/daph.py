@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
+from .bank import MemoryBank
 from .base import Method, MethodConfig, MethodDefaults, pairwise_similarity, promote
 from .dhn import likelihood
 from .registry import register_method
@@ -71,8 +72,8 @@ class DAPH(Method):
 
     def __init__(self, bits, n_class, num_train, config=None):
         super().__init__(bits, n_class, num_train, config)
-        self.register_buffer("U", torch.zeros(num_train, bits))  # (n, K) tanh outputs of stream 0
-        self.register_buffer("Z", torch.zeros(num_train, bits))  # (n, K) tanh outputs of stream 1
+        # banks[p].U (n, K): the tanh outputs of copy p (U and Z of the reference), with their labels
+        self.banks = nn.ModuleList([MemoryBank(num_train, bits, n_class) for _ in range(2)])
         self.register_buffer("B", torch.zeros(num_train, bits))  # (n, K) codes of stream 0
         self.register_buffer("H", torch.zeros(num_train, bits))  # (n, K) codes of stream 1
         self.register_buffer("prepared", torch.zeros((), dtype=torch.bool))
@@ -92,8 +93,8 @@ class DAPH(Method):
             codes.copy_(torch.randn(codes.shape, generator=generator).sign())
         self.prepared.fill_(True)
 
-    def loss(self, h: Tensor, y: Tensor, index: Tensor, *, gathered=None, stream: int = 0,
-             other: Optional[Tensor] = None) -> Tensor:
+    def loss(self, h: Tensor, y: Tensor, index: Tensor, other: Optional[Tensor] = None, *, gathered=None,
+             stream: int = 0) -> Tensor:
         """h (B, K): raw outputs of network ``stream`` (0 or 1), the one being trained; other (B, K):
         the other network's raw outputs of the same images (no gradient reaches it)."""
         index = self.check_batch(h, y, index)
@@ -108,11 +109,11 @@ class DAPH(Method):
             raise ConfigError("daph: call prepare(train_labels, generator) before training")
         a = torch.tanh(promote(h))
         b = torch.tanh(promote(other.detach()))
-        with torch.no_grad():  # both banks take the batch, whichever network learns from it
-            own, theirs = (self.U, self.Z) if stream == 0 else (self.Z, self.U)
-            own[index] = a.detach().to(own.dtype)
-            theirs[index] = b.to(theirs.dtype)
         y = y.to(a.dtype)
+        self.banks[stream].write(a, y, index)  # both banks take the batch, whichever network learns from it
+        self.banks[1 - stream].write(b, y, index)
+        # the reference's second pass keeps theta_ij = u_i . z_j; with a = z here theta is transposed, and
+        # s is symmetric, so the mean over all pairs is the same
         s = pairwise_similarity(y, y).to(a.dtype)
         codes = (self.B if stream == 0 else self.H)[index]
         c = self.config
@@ -120,6 +121,6 @@ class DAPH(Method):
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
-        B, H = daph_update_codes(self.U, self.Z, self.H, self.config.alpha, self.config.gamma)
+        B, H = daph_update_codes(self.banks[0].U, self.banks[1].U, self.H, self.config.alpha, self.config.gamma)
         self.B.copy_(B)
         self.H.copy_(H)
