@@ -198,7 +198,7 @@ def test_existing_run_needs_resume_and_same_options(tmp_path, small_digits):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, small_digits, monkeypatch):
-    from hybridhash.app.train import loop as T
+    from hybridhash.app.train import state as T
 
     train(small_config(tmp_path / "r", epochs=2, stop_after_epochs=1), protocol=small_digits)
     before = tensors(tmp_path / "r/bits16/last/model.safetensors")

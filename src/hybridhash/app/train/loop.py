@@ -39,8 +39,8 @@ from torch import nn
 
 from .. import rundir as R
 from ...environment import autocast_context, bf16_autocast_available, pick_device, seed_everything
-from ...errors import CheckpointError, ConfigError
-from ...fileio import read_json, write_json
+from ...errors import ConfigError
+from ...fileio import write_json
 from . import distributed as D
 from .augment import BatchAugment
 from .build import build_method, build_model
@@ -49,7 +49,7 @@ from .result import BitsResult
 from .selection import Selection
 from .optim import build_optimizer, lr_factor
 from .recipe import TrainConfig, divergence_hint, recipe_defaults
-from .state import STATE_NAME, load_training_state, read_training_state, save_training_state
+from .state import resume_checkpoint, save_checkpoint
 from .streams import TwoStreams
 
 _log = logging.getLogger(__name__)
@@ -312,12 +312,9 @@ class Trainer(Selection):
 
     def save_last(self) -> None:
         with R.saving(self.out / R.LAST) as tmp:
-            self.model.save_pretrained(str(tmp), **self._meta())
-            fingerprint = read_json(tmp / R.CONFIG_NAME)["fingerprint"]
-            save_training_state(tmp / STATE_NAME, optimizer=self.optimizer, loss=self.method, counters={
+            save_checkpoint(tmp, self.model, self._meta(), optimizer=self.optimizer, loss=self.method, counters={
                 "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch, "elapsed": self.elapsed, "fingerprint": fingerprint, "bits": self.bits,
-            })
+                "best_epoch": self.best_epoch, "elapsed": self.elapsed, "bits": self.bits})
             if self.streams is not None:
                 self.streams.save(tmp, self._meta())
 
@@ -327,16 +324,7 @@ class Trainer(Selection):
 
     def resume_from(self, directory: Path) -> None:
         """Load ``directory`` (a ``last/``): weights, optimizer, the method's state, counters."""
-        from ...models import load_checked, read_state_dict
-
-        state = read_state_dict(directory / "model.safetensors")
-        load_checked(self.model, state, str(directory))
-        tensors, meta = read_training_state(directory / STATE_NAME)
-        counters = meta.get("counters", {})
-        fp = read_json(directory / R.CONFIG_NAME).get("fingerprint")
-        if counters.get("fingerprint") != fp:
-            raise CheckpointError(f"{directory}: the weights and the training state come from different saves")
-        counters = load_training_state(directory / STATE_NAME, optimizer=self.optimizer, loss=self.method)
+        counters = resume_checkpoint(directory, self.model, optimizer=self.optimizer, loss=self.method)
         self.epoch = int(counters["epoch"])
         self.step = int(counters["step"])
         self.best_metric = counters.get("best_metric")

@@ -2,7 +2,8 @@
 
 Tensors go into the safetensors file under flat names; everything else (param groups, scalar
 optimizer entries, counters, Python and NumPy RNG states) is one JSON document stored in the
-file's metadata, so a state is one file and is written atomically.
+file's metadata, so a state is one file and is written atomically. A checkpoint directory (``last/``)
+holds a model's weights and config beside the state written with them (:func:`save_checkpoint`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from safetensors.torch import load_file
 from safetensors import safe_open
 
 from ...errors import CheckpointError
-from ...fileio import loads_json, write_safetensors
+from ...fileio import loads_json, read_json, write_safetensors
+from ..rundir import CONFIG_NAME
 
 STATE_NAME = "training_state.safetensors"
 STATE_FORMAT = "hybridhash-training-state"
@@ -180,3 +182,32 @@ def load_training_state(path: PathLike, *, optimizer: torch.optim.Optimizer, los
     if restore_rng_states:
         restore_rng(tensors, meta.get("rng", {}))
     return meta.get("counters", {})
+
+
+# --------------------------------------------------------------------------------------------
+# a checkpoint directory: weights, config and the training state written with them
+
+def save_checkpoint(directory: PathLike, model: torch.nn.Module, meta: Dict[str, Any], *,
+                    optimizer: torch.optim.Optimizer, loss: torch.nn.Module, counters: Dict[str, Any]) -> None:
+    """``model``'s weights and config (``meta`` under "extra") into ``directory``, then the training
+    state with ``counters`` and the weights' fingerprint, which :func:`resume_checkpoint` checks."""
+    directory = Path(directory)
+    model.save_pretrained(str(directory), **meta)
+    fingerprint = read_json(directory / CONFIG_NAME)["fingerprint"]
+    save_training_state(directory / STATE_NAME, optimizer=optimizer, loss=loss,
+                        counters={**counters, "fingerprint": fingerprint})
+
+
+def resume_checkpoint(directory: PathLike, model: torch.nn.Module, *, optimizer: torch.optim.Optimizer,
+                      loss: torch.nn.Module, restore_rng_states: bool = True) -> Dict[str, Any]:
+    """Load what :func:`save_checkpoint` wrote into ``model``, ``optimizer`` and ``loss`` (refusing a
+    state written with other weights); returns the counters."""
+    from ...models import load_checked, read_state_dict
+
+    directory = Path(directory)
+    load_checked(model, read_state_dict(directory / "model.safetensors"), str(directory))
+    _, meta = read_training_state(directory / STATE_NAME)
+    if meta.get("counters", {}).get("fingerprint") != read_json(directory / CONFIG_NAME).get("fingerprint"):
+        raise CheckpointError(f"{directory}: the weights and the training state come from different saves")
+    return load_training_state(directory / STATE_NAME, optimizer=optimizer, loss=loss,
+                               restore_rng_states=restore_rng_states)

@@ -22,12 +22,11 @@ from torch import nn
 from .. import rundir as R
 from ...environment import autocast_context
 from ...errors import CheckpointError, ConfigError
-from ...fileio import read_json
 from . import distributed as D
 from . import feeds as FD
 from .build import build_model
 from .optim import build_optimizer
-from .state import STATE_NAME, load_training_state, save_training_state
+from .state import resume_checkpoint, save_checkpoint
 
 STREAM_SECOND_MODEL = 3  # seed stream of the second copy's initialisation (beside distributed's 0 to 2)
 
@@ -77,22 +76,14 @@ class TwoStreams:
 
     def save(self, checkpoint: Path, meta: Dict[str, Any]) -> None:
         """The other copy's weights, config and optimizer state into ``checkpoint`` (a ``last/`` being written)."""
-        directory = self._directory(checkpoint)
-        self.models[self.other].save_pretrained(str(directory), **meta)
-        fingerprint = read_json(directory / R.CONFIG_NAME)["fingerprint"]
-        save_training_state(directory / STATE_NAME, optimizer=self.optimizers[self.other], loss=nn.Module(),
-                            counters={"fingerprint": fingerprint})
+        save_checkpoint(self._directory(checkpoint), self.models[self.other], meta,
+                        optimizer=self.optimizers[self.other], loss=nn.Module(), counters={})
 
     def resume(self, checkpoint: Path) -> None:
         """Restore what :meth:`save` wrote into ``checkpoint`` (its RNG states are the main state's)."""
-        from ...models import load_checked, read_state_dict
-
         directory = self._directory(checkpoint)
         if not (directory / R.CONFIG_NAME).is_file():
             raise CheckpointError(f"{checkpoint}: no {directory.name}/, the second network of "
                                   f"{self.trainer.method.name}; this run cannot resume")
-        load_checked(self.models[self.other], read_state_dict(directory / "model.safetensors"), str(directory))
-        counters = load_training_state(directory / STATE_NAME, optimizer=self.optimizers[self.other],
-                                       loss=nn.Module(), restore_rng_states=False)
-        if counters.get("fingerprint") != read_json(directory / R.CONFIG_NAME).get("fingerprint"):
-            raise CheckpointError(f"{directory}: the weights and the training state come from different saves")
+        resume_checkpoint(directory, self.models[self.other], optimizer=self.optimizers[self.other],
+                          loss=nn.Module(), restore_rng_states=False)
