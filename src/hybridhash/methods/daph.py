@@ -66,6 +66,9 @@ class DAPH(Method):
     activation = "tanh"
     Config = DAPHConfig
     DEFAULTS = MethodDefaults("adam", 1e-4, 1e-5, batch_size=128, epochs=150)
+    # under the scratch recipe its best val mAP on digits (hybridhash_cpu, 32 bits, 10 epochs, seed 0) is
+    # 0.32 at lr 2e-3, 0.41 at 2e-4
+    scratch_lr_scale = 0.1
     streams = 2
     encode_stream = 1  # the reference encodes with its bottom network
     in_default_grid = False
