@@ -81,6 +81,7 @@ def average_gradients(params) -> None:
 STREAM_ORDER = 0  # data order
 STREAM_AUGMENT = 1  # augmentation, dropout and other per-epoch randomness
 STREAM_METHOD = 2  # a method's own draws (samples of rows, codes, centers)
+STREAM_SECOND_MODEL = 3  # the initialisation of a two-network method's second copy of the model
 
 
 def derive_seed(*keys: int) -> int:

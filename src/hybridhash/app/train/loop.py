@@ -269,7 +269,8 @@ class Trainer(Selection):
                 if self.dist.enabled:
                     # every rank writes every rank's batch, so the methods' states stay identical
                     gathered = (D.all_gather_rows(h.detach()), D.all_gather_rows(y), D.all_gather_rows(idx))
-                loss = self.method.loss(h, y, idx, gathered=gathered, **FD.tapped(self.tap), **(extra(x) if extra else {}))
+                more = {**FD.tapped(self.tap), **(extra(x) if extra else {})}  # features=, or other= and stream=
+                loss = self.method.loss(h, y, idx, gathered=gathered, **more)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.dist.enabled:  # a method's own parameters (a classifier) are outside DDP's averaging

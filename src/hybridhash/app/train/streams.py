@@ -28,8 +28,6 @@ from .build import build_model
 from .optim import build_optimizer
 from .state import resume_checkpoint, save_checkpoint
 
-STREAM_SECOND_MODEL = 3  # seed stream of the second copy's initialisation (beside distributed's 0 to 2)
-
 
 class TwoStreams:
     """The two copies of ``trainer``'s model and their optimizers; makes the trainer's ``model``,
@@ -42,7 +40,7 @@ class TwoStreams:
                               "do; run it in one process (without torchrun)")
         self.trainer = t
         with torch.random.fork_rng(devices=[]):  # the first copy's draws stay those of a one-network run
-            torch.manual_seed(D.derive_seed(t.config.seed, 0, STREAM_SECOND_MODEL))
+            torch.manual_seed(D.derive_seed(t.config.seed, 0, D.STREAM_SECOND_MODEL))
             second = build_model(t.config, t.bits)
         second.to(t.device)
         FD.attach_head(second, method)
