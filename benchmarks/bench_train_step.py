@@ -11,10 +11,10 @@ of load on the shared machine hits both alike; a side's figure is its best round
 hybridhash.models.cpu_gemm); ``ours_mkl`` is the same model and optimiser with every linear on
 PyTorch's own GEMM, to show what that choice gives; ``ours_bf16`` is our step as the trainer runs it
 under bf16 autocast (fp32 master weights; the trainer's choice where the CPU has AVX512-BF16 or
-AMX-BF16, and emulated, far slower, on a CPU without them: ``--no-bf16`` leaves it out).
+AMX-BF16; on a CPU without them it is emulated, far slower, and timed only with ``--bf16``).
 
     python benchmarks/bench_train_step.py --original /tmp/orig_hybridhash [--model hybridhash_base]
-        [--batch 8] [--rounds 3] [--no-bf16]
+        [--batch 8] [--rounds 3] [--bf16 | --no-bf16]
 
 Without ``--original`` (or when the folder lacks model/HybridHash.py) only our step is timed and the
 comparison is skipped with the reason. Writes benchmarks/results/train_step.json and train_step.md.
@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="leave out the bf16 autocast step")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the bf16 autocast step too (default: where the CPU has bf16 units)")
     p.add_argument("--out", default=str(RESULTS / "train_step.json"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -137,7 +138,7 @@ def main(argv=None) -> dict:
     sides["ours"] = on(chosen)  # as the trainer runs: linears on the GEMM the process chose
     if chosen != "aten":
         sides["ours_mkl"] = on("aten")  # the same model with every linear on PyTorch's own GEMM
-    if args.bf16:  # the same weights, its own optimiser; under autocast every linear is PyTorch's
+    if args.bf16 or (args.bf16 is None and cpu_has_bf16_units()):  # the same weights, its own optimiser; under autocast every linear is PyTorch's
         bf16 = make_step(ours, x, raw=True, precision="bf16")
         sides["ours_bf16"] = lambda: (cpu_gemm.set_cpu_gemm(chosen), bf16())[1]
     result["cpu_gemm"] = chosen
