@@ -9,10 +9,12 @@ Then each round times one step of each side, the order alternating from round to
 of load on the shared machine hits both alike; a side's figure is its best round (medians kept too).
 ``ours`` runs as the trainer does (linears on the GEMM the process chose, see
 hybridhash.models.cpu_gemm); ``ours_mkl`` is the same model and optimiser with every linear on
-PyTorch's own GEMM, to show what that choice gives.
+PyTorch's own GEMM, to show what that choice gives; ``ours_bf16`` is our step as the trainer runs it
+under bf16 autocast (fp32 master weights; the trainer's choice where the CPU has AVX512-BF16 or
+AMX-BF16; on a CPU without them it is emulated, far slower, and timed only with ``--bf16``).
 
     python benchmarks/bench_train_step.py --original /tmp/orig_hybridhash [--model hybridhash_base]
-        [--batch 8] [--rounds 3]
+        [--batch 8] [--rounds 3] [--bf16 | --no-bf16]
 
 Without ``--original`` (or when the folder lacks model/HybridHash.py) only our step is timed and the
 comparison is skipped with the reason. Writes benchmarks/results/train_step.json and train_step.md.
@@ -23,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,7 +33,10 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_model
+
 import hybridhash
+from hybridhash.precision import cpu_has_bf16_units, unit_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,13 +69,17 @@ def build_original(module, cfg):
                              drop_path_rate=cfg.drop_path_rate)
 
 
-def make_step(model, x, raw: bool):
-    """A closure running one training step; ``raw``: the model's forward takes ``activate=False``."""
+def make_step(model, x, raw: bool, precision: str = "fp32"):
+    """A closure running one training step; ``raw``: the model's forward takes ``activate=False``;
+    ``precision``: the trainer's ``bf16`` autocast or ``fp32``."""
+    from hybridhash.environment import training_autocast
+
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-5, weight_decay=1e-5)
 
     def step() -> float:
         model.train()
-        h = model(x, activate=False) if raw else None
+        with training_autocast(x.device, precision):
+            h = model(x, activate=False).float() if raw else None
         u = torch.tanh(h) if raw else model(x)  # the original's forward ends in its tanh
         loss = (u - u.detach().sign()).pow(2).mean()  # any loss of the codes: its cost is nothing
         opt.zero_grad(set_to_none=True)
@@ -89,6 +97,8 @@ def main(argv=None) -> dict:
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the bf16 autocast step too (default: where the CPU has bf16 units)")
     p.add_argument("--out", default=str(RESULTS / "train_step.json"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -96,7 +106,7 @@ def main(argv=None) -> dict:
     cfg = ours.config
     x = torch.randn(args.batch, 3, cfg.img_size, cfg.img_size)
     result = {"model": args.model, "bits": args.bits, "batch": args.batch, "img_size": cfg.img_size,
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "cpu": cpu_model(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "fused_attn": cfg.fused_attn,
               "loadavg_before": os.getloadavg()}
     sides = {}
@@ -128,7 +138,11 @@ def main(argv=None) -> dict:
     sides["ours"] = on(chosen)  # as the trainer runs: linears on the GEMM the process chose
     if chosen != "aten":
         sides["ours_mkl"] = on("aten")  # the same model with every linear on PyTorch's own GEMM
+    if args.bf16 or (args.bf16 is None and cpu_has_bf16_units()):  # the same weights, its own optimiser; under autocast every linear is PyTorch's
+        bf16 = make_step(ours, x, raw=True, precision="bf16")
+        sides["ours_bf16"] = lambda: (cpu_gemm.set_cpu_gemm(chosen), bf16())[1]
     result["cpu_gemm"] = chosen
+    result["unit_flags"], result["bf16_units"] = list(unit_flags()), cpu_has_bf16_units()
     for name, step in sides.items():  # warm-up: allocator, optimiser state
         step()
     times = {name: [] for name in sides}
@@ -149,7 +163,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Training step: {args.model}, batch {args.batch}, {cfg.img_size} px, fp32 (CPU)", "",
+    lines = [f"# Training step: {args.model}, batch {args.batch}, {cfg.img_size} px (CPU)", "",
+             f"CPU {result['cpu']}; bf16/int8 unit flags: {', '.join(result['unit_flags']) or 'none'}. "
              f"forward (train mode) + backward + RMSprop; {result['threads']} threads; torch {torch.__version__}; "
              f"{args.rounds} alternating rounds after one warm-up step each; load average "
              f"{result['loadavg_before'][0]:.2f} before, {result['loadavg_after'][0]:.2f} after.", ""]
@@ -164,6 +179,10 @@ def main(argv=None) -> dict:
     if "ours_over_original_time_best" in result:
         lines += ["", f"Time ours / original: {result['ours_over_original_time_best']} (best), "
                       f"{result['ours_over_original_time_median']} (median); below 1 means ours is faster."]
+    if "ours_bf16" in result["seconds"]:
+        units = "on the CPU's bf16 units" if result["bf16_units"] else "emulated (this CPU has no bf16 units)"
+        lines += ["", f"ours_bf16: bf16 autocast, fp32 master weights, {units}; time ours_bf16 / ours "
+                      f"{result['seconds']['ours_bf16']['best'] / result['seconds']['ours']['best']:.3f} (best)."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(out.with_suffix(".md").read_text())
     return result

@@ -15,11 +15,14 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from typing import FrozenSet, NamedTuple, Optional
 
 from .errors import ConfigError
+from .precision import BF16_FLAGS, cpu_flags, cpu_has_bf16_units
 
 __all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "device_option", "dist_env", "pick_device",
-           "seed_everything", "usable_cores"]
+           "seed_everything", "TrainingPrecision", "training_autocast", "training_precision",
+           "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -85,13 +88,60 @@ def bf16_autocast_available(device) -> bool:
 
 
 def autocast_context(device, enabled: bool):
-    """bf16 autocast on CUDA devices that support bf16; nothing elsewhere (float16 would need loss
-    scaling, and CPU autocast does not pay off for these models)."""
+    """bf16 autocast for inference on CUDA devices that support bf16; nothing elsewhere (float16
+    would need loss scaling, and on a CPU autocast takes the linears off oneDNN's fp32 path, which
+    was the faster even on a CPU with AMX)."""
     if not enabled or not bf16_autocast_available(device):
         return contextlib.nullcontext()
     import torch
 
     return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+class TrainingPrecision(NamedTuple):
+    """The precision of a run's training forward passes, and why it was chosen (a few words)."""
+
+    name: str  # "bf16" or "fp32"
+    why: str
+    emulated: bool = False  # bf16 on a CPU without bf16 units: correct, and slower than fp32
+
+
+def training_precision(device, amp: Optional[bool] = None, flags: Optional[FrozenSet[str]] = None) -> TrainingPrecision:
+    """The precision a training run's forward passes take on ``device``.
+
+    bf16 means autocast with the parameters (the master weights), gradients and optimiser state kept
+    in fp32. ``amp`` unset (None): bf16 where the device has bf16 units, a CUDA GPU that supports
+    bf16 or a CPU with AVX512-BF16 or AMX-BF16, and fp32 elsewhere, so a CPU without the units
+    trains as it always has. ``True`` (``--amp``): bf16 on those, and on a CPU without the units too,
+    emulated (correct, and slower than fp32). ``False`` (``--no-amp``): fp32. ``flags``: the CPU's
+    feature flags (default: this machine's, :func:`hybridhash.precision.cpu_flags`).
+    """
+    if amp is False:
+        return TrainingPrecision("fp32", "--no-amp")
+    if device.type == "cuda":
+        if bf16_autocast_available(device):
+            return TrainingPrecision("bf16", "the GPU supports bf16")
+        return TrainingPrecision("fp32", "the GPU does not support bf16")
+    if device.type != "cpu":
+        return TrainingPrecision("fp32", f"bf16 autocast is used on CUDA and CPUs, not on {device.type}")
+    flags = cpu_flags() if flags is None else flags
+    if cpu_has_bf16_units(flags):
+        return TrainingPrecision("bf16", f"the CPU has bf16 units ({', '.join(f for f in BF16_FLAGS if f in flags)})")
+    if amp:
+        return TrainingPrecision("bf16", "--amp on a CPU without bf16 units (AVX512-BF16, AMX-BF16): bf16 is "
+                                 "emulated, slower than fp32", emulated=True)
+    return TrainingPrecision("fp32", "the CPU has no bf16 units (AVX512-BF16, AMX-BF16); --amp would emulate "
+                             "bf16, slower")
+
+
+def training_autocast(device, precision: str):
+    """The context of a training forward pass at ``precision`` (from :func:`training_precision`):
+    bf16 autocast on ``device``'s type, or nothing for fp32."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)

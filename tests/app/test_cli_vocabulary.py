@@ -373,6 +373,26 @@ def test_a_record_of_before_the_progress_switch_is_read(tmp_path):
         recorded_options(_bad_record(tmp_path, {"hybridhash": "0", "config": None}))
 
 
+def test_a_record_of_before_amp_could_be_unset_chooses_again(tmp_path):
+    from hybridhash.app.commands.train import recorded_options
+
+    # the recipe's amp true of an older record meant "where the device has bf16": now left unset
+    old = {"hybridhash": "0", "config": {"amp": True, "epochs": 3}}
+    assert recorded_options(_bad_record(tmp_path, old)) == {"amp": None, "epochs": 3}
+    # a record that says which precision it chose gave amp as it reads
+    for amp in (True, False, None):
+        new = {"hybridhash": "0", "precision": {"name": "fp32"}, "config": {"amp": amp}}
+        assert recorded_options(_bad_record(tmp_path, new)) == {"amp": amp}
+
+
+@pytest.mark.parametrize("given, amp", [([], None), (["--amp"], True), (["--no-amp"], False)])
+def test_amp_is_a_three_way_switch(given, amp):
+    from hybridhash.app.commands.train import config_from_args
+
+    args = cli.build_parser().parse_args(["train", *given])
+    assert config_from_args(args).amp is amp
+
+
 def test_config_without_a_file_is_a_usage_error_and_an_abbreviation_still_reads_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["train", "--config"])

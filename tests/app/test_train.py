@@ -293,6 +293,31 @@ def test_cli_train_in_process(tmp_path, capsys, caplog):
     assert "--lr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("amp, flags, precision, emulated", [
+    (None, "fpu avx2", "fp32", False),  # unset on a CPU without bf16 units: fp32, as before
+    (None, "avx2 avx512_bf16 amx_bf16", "bf16", False),  # unset where the units are (emulated underneath here)
+    (True, "fpu avx2", "bf16", True),  # asked for without the units: emulated, and said
+])
+def test_the_training_precision_is_chosen_recorded_and_said(tmp_path, small_digits, monkeypatch, caplog, amp, flags,
+                                                             precision, emulated):
+    from hybridhash import environment
+
+    monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset(flags.split()))
+    caplog.set_level("INFO")
+    out = tmp_path / "run"
+    results = train(small_config(out, epochs=1, amp=amp, device="cpu"), protocol=small_digits)
+    assert results[16].precision == precision
+    record = json.loads((out / "run.json").read_text())
+    assert record["precision"]["name"] == precision and record["precision"]["emulated"] is emulated
+    assert record["config"]["amp"] is amp  # unset stays unset: a re-run chooses again on its own machine
+    assert json.loads((out / "summary.json").read_text())["results"]["16"]["precision"] == precision
+    said = [r for r in caplog.records if r.getMessage().startswith("training in ")]
+    assert len(said) == 1 and said[0].getMessage().startswith(f"training in {precision}: ")
+    assert (said[0].levelname == "WARNING") is emulated and ("emulated, slower" in said[0].getMessage()) is emulated
+    # the master weights stay fp32 whatever the forward ran in
+    assert {t.dtype for t in tensors(out / "bits16" / "last" / "model.safetensors").values()} == {torch.float32}
+
+
 def test_fit_method_adapts_dsh_and_adsh_to_a_scratch_run():
     from hybridhash.app.train.run import fit_method
 

@@ -213,7 +213,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, groups: Dict[str
     """One option per field of dataclass ``cls`` whose metadata has a ``help``; its dest is the field name.
 
     Metadata keys: ``help``, ``group`` (one of ``groups``, in that order), ``choices``, ``nargs``,
-    ``metavar``, ``parse`` (``"json_object"``; ``"progress"`` for ``--progress/--no-progress``),
+    ``metavar``, ``parse`` (``"json_object"``; ``"progress"`` or ``"tristate"`` for ``--x/--no-x``),
     ``hidden``, ``bounds`` (the range of a number: the option's :func:`from_bounds` type), ``flag``
     (the option's name when it is not the field's) and ``old`` (deprecated spellings, see
     :func:`add_option`). ``types`` maps field names to the argparse type to use instead (e.g. code
@@ -239,7 +239,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, groups: Dict[str
         parse: Optional[str] = meta.pop("parse", None)
         bounds: Optional[Bounds] = meta.pop("bounds", None)
         kind = _base_type(hints[f.name])
-        if parse == "progress":
+        if parse in ("progress", "tristate"):  # --x / --no-x; a tristate's unset default (None) means "choose"
             add_option(group, flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                        help=help_text)
             for spelling in old:

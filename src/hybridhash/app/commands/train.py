@@ -68,6 +68,9 @@ def recorded_options(path: str) -> dict:
     if not (isinstance(record, dict) and isinstance(record.get("config"), dict) and "hybridhash" in record):
         raise ConfigError(f"--config {file}: not the run.json of a hybridhash training run; {hint}")
     values = legacy_options(record["config"])
+    if "precision" not in record and values.get("amp") is True:
+        # recorded before --amp could be left unset: the recipe's true then meant "where the device has bf16"
+        values["amp"] = None
     for name in NOT_REPEATED:
         values.pop(name, None)
     return values

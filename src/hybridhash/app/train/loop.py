@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .. import rundir as R
-from ...environment import autocast_context, bf16_autocast_available, pick_device, seed_everything
+from ...environment import autocast_context, pick_device, seed_everything, training_autocast, training_precision
 from ...errors import ConfigError
 from ...fileio import write_json
 from . import distributed as D
@@ -105,9 +105,9 @@ class Trainer(Selection):
         self.callbacks = list(callbacks)
         self.dist = dist_info or D.current()
         self.device = pick_device(c.device)
-        self.amp = bool(c.amp) and bf16_autocast_available(self.device)
-        if c.amp and not self.amp and self.dist.is_main:
-            _log.debug("mixed precision needs a CUDA device with bf16; training in float32 on %s", self.device)
+        self.precision = training_precision(self.device, c.amp).name  # the run logs and records why
+        # selection encodes under autocast_context, CUDA only: on a CPU it stays on the fp32 path encode takes
+        self.amp = self.precision == "bf16"
 
         torch.manual_seed(c.seed)  # model init
         self.model = model if model is not None else build_model(c, bits)
@@ -256,7 +256,7 @@ class Trainer(Selection):
             y = y[:keep].to(self.device, non_blocking=True)
             idx = idx[:keep].to(self.device)
             self._set_lr(optimizer)
-            with autocast_context(self.device, self.amp):
+            with training_autocast(self.device, self.precision):
                 outs = [net(v, activate=False).float() for v in views]  # (B, bits) raw hash-layer outputs
             h = outs[0]
             _hook(self.method, "on_step")(self.step)
@@ -368,7 +368,7 @@ class Trainer(Selection):
             if self.writer is not None:
                 self.writer.close()
         return BitsResult(self.bits, self.out, self.epoch, self.best_epoch, self.best_metric, c.select_on,
-                          self.elapsed, history, self.metric_name, FD.copy_spearman(history))
+                          self.elapsed, history, self.metric_name, FD.copy_spearman(history), self.precision)
 
     def _record_method(self) -> None:
         """``bits{N}/method.json``: the method, its family, hyper-parameters and facts (CSQ: its centers'

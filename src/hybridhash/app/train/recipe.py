@@ -4,7 +4,7 @@ Two recipes:
 
 - ``original``: the published one, for pretrained or full-size (224 px) presets: RMSprop, lr 2.5e-5,
   weight decay 1e-5, no schedule, 15 epochs, evaluation every 3, batch 64, the per-image train
-  transforms of the paper (docs/methods.md, hybridhash), mixed precision where the device has it.
+  transforms of the paper (docs/methods.md, hybridhash).
 - ``scratch``: small presets trained from random weights on small images (``hybridhash_cpu``).
   AdamW with a linear warm-up to a higher peak and a cosine decay, a larger-scale init of the
   layer that makes the code bits (which shortens the initial plateau of the loss at 2 ln 2, where
@@ -104,8 +104,10 @@ class TrainConfig:
     shift: Optional[int] = _opt(None, "cache mode: largest random shift in pixels (less than the image size)", "data",
                                  NONNEGATIVE_INT)
     eval_every: Optional[int] = _opt(None, "evaluate for selection every N epochs (and at the end)", "run", COUNT)
-    amp: Optional[bool] = _opt(None, "mixed precision (bf16 autocast on CUDA; CPU runs stay float32)",
-                               "optimisation", parse="tristate")
+    # not recipe-filled: unset stays unset, so a recorded run chooses again on the machine that re-runs it
+    amp: Optional[bool] = _opt(None, "bf16 autocast, fp32 weights (unset: where the device has bf16 units, a "
+                               "CUDA GPU or a CPU with AVX512-BF16/AMX-BF16; --amp on a CPU without them: "
+                               "emulated, slower; --no-amp: fp32)", "optimisation", parse="tristate")
     grad_clip: Optional[float] = _opt(None, "clip the gradient norm at this value", "optimisation", POSITIVE)
     targets: str = _opt("pixels", "methods that train on targets: x = the input pixels minus the training set's "
                         "mean image (from scratch), or 'features' of the --pretrained backbone, frozen (their "
@@ -161,7 +163,7 @@ def original_recipe() -> Dict[str, Any]:
     """The published run's settings (docs/methods.md, hybridhash)."""
     return dict(epochs=15, batch_size=64, optimizer="rmsprop", lr=2.5e-5, weight_decay=1e-5, momentum=0.0,
                 schedule="constant", warmup_epochs=0.0, head_init_std=None, data_mode="stream", shift=0,
-                eval_every=3, amp=True, grad_clip=None, parallel=1)
+                eval_every=3, grad_clip=None, parallel=1)
 
 
 def scratch_recipe(img_size: int, method: str = "hybridhash") -> Dict[str, Any]:
@@ -175,7 +177,7 @@ def scratch_recipe(img_size: int, method: str = "hybridhash") -> Dict[str, Any]:
     return dict(epochs=30, batch_size=cls.scratch_batch_size or 16, optimizer="adamw", lr=2e-3 * cls.scratch_lr_scale,
                 weight_decay=1e-4, momentum=None,
                 schedule="cosine", warmup_epochs=1.0, head_init_std=0.1, data_mode="cache",
-                shift=max(1, round(img_size / 16)), eval_every=5, amp=True, grad_clip=5.0, parallel=0)
+                shift=max(1, round(img_size / 16)), eval_every=5, grad_clip=5.0, parallel=0)
 
 
 def choose_recipe(img_size: int, pretrained: Optional[str]) -> str:

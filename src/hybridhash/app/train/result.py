@@ -22,9 +22,10 @@ class BitsResult:
     selected_by: Optional[str] = None
     # Spearman's rank correlation of val_map and val_copy_map over the epochs (labelled data)
     copy_spearman: Optional[float] = None
+    precision: Optional[str] = None  # of the training forward passes: "bf16" or "fp32" (None: a fit)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"bits": self.bits, "directory": str(self.directory), "epochs": self.epochs,
                 "best_epoch": self.best_epoch, "best_metric": self.best_metric, "select_on": self.select_on,
                 "selected_by": self.selected_by, "copy_spearman": self.copy_spearman,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "precision": self.precision}

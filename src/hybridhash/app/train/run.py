@@ -17,7 +17,7 @@ import torch
 
 from .. import rundir as R
 from ..rundir import held_run, load_run_protocol  # in rundir so that the fit shares them without importing this module
-from ...environment import device_option, pick_device, usable_cores
+from ...environment import device_option, pick_device, training_precision, usable_cores
 from ...errors import ConfigError
 from ...fileio import read_json, write_json
 from ...locking import exclusive
@@ -183,12 +183,16 @@ def _train_run(config: TrainConfig, protocol, run_dir: Path, callbacks: Sequence
         if not split_path.exists():
             protocol.save_split(split_path)
         recorded = config.to_dict()
+        precision = training_precision(pick_device(config.device), config.amp)
+        # said once for the run (every code length's Trainer makes the same choice)
+        _log.log(logging.WARNING if precision.emulated else logging.INFO, "training in %s: %s", *precision[:2])
         if config.resume:
             saved = read_json(run_dir / R.RUN_NAME).get("config", {})
             recorded["bits"] = sorted(set(saved.get("bits", [])) | set(config.bits))
             if (run_dir / R.SUMMARY_NAME).exists():
                 previous = read_json(run_dir / R.SUMMARY_NAME).get("results", {})
-        write_json(run_dir / R.RUN_NAME, {"config": recorded, "protocol": protocol.summary(),
+        write_json(run_dir / R.RUN_NAME, {"config": recorded, "precision": precision._asdict(),
+                                          "protocol": protocol.summary(),
                                           "torch": torch.__version__, "hybridhash": hybridhash.__version__,
                                           "world_size": dist_info.world_size})
     D.barrier()
