@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "device_option", "dist_env", "pick_device",
+__all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "inference_autocast", "device_option", "dist_env", "pick_device",
            "seed_everything", "usable_cores"]
 
 
@@ -92,6 +92,17 @@ def autocast_context(device, enabled: bool):
     import torch
 
     return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def inference_autocast(device, precision: str):
+    """bf16 autocast on ``device`` (CUDA or CPU) for ``precision`` "bf16", whatever the hardware: an
+    inference precision is the user's explicit choice (:mod:`hybridhash.precision` says where it pays).
+    Nothing for any other precision."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)
