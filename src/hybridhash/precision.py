@@ -16,13 +16,13 @@ live here too; the figures themselves are measured by :mod:`hybridhash.calibrati
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
 __all__ = ["AGREEMENT_THRESHOLD", "PRECISIONS", "PRECISION_CHOICES", "RUNTIME_PRECISIONS", "check_precision",
            "check_runtime_precision", "choose_precision", "cpu_flags", "cpu_has_bf16_units", "cpu_has_int8_units",
-           "cpu_model", "has_units", "unit_flags"]
+           "cpu_model", "figure_for", "has_units", "recorded_choice", "unit_flags"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 PRECISION_CHOICES = PRECISIONS + ("auto",)
@@ -161,6 +161,26 @@ def choose_precision(runtime: str, figures: Optional[Mapping[str, Any]], flags: 
     return p, f"{why}; agreement with fp32 {float(entry['agreement']):.4f} >= {threshold}"
 
 
-def runtimes_offering(precision: str) -> Iterable[str]:
-    """The runtimes that run ``precision``."""
-    return [r for r, ps in RUNTIME_PRECISIONS.items() if precision in ps]
+def recorded_choice(recorded_runtime: Optional[str], recorded_precision: Optional[str], runtime: str,
+                    precision: str) -> Tuple[str, str, Optional[str]]:
+    """(runtime, precision, mismatch) to encode with against a collection encoded on ``recorded_runtime``
+    at ``recorded_precision`` (None in a manifest written before they were recorded: fp32, any runtime).
+
+    ``auto`` takes the recorded value (the runtime only where the precision is not fp32: at fp32 every
+    runtime gives the same codes within float rounding). An explicit other choice is kept, and
+    ``mismatch`` says in one sentence that the codes may differ from the collection's; else None.
+    """
+    rec_p = recorded_precision or "fp32"
+    rec_r = recorded_runtime if rec_p != "fp32" else None
+    if precision == "auto":
+        # the recorded precision, unless the runtime named does not run it
+        precision = rec_p if rec_p in RUNTIME_PRECISIONS.get(runtime, PRECISIONS) else "fp32"
+    if runtime == "auto" and rec_r is not None:
+        runtime = rec_r
+    differs = precision != rec_p or (rec_r is not None and runtime != rec_r)
+    if not differs:
+        return runtime, precision, None
+    was = f"{rec_p}" + (f" on {rec_r}" if rec_r else "")
+    now = f"{precision}" + (f" on {runtime}" if runtime != "auto" else "")
+    return runtime, precision, (f"the collection was encoded at {was}, this runs at {now}: codes may differ from "
+                                f"the collection's in a few bits")

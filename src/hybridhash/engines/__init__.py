@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple, Union
 
 from ..errors import CheckpointError, CheckpointMismatchError, ConfigError
-from .exports import INT8_NAME, ONNX_NAME, int8_beside, onnx_beside, read_calibration  # noqa: F401  (re-exported)
+from .exports import CALIBRATION_NAME, INT8_NAME, ONNX_NAME, int8_beside, onnx_beside, read_calibration  # noqa: F401  (re-exported)
 
 _log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu
     chosen = pick_runtime(path, runtime, device, precision)
     expected = weights_beside(path) if path.suffix != ".onnx" else None
     if precision == "auto":
-        precision = _auto_precision(path, chosen, device, expected)
+        precision = auto_precision(path, chosen, device, expected)
     if chosen == "torch":
         return open_pytorch(path, precision, str(device))  # on the CPU; the caller moves it to its device
     onnx_file = int8_beside(path) if precision == "int8" else onnx_beside(path)
@@ -175,7 +175,7 @@ def open_encoder(checkpoint: PathLike, runtime: str = "auto", device: str = "cpu
     return enc
 
 
-def _auto_precision(path: Path, runtime: str, device: str, fingerprint: Optional[str]) -> str:
+def auto_precision(path: PathLike, runtime: str, device: str, fingerprint: Optional[str] = None) -> str:
     """``--precision auto`` on ``runtime``: :func:`hybridhash.precision.choose_precision` on the
     calibration figures of ``path``'s export, said in one log line."""
     from ..precision import choose_precision
@@ -185,6 +185,7 @@ def _auto_precision(path: Path, runtime: str, device: str, fingerprint: Optional
         from ..environment import bf16_autocast_available, pick_device
 
         cuda_bf16 = bf16_autocast_available(pick_device(str(device)))
+    path = Path(path)
     figures = read_calibration(path, fingerprint)
     precision, why = choose_precision(runtime, figures, cuda_bf16=cuda_bf16)
     if precision == "int8" and int8_beside(path) is None:
