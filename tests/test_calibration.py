@@ -29,18 +29,34 @@ AMX = frozenset("avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8".split()
 AVX2 = frozenset("avx2 fma".split())
 
 
+_BUILD = """
+import sys
+from hybridhash.app import cli
+from hybridhash.app.train import TrainConfig, train
+from hybridhash.data import load_protocol
+protocol = load_protocol("digits", sizes=dict(query=10, train=30), val_fraction=0.2)
+train(TrainConfig(model="hybridhash_cpu", model_overrides={"depths": [1, 1, 1]}, bits=(32,), out=sys.argv[1],
+                  progress=False, threads=1, parallel=1, eval_every=6, epochs=6), protocol=protocol)
+sys.exit(cli.main(["export", "--checkpoint", sys.argv[1] + "/bits32/best", "--calibrate", "digits",
+                   "--calibrate-images", "100"]))
+"""
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A hybridhash_cpu (one layer per level) trained a few epochs on digits, exported and calibrated."""
-    from hybridhash.app.train import TrainConfig, train
+    """A hybridhash_cpu (one layer per level) trained a few epochs on digits, exported and calibrated.
+
+    Built in a child process: training and calibration here left this process crashing (SIGSEGV
+    while delivering SIGCHLD) when later test files start processes in the same run."""
+    import subprocess
+    import sys
+
     from hybridhash.data import load_protocol
 
     base = tmp_path_factory.mktemp("precision")
+    subprocess.run([sys.executable, "-c", _BUILD, str(base / "run")], check=True, timeout=600)
     protocol = load_protocol("digits", sizes=dict(query=10, train=30), val_fraction=0.2)
-    train(TrainConfig(model="hybridhash_cpu", model_overrides={"depths": [1, 1, 1]}, bits=(32,), out=str(base / "run"),
-                      progress=False, threads=1, parallel=1, eval_every=6, epochs=6), protocol=protocol)
     ckpt = base / "run" / "bits32" / "best"
-    assert cli.main(["export", "--checkpoint", str(ckpt), "--calibrate", "digits", "--calibrate-images", "100"]) == 0
     images = base / "images"
     make_images(images, per_class=3, classes=4, bad=False)
     return {"base": base, "ckpt": ckpt, "protocol": protocol, "images": images}
