@@ -208,15 +208,14 @@ def _rank_main(rank: int, port: int, images: str, out: str, ckpt: str, results) 
 
 def test_two_processes_with_process_group(setup, tmp_path):
     """Two real processes joined by a gloo process group, as under torchrun: each encodes its shards,
-    rank 0 merges them. Spawned, not forked: a fork of a process whose OpenVINO / onnxruntime threads
-    are running (other test files in the same run) can crash the parent."""
+    rank 0 merges them. Forked, so the children need not import torch again."""
     import multiprocessing as mp
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     results = ctx.Queue()
     out = tmp_path / "codes"
     procs = [ctx.Process(target=_rank_main, args=(r, port, str(setup["images"]), str(out), str(setup["ckpt"]), results))

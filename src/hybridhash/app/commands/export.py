@@ -43,7 +43,7 @@ def configure(p):
     from hybridhash.configs import COUNT
 
     from .options import from_bounds
-    from .vocabulary import add_data_root, add_image_root
+    from .vocabulary import add_image_root
 
     p.add_argument("--calibrate", metavar="DATASET", default=None,
                    help="also quantize to int8 and measure each precision against fp32 on DATASET (a protocol "
@@ -52,7 +52,8 @@ def configure(p):
     add_option(p, "--calibrate-images", type=from_bounds(COUNT), default=256, metavar="N",
                help="held-out query images measured (the database for mAP: 2N; int8 is calibrated on N "
                     "training images)")
-    add_data_root(p, help="DATASET's folder, for --calibrate")
+    # --data-root as every command names it, without the old --root spelling export never had
+    add_option(p, "--data-root", dest="root", default=None, metavar="DIR", help="DATASET's folder, for --calibrate")
     add_image_root(p, help="where DATASET's list-file paths start, for --calibrate")
 
 
