@@ -72,13 +72,13 @@ def build_original(module, cfg):
 def make_step(model, x, raw: bool, precision: str = "fp32"):
     """A closure running one training step; ``raw``: the model's forward takes ``activate=False``;
     ``precision``: the trainer's ``bf16`` autocast or ``fp32``."""
-    from hybridhash.environment import training_autocast
+    from hybridhash.environment import precision_autocast
 
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-5, weight_decay=1e-5)
 
     def step() -> float:
         model.train()
-        with training_autocast(x.device, precision):
+        with precision_autocast(x.device, precision):
             h = model(x, activate=False).float() if raw else None
         u = torch.tanh(h) if raw else model(x)  # the original's forward ends in its tanh
         loss = (u - u.detach().sign()).pow(2).mean()  # any loss of the codes: its cost is nothing

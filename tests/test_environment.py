@@ -5,7 +5,7 @@ import torch
 
 import hybridhash
 from hybridhash import environment as E
-from hybridhash.environment import TrainingPrecision, training_autocast, training_precision
+from hybridhash.environment import TrainingPrecision, precision_autocast, training_precision
 from hybridhash.methods import create_method
 from hybridhash.models import cpu_gemm
 
@@ -51,11 +51,11 @@ def test_no_bf16_on_other_devices():
     assert training_precision(torch.device("meta"), True, AMX).name == "fp32"
 
 
-def test_the_training_autocast_is_bf16_on_the_devices_type():
-    with training_autocast(CPU, "bf16"):
+def test_the_precision_autocast_is_bf16_on_the_devices_type():
+    with precision_autocast(CPU, "bf16"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert torch.nn.Linear(4, 3)(torch.ones(2, 4)).dtype == torch.bfloat16
-    with training_autocast(CPU, "fp32"):
+    with precision_autocast(CPU, "fp32"):
         assert not torch.is_autocast_enabled("cpu")
 
 
@@ -76,7 +76,7 @@ def _step(precision: str, x, y, index):
     model = hybridhash.create_model("hybridhash_cpu", bits=16, depths=[1, 1, 1]).train()
     method = create_method("hybridhash", 16, 10, 64)
     torch.manual_seed(1)  # the same DropPath draws on both sides
-    with training_autocast(CPU, precision):
+    with precision_autocast(CPU, precision):
         raw = model(x, activate=False)
     loss = method.loss(raw.float(), y, index)
     loss.backward()

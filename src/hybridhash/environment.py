@@ -21,8 +21,7 @@ from .errors import ConfigError
 from .precision import BF16_FLAGS, cpu_flags, cpu_has_bf16_units
 
 __all__ = ["DistEnv", "autocast_context", "bf16_autocast_available", "device_option", "dist_env", "pick_device",
-           "seed_everything", "TrainingPrecision", "training_autocast", "training_precision",
-           "usable_cores"]
+           "precision_autocast", "seed_everything", "TrainingPrecision", "training_precision", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -134,9 +133,11 @@ def training_precision(device, amp: Optional[bool] = None, flags: Optional[Froze
                              "bf16, slower")
 
 
-def training_autocast(device, precision: str):
-    """The context of a training forward pass at ``precision`` (from :func:`training_precision`):
-    bf16 autocast on ``device``'s type, or nothing for fp32."""
+def precision_autocast(device, precision: str):
+    """The context of a forward pass at ``precision``: bf16 autocast on ``device``'s type (CUDA or CPU)
+    for "bf16", whatever the hardware, nothing for any other precision. Training takes its precision
+    from :func:`training_precision`; inference from the user's explicit choice
+    (:mod:`hybridhash.precision` says where it pays)."""
     if precision != "bf16":
         return contextlib.nullcontext()
     import torch

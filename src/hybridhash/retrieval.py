@@ -29,6 +29,7 @@ from .data.transforms import eval_transform, model_preprocess
 from .engines.encoding import encode_batch
 from .errors import CheckpointError, DataError, IndexMismatchError
 from .models.weights import model_fingerprint
+from .precision import recorded_choice
 
 if TYPE_CHECKING:
     from .index import HashIndex
@@ -152,7 +153,7 @@ class Retriever:
     def open(cls, index_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str, os.PathLike]] = None,
              device: Union[str, torch.device] = "cpu", kind: Optional[str] = None, *,
              max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, root: Optional[Union[str, os.PathLike]] = None,
-             runtime: str = "auto", threads: Optional[int] = None) -> "Retriever":
+             runtime: str = "auto", threads: Optional[int] = None, precision: str = "auto") -> "Retriever":
         """Open the collection in ``index_dir`` with its saved index and a model.
 
         Args:
@@ -162,6 +163,9 @@ class Retriever:
             root: the image root, when the images moved since encoding.
             runtime: ``torch``, ``onnx``, ``openvino`` or ``auto`` (:func:`hybridhash.engines.open_encoder`);
                 ``threads``: the export runtime's threads.
+            precision: ``fp32``, ``bf16``, ``int8`` or ``auto``: the collection's recorded runtime and
+                precision (:func:`hybridhash.precision.recorded_choice`); another one asked for runs,
+                after a warning that the codes may differ from the collection's.
 
         Raises:
             IndexMismatchError: the collection or index has another bit length or model than the checkpoint.
@@ -175,7 +179,11 @@ class Retriever:
         if checkpoint is None and not Path(ckpt).exists():
             raise CheckpointError(f"{ckpt}: the checkpoint named in {collection.directory}/manifest.json is gone; "
                                   f"pass the checkpoint explicitly")
-        model = open_encoder(ckpt, runtime, str(device), threads=threads)
+        runtime, precision, mismatch = recorded_choice(collection.manifest.get("runtime"),
+                                                       collection.manifest.get("precision"), runtime, precision)
+        if mismatch:
+            _log.warning("%s: %s", collection.directory, mismatch)
+        model = open_encoder(ckpt, runtime, str(device), threads=threads, precision=precision)
         # refuse a wrong model before loading (and possibly building) the index
         if int(model.bits) != collection.bits:
             raise IndexMismatchError(f"{collection.directory} holds {collection.bits}-bit codes, checkpoint {ckpt} "

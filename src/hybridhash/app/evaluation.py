@@ -156,18 +156,22 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
                          image_root=None, split_file=None, seed: int = 0, device: str = "auto",
                          batch_size: int = 256, workers: int = 0, n_queries: int = 6, k: int = 10,
                          progress: bool = False, download: bool = False,
-                         max_pixels: Optional[int] = None) -> Dict[str, Any]:
+                         max_pixels: Optional[int] = None, precision: str = "fp32") -> Dict[str, Any]:
     """Evaluate every checkpoint under ``checkpoint`` and write ``out/metrics.json`` and figures.
 
     Writes ``metrics.json`` ({"dataset", "split_hash", "results": {bits: retrieval_metrics + checkpoint
     facts}}), ``pr_curve.png``, ``precision_at_n.png``, ``map_vs_bits.png`` (two or more code lengths)
     and ``retrieval_bits{N}.png`` (``n_queries`` queries with their top ``k``), and the codes as
     ``codes_bits{N}.npz`` (query, database). ``max_pixels``: the largest image decoded (None: the
-    project's limit). Returns the metrics document.
+    project's limit). ``precision``: the PyTorch models' (fp32, bf16 or auto; each checkpoint's
+    figure is recorded as ``precision``). Returns the metrics document.
     """
     from pathlib import Path
 
     from ..fileio import disk_full
+    from ..precision import check_runtime_precision
+
+    check_runtime_precision("torch", precision)  # int8 refused before any work
     from ..outdir import check_claim, claim
 
     dev = pick_device(device)  # an unusable --device is refused before any work
@@ -181,16 +185,18 @@ def evaluate_checkpoints(checkpoint, out, *, protocol=None, dataset: Optional[st
     claim(out, "evaluation", legacy=is_evaluation_dir)
     # every file is written whole or not at all; a full disk names the directory and what is kept
     with disk_full(out, "no file was left half written; files of an earlier evaluation there are as they were"):
-        return _evaluate_into(out, ckpts, protocol, dev, batch_size, workers, progress, n_queries, k)
+        return _evaluate_into(out, ckpts, protocol, dev, batch_size, workers, progress, n_queries, k, precision)
 
 
 def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, progress: bool, n_queries: int,
-                   k: int) -> Dict[str, Any]:
+                   k: int, precision: str = "fp32") -> Dict[str, Any]:
     """The body of :func:`evaluate_checkpoints` once ``out`` is claimed: evaluate, write, return the document."""
     from . import report
     from ..collection import save_npz
     from ..data.transforms import eval_transform
     from ..fileio import write_json
+    from ..engines import auto_precision
+    from ..engines.pytorch import set_precision
     from ..models import from_pretrained
 
     if not getattr(protocol, "labelled", True):
@@ -198,8 +204,11 @@ def _evaluate_into(out, ckpts, protocol, dev, batch_size: int, workers: int, pro
     results: Dict[int, Dict[str, Any]] = {}
     for bits, ck in ckpts.items():
         model = from_pretrained(ck, map_location=str(dev))
+        chosen = auto_precision(ck, "torch", str(dev)) if precision == "auto" else precision
+        set_precision(model, chosen, str(dev))
         res = evaluate_model(model, protocol, batch_size=batch_size, device=str(dev), workers=workers,
                              progress=progress, transform=eval_transform(model))
+        res["precision"] = chosen
         codes = res.pop("codes")
         save_npz(out / f"codes_bits{bits}.npz", query=codes["query"], database=codes["database"])
         res.update(_provenance(model, ck))

@@ -2,7 +2,8 @@
 +-1 codes (or the outputs before the sign) that evaluation, encoding runs and the Retriever share.
 
 :func:`encode_batch` does one batch: to its device, the model's forward under inference mode (and
-bf16 autocast when asked, :func:`hybridhash.environment.autocast_context`), the sign rule of
+bf16 autocast when asked, :func:`hybridhash.environment.autocast_context`, or for a model opened at
+bf16, :func:`model_precision`), the sign rule of
 :mod:`hybridhash.codes`, back to the CPU. :func:`encode_images` runs it over a cached tensor or a
 data set, with a progress bar. What differs between the callers stays with them: an encoding run
 cuts its batches at shard boundaries and records unreadable images, the Retriever serialises
@@ -17,7 +18,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..codes import binarize
-from ..environment import autocast_context
+from ..environment import autocast_context, precision_autocast
+
+PRECISION_ATTR = "inference_precision"  # set on a PyTorch model opened at a precision (engines.pytorch)
+
+
+def model_precision(model: Any) -> str:
+    """The precision ``model`` encodes at: what it was opened with (an export engine or a PyTorch
+    model of :func:`hybridhash.engines.open_encoder`), else fp32."""
+    return getattr(model, PRECISION_ATTR, "fp32")
 
 
 def encode_batch(model: Any, x: torch.Tensor, *, device: Union[str, torch.device, None] = None,
@@ -31,10 +40,15 @@ def encode_batch(model: Any, x: torch.Tensor, *, device: Union[str, torch.device
             taken here; its device and mode are the caller's to set.
         device: where the batch is moved first (None: where it is).
         amp: bf16 autocast, on the CUDA devices that support it (a no-op elsewhere).
+
+    A PyTorch model opened at bf16 runs under bf16 autocast on any device; an export engine runs
+    its own precision.
     """
     if device is not None:
         x = x.to(torch.device(device), non_blocking=True)
-    with torch.inference_mode(), autocast_context(x.device, amp):
+    own = model_precision(model) if isinstance(model, torch.nn.Module) else "fp32"
+    with torch.inference_mode(), autocast_context(x.device, amp and own == "fp32"), \
+            precision_autocast(x.device, own):
         if outputs:
             result = model(x).float()  # (B, bits)
         elif hasattr(model, "encode"):  # the encoding contract: an export answers with its graph's codes

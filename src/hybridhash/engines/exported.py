@@ -33,6 +33,7 @@ PREFIX = "hybridhash."
 META_KEYS = (
     "format", "format_version", "bits", "fingerprint", "preset", "preprocess", "config",
     "img_size", "mean", "std", "interpolation", "input", "outputs", "codes", "hybridhash_version", "torch_version",
+    "precision",  # only in a quantized graph ("int8", written by hybridhash.quantize); absent: fp32
 )
 
 
@@ -94,7 +95,27 @@ def parse_metadata(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
     if bits <= 0 or bits != config.bits or int(preprocess["img_size"]) != config.img_size:
         raise CheckpointError(f"{path}: inconsistent hybridhash metadata (bits {bits}, config {config.bits} bits, "
                               f"img_size {preprocess['img_size']} vs {config.img_size})")
-    return dict(bits=bits, fingerprint=fingerprint, preprocess=preprocess, config=config)
+    precision = meta.get("precision", "fp32")
+    if precision not in ("fp32", "int8"):
+        raise CheckpointError(f"{path}: malformed hybridhash metadata (precision {precision!r})")
+    return dict(bits=bits, fingerprint=fingerprint, preprocess=preprocess, config=config, graph_precision=precision)
+
+
+def run_precision(path: Path, meta: Dict[str, Any], asked: str) -> str:
+    """The precision an engine runs the graph at: int8 for a quantized graph (asked int8 or auto),
+    else ``asked`` (fp32 or bf16; auto is fp32). A ConfigError for int8 asked of an fp32 graph, or
+    another precision of a quantized one."""
+    from ..precision import check_precision
+
+    check_precision(asked)
+    if meta["graph_precision"] == "int8":
+        if asked not in ("int8", "auto"):
+            raise ConfigError(f"{path} is an int8 graph; --precision {asked} runs model.onnx beside it")
+        return "int8"
+    if asked == "int8":
+        raise ConfigError(f"{path} is not quantized; --precision int8 runs model.int8.onnx, written by "
+                          f"`hybridhash export --calibrate DATA`")
+    return "fp32" if asked == "auto" else asked
 
 
 def check_open(path: PathLike, threads: Optional[int]) -> Path:
@@ -135,6 +156,7 @@ class ExportEncoder(ABC):
 
     training = False  # the torch model's flag, always off here
     engine = "an export engine"  # how messages name it
+    runtime = "export"  # its --runtime name
 
     def __init__(self, session: Any, path: Path, meta: Dict[str, Any]):
         self.session = session
@@ -145,6 +167,8 @@ class ExportEncoder(ABC):
         self.config = meta["config"]
         self.checkpoint_meta = {"preprocess": self.preprocess, "fingerprint": self.fingerprint}
         self.img_size = int(self.preprocess["img_size"])
+        # what the engine runs: set by the engine's open (see run_precision)
+        self.inference_precision: str = meta.get("run_precision", "fp32")
 
     @abstractmethod
     def _infer(self, x: np.ndarray):
@@ -194,4 +218,4 @@ class ExportEncoder(ABC):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.path)!r}, {self.config.preset}, bits={self.bits}, "
-                f"fingerprint={self.fingerprint})")
+                f"fingerprint={self.fingerprint}, precision={self.inference_precision})")

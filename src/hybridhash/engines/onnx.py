@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .exported import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, PREFIX, ExportEncoder, PathLike, check_graph,
-                       check_open, missing_package, parse_metadata)
+                       check_open, missing_package, parse_metadata, run_precision)
 
 
 class OnnxEncoder(ExportEncoder):
@@ -20,15 +20,17 @@ class OnnxEncoder(ExportEncoder):
     """
 
     engine = "onnxruntime"
+    runtime = "onnx"
 
     @classmethod
     def open(cls, path: PathLike, *, threads: Optional[int] = None, inter_op_threads: int = 1,
-             spinning: bool = True) -> "OnnxEncoder":
+             spinning: bool = True, precision: str = "fp32") -> "OnnxEncoder":
         """Load an export of :func:`~hybridhash.export.export_onnx`.
 
         Args:
             threads: onnxruntime's intra-op threads (None or 0: its default, one per physical core).
             inter_op_threads: threads running independent graph nodes in parallel (1: sequential).
+            precision: fp32, or int8 for a quantized graph (model.int8.onnx); onnxruntime runs no bf16.
             spinning: let idle worker threads busy-wait for the next run (onnxruntime's default, the
                 lowest latency). Turn it off where the process does other work between runs
                 (decoding images, PyTorch's own threads): spinning threads take those cores.
@@ -41,6 +43,9 @@ class OnnxEncoder(ExportEncoder):
             import onnxruntime as ort
         except ImportError:
             raise missing_package("onnxruntime") from None
+        from ..precision import check_runtime_precision
+
+        check_runtime_precision("onnx", precision)
         path = check_open(path, threads)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
@@ -55,6 +60,7 @@ class OnnxEncoder(ExportEncoder):
             raise CheckpointError(f"{path}: not a readable ONNX model ({first})") from None
         raw = session.get_modelmeta().custom_metadata_map
         meta = parse_metadata(path, {k[len(PREFIX):]: v for k, v in raw.items() if k.startswith(PREFIX)})
+        meta["run_precision"] = run_precision(path, meta, precision)
         inputs = session.get_inputs()
         shape = [d if isinstance(d, int) else None for d in inputs[0].shape] if len(inputs) == 1 else []
         check_graph(path, [i.name for i in inputs], [o.name for o in session.get_outputs()], shape,

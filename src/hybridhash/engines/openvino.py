@@ -2,12 +2,15 @@
 
 OpenVINO compiles the same ``model.onnx`` that ``hybridhash export`` writes (no conversion step,
 no second file), with its own fusions of the layer norms, GELUs and attention blocks. Precision is
-pinned to fp32: on CPUs with bf16 or AMX units OpenVINO would otherwise run in bf16 by default, and
-the codes would no longer equal the torch model's. The package is the optional extra
-``hybridhash[openvino]``.
+what is asked, never OpenVINO's default: fp32 is pinned (on CPUs with bf16 or AMX units OpenVINO
+would otherwise run bf16, and the codes would no longer equal the torch model's); bf16 sets the
+inference precision hint (which OpenVINO honours only on CPUs with bf16 units, running f32
+elsewhere); int8 is the quantized graph ``model.int8.onnx`` (QDQ, :mod:`hybridhash.quantize`), whose
+other operations run at f32. The package is the optional extra ``hybridhash[openvino]``.
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from pathlib import Path
@@ -16,8 +19,11 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, one_line
+from ..precision import cpu_has_bf16_units
 from .exported import (CODES_NAME, INPUT_NAME, OUTPUT_NAME, ExportEncoder, PathLike, check_graph, check_open,
-                       parse_metadata, read_metadata)
+                       parse_metadata, read_metadata, run_precision)
+
+_log = logging.getLogger(__name__)
 
 # where in OpenVINO's C++ sources a check failed: "Exception from src/.../core.cpp:132:",
 # "Check 'x' failed at src/.../conv.cpp:63:"; the reason follows on later lines
@@ -43,6 +49,7 @@ class OpenVinoEncoder(ExportEncoder):
     """
 
     engine = "OpenVINO"
+    runtime = "openvino"
 
     def __init__(self, compiled: Any, path: Path, meta: dict):
         super().__init__(compiled, path, meta)
@@ -51,11 +58,13 @@ class OpenVinoEncoder(ExportEncoder):
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: PathLike, *, threads: Optional[int] = None, **_: Any) -> "OpenVinoEncoder":
+    def open(cls, path: PathLike, *, threads: Optional[int] = None, precision: str = "fp32",
+             **_: Any) -> "OpenVinoEncoder":
         """Compile an export of :func:`hybridhash.export.export_onnx` for the CPU.
 
         Args:
             threads: OpenVINO's inference threads (None or 0: its default, the physical cores).
+            precision: fp32, bf16 (the inference precision hint), or int8 for a quantized graph.
 
         Raises:
             ConfigError: OpenVINO or onnx is not installed, or ``threads`` is negative.
@@ -70,7 +79,10 @@ class OpenVinoEncoder(ExportEncoder):
         if raw is None:
             raise CheckpointError(f"{path}: not a readable ONNX model")
         meta = parse_metadata(path, raw)
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        meta["run_precision"] = run_precision(path, meta, precision)
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if meta["run_precision"] == "bf16" else "f32"}
+        if meta["run_precision"] == "bf16" and not cpu_has_bf16_units():
+            _log.warning("OpenVINO runs bf16 only on CPUs with bf16 units (AVX512-BF16, AMX); this one runs it at f32")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .options import add_option, add_runtime_option, from_bounds
+from .options import add_option, add_precision_option, add_runtime_option, from_bounds
 from .vocabulary import add_batch_size, add_collection, add_image_root, add_max_pixels, add_progress, add_workers
 
 HELP = "encode a folder or list file of images into a code collection"
@@ -45,6 +45,9 @@ def configure(p):
                    help="print what an update would add, remove, change and keep, and write nothing")
     add_progress(p)
     add_runtime_option(p)
+    add_precision_option(p, "an update keeps the collection's recorded runtime and precision; a new collection "
+                            "takes the fastest precision the export's calibration figures pass where the CPU has "
+                            "its units, else fp32")
 
 
 def run(args) -> int:
@@ -62,7 +65,8 @@ def run(args) -> int:
     col = encode_collection(args.images, args.collection, args.checkpoint, root=args.image_root, batch_size=args.batch_size,
                             workers=args.workers, strict=args.strict, shard_size=args.shard_size,
                             max_pixels=args.max_pixels, device=args.device, resume=args.resume,
-                            progress=args.progress, runtime=args.runtime, dry_run=args.dry_run,
+                            progress=args.progress, runtime=args.runtime, precision=args.precision,
+                            dry_run=args.dry_run,
                             report=reports.append)
     for line in (reports[0].lines() if reports else []):
         print(printable(line))

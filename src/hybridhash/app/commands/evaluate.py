@@ -1,7 +1,7 @@
 """``hybridhash evaluate``: score checkpoints on a protocol's queries and database; metrics.json and figures."""
 from __future__ import annotations
 
-from .options import add_option, from_bounds
+from .options import add_option, add_precision_option, from_bounds
 from .vocabulary import add_batch_size, add_data_root, add_image_root, add_max_pixels, add_progress, add_seed, add_workers
 
 HELP = "evaluate checkpoints: mAP, tie-aware mAP, PR curve, precision@N, retrieval picture; ACG/NDCG/WAP if multi-label"
@@ -29,6 +29,8 @@ def configure(p) -> None:
     add_option(p, "--queries", type=from_bounds(NONNEGATIVE_INT), default=6, help="queries in the retrieval picture")
     add_option(p, "--top", type=from_bounds(COUNT), default=10, help="results per query in the retrieval picture")
     add_progress(p)
+    add_precision_option(p, "PyTorch at bf16 where the hardware has bf16 units and the checkpoint's calibration "
+                            "figures pass, else fp32 (int8 runs on the export runtimes only)")
     p.add_argument("--json", action="store_true", help="print metrics.json")
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
                                split_file=args.split, seed=args.seed, device=args.device, batch_size=args.batch_size,
                                workers=args.workers, n_queries=args.queries, k=args.top,
                                progress=args.progress and sys.stderr.isatty(), download=args.download,
-                               max_pixels=args.max_pixels)
+                               max_pixels=args.max_pixels, precision=args.precision)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

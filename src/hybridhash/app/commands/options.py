@@ -285,6 +285,16 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
                              f"measured), else torch")
 
 
+def add_precision_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--precision fp32|bf16|int8|auto`` (see :mod:`hybridhash.precision`); ``help`` says what auto does here."""
+    from hybridhash.precision import AGREEMENT_THRESHOLD, PRECISION_CHOICES
+
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help=f"numeric precision of the model: fp32; bf16 (autocast on PyTorch, the inference hint "
+                             f"on OpenVINO; fast only with bf16 units); int8 (the quantized export on onnxruntime "
+                             f"or OpenVINO); auto: {help} (calibrated bit agreement >= {AGREEMENT_THRESHOLD})")
+
+
 # --------------------------------------------------------------------------------------------
 # options read from a recorded run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ...terminal import printable
-from .options import Bounded, add_option, add_runtime_option
+from .options import Bounded, add_option, add_precision_option, add_runtime_option
 from .vocabulary import add_collection, add_image_root, add_max_pixels
 
 HELP = "search an indexed collection with query images"
@@ -28,6 +28,8 @@ def configure(p):
     p.add_argument("--kind", default=None, help="index kind (default: the saved index, else flat)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_runtime_option(p)
+    add_precision_option(p, "the runtime and precision the collection was encoded with (another one asked for "
+                            "runs, with a warning that codes may differ)")
     add_image_root(p, help="the folder the collection's image paths start from, when its manifest records none "
                            "or the images moved (unset: the manifest's)")
     add_max_pixels(p, "refuse query images with more pixels (width * height) than this, unread")
@@ -53,7 +55,8 @@ def run(args) -> int:
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.collection, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
-                               runtime=args.runtime, max_pixels=args.max_pixels, root=args.image_root)
+                               runtime=args.runtime, precision=args.precision, max_pixels=args.max_pixels,
+                               root=args.image_root)
     results = retriever.search(list(args.images), k=args.k)
     if args.json:
         print(json.dumps({"index": str(retriever.collection.directory), "k": args.k,

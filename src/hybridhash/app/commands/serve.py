@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...terminal import printable
-from .options import add_option, add_runtime_option, bounded
+from .options import add_option, add_precision_option, add_runtime_option, bounded
 from .vocabulary import add_collection, add_image_root, add_max_pixels
 
 HELP = "serve an indexed collection over HTTP: a search API and a web page"
@@ -32,6 +32,8 @@ def configure(p):
                            "encoding (unset: the manifest's)", old=("--root",))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_runtime_option(p)
+    add_precision_option(p, "the runtime and precision the collection was encoded with (another one asked for "
+                            "runs, with a warning that codes may differ)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 opens the service (and the images) to the network")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -79,7 +81,8 @@ def run(args) -> int:
 
     args.device = device_option(args.device)  # a one-line error for an unknown or absent device
     retriever = Retriever.open(args.collection, checkpoint=args.checkpoint, device=args.device, kind=args.kind,
-                               runtime=args.runtime, max_pixels=args.max_pixels, root=args.image_root)
+                               runtime=args.runtime, precision=args.precision, max_pixels=args.max_pixels,
+                               root=args.image_root)
     app = create_app(retriever, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      max_k=args.max_k, max_batch=args.max_batch, max_decodes=args.max_decodes,
                      body_timeout=args.body_timeout, max_requests=args.max_requests, allowed_hosts=hosts,

@@ -39,8 +39,8 @@ from ...locking import exclusive
 from .plan import (DEFAULT_SHARD_SIZE, EncodePlan, PathLike, check_shard, done_shards, load_plan, plan_encode,
                    read_output, shard_path, shards_of_rank, _mismatch)
 from .shards import EncodeDataset, ShardBatches, collate_drop_bad, encode_shards, merge_shards
-from .update import (dry_report, finish_update, new_fields, plan_update, refuse, update_collection,
-                     update_mismatch)
+from .update import (dry_report, finish_update, new_fields, plan_update, recorded_engine, refuse,
+                     update_collection, update_mismatch)
 
 __all__ = [
     "DEFAULT_SHARD_SIZE", "EncodeDataset", "EncodePlan", "ImageList", "ShardBatches", "check_shard",
@@ -68,7 +68,8 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
                       device: str = "cpu", resume: bool = True, progress: bool = True,
                       on_shard: Optional[Callable[[int], None]] = None, runtime: str = "auto",
                       threads: Optional[int] = None, dry_run: bool = False,
-                      report: Optional[Callable[[UpdateReport], None]] = None) -> Optional["coll.Collection"]:
+                      report: Optional[Callable[[UpdateReport], None]] = None,
+                      precision: str = "auto") -> Optional["coll.Collection"]:
     """Encode a folder or list file of images into the collection ``out``, or update it in place.
 
     When ``out`` holds a finished collection of the same model (and ``resume``), only the images
@@ -78,7 +79,9 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     written and ``report`` gets what would be done; None is returned.
 
     The model is ``model`` or loaded from the project checkpoint ``checkpoint`` on ``runtime``
-    (``torch``, ``onnx``, ``openvino`` or ``auto``: :func:`hybridhash.engines.open_encoder`). Under torchrun
+    (``torch``, ``onnx``, ``openvino`` or ``auto``: :func:`hybridhash.engines.open_encoder`) at
+    ``precision`` (``fp32|bf16|int8|auto``); an update takes the collection's recorded ones
+    (:func:`.update.recorded_engine`), and the manifest records them. Under torchrun
     (``WORLD_SIZE`` > 1) every rank runs this function: rank 0 plans, each rank encodes its
     shards, rank 0 merges; a CUDA ``device`` becomes ``cuda:<LOCAL_RANK>``.
 
@@ -95,7 +98,9 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
             raise HybridHashError("encode needs a checkpoint or a model")
         from ...engines import open_encoder
 
-        model = open_encoder(checkpoint, runtime, str(device), threads=threads)
+        if resume:
+            runtime, precision = recorded_engine(out, read_output(out)[0], runtime, precision)
+        model = open_encoder(checkpoint, runtime, str(device), threads=threads, precision=precision)
     if dry_run:
         _dry_run(images, out, model, root, max_pixels, resume, t0, report)
         return None

@@ -22,6 +22,7 @@ from ...generations import remove_generation, remove_stale_generations
 from ...fileio import disk_full, read_json, write_json  # noqa: F401  (disk_full re-exported)
 from ...limits import SHARD_SIZE
 from ...locking import LOCK_NAME
+from ...engines import runs_at
 from ...models.weights import model_fingerprint
 
 
@@ -33,9 +34,10 @@ PLAN = "plan.json"
 ITEMS = "items.txt"
 ITEM_LABELS = "items.labels.npy"
 # what must agree for finished shards to be reused
-PLAN_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "images_sha256", "shard_size", "max_pixels")
+PLAN_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "images_sha256", "shard_size", "max_pixels",
+             "precision", "runtime")
 # what must agree for a collection to be updated in place rather than encoded again
-UPDATE_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "max_pixels")
+UPDATE_KEYS = ("bits", "fingerprint", "preprocess", "image_root", "max_pixels", "precision", "runtime")
 PLAN_FORMAT = "hybridhash-encode-plan"
 PLAN_VERSION = 1
 _SHARD_NAME = re.compile(r"shard-\d{5}\.npz")
@@ -62,6 +64,8 @@ class EncodePlan:
     classes: Optional[List[str]]
     rejected: List[Dict[str, str]]
     preset: Optional[str] = None
+    runtime: Optional[str] = None  # the engine and precision the codes come from (hybridhash.engines.runs_at)
+    precision: Optional[str] = None
 
     @property
     def num_shards(self) -> int:
@@ -94,8 +98,12 @@ def shard_path(out: PathLike, s: int) -> Path:
 
 def _mismatch(old: Dict[str, Any], new: Dict[str, Any], keys: Tuple[str, ...] = PLAN_KEYS) -> Optional[str]:
     for k in keys:
-        if old.get(k) != new.get(k):
-            a, b = old.get(k), new.get(k)
+        a, b = old.get(k), new.get(k)
+        if k == "precision":  # not recorded before precisions were: fp32
+            a, b = a or "fp32", b or "fp32"
+        if k == "runtime" and (a is None or b is None or (old.get("precision") or "fp32") == "fp32"):
+            continue  # at fp32 every runtime gives the same codes within float rounding
+        if a != b:
             if k == "images_sha256":
                 return "another image list (a different set of files or labels)"
             if k == "fingerprint":
@@ -204,7 +212,8 @@ def plan_encode(out: PathLike, images: ImageList, model: torch.nn.Module, checkp
         preprocess=model_preprocess(model), images_sha256=images.digest(), count=len(images),
         shard_size=int(shard_size), max_pixels=max_pixels, image_root=str(images.root), source=images.source,
         label_kind=images.label_kind, classes=images.classes, rejected=list(images.rejected),
-        preset=getattr(getattr(model, "config", None), "preset", None))
+        preset=getattr(getattr(model, "config", None), "preset", None), runtime=runs_at(model)[0],
+        precision=runs_at(model)[1])
     new = plan.to_dict()
     plan_file = out / coll.SHARDS / PLAN
     manifest, old_plan, plan_error = read_output(out)

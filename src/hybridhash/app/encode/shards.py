@@ -206,6 +206,8 @@ def merge_shards(out: PathLike) -> "coll.Collection":
         "fingerprint": plan.fingerprint,
         "checkpoint": plan.checkpoint,
         "preset": plan.preset,
+        "runtime": plan.runtime,
+        "precision": plan.precision or "fp32",
         "preprocess": plan.preprocess,
         "image_root": plan.image_root,
         "source": plan.source,

@@ -29,12 +29,32 @@ from .plan import (UPDATE_KEYS, EncodePlan, PathLike, _clear, _mismatch, check_s
                    read_output)
 
 
+def recorded_engine(out: PathLike, manifest: Optional[Dict[str, Any]], runtime: str,
+                    precision: str) -> Tuple[str, str]:
+    """The runtime and precision to update the collection of ``manifest`` with: the recorded ones
+    for ``auto`` (:func:`hybridhash.precision.recorded_choice`); an explicit other choice would give
+    codes unlike the collection's, a one-line ConfigError. No manifest: as asked."""
+    from ...precision import recorded_choice
+
+    if manifest is None:
+        return runtime, precision
+    runtime, precision, mismatch = recorded_choice(manifest.get("runtime"), manifest.get("precision"), runtime,
+                                                   precision)
+    if mismatch:
+        raise ConfigError(f"{out}: {mismatch}; an update keeps the collection's codes: leave --runtime and "
+                          f"--precision at auto, or pass --no-resume to encode every image again")
+    return runtime, precision
+
+
 def update_mismatch(manifest: Dict[str, Any], model: torch.nn.Module, image_root: Path,
                     max_pixels: Optional[int]) -> Optional[str]:
     """What keeps the collection of ``manifest`` from being updated with ``model`` (another model, bit
     length, preprocessing, image root or pixel limit), or None."""
+    from ...engines import runs_at
+
+    runtime, precision = runs_at(model)
     now = {"bits": int(model.bits), "fingerprint": model_fingerprint(model), "preprocess": model_preprocess(model),
-           "image_root": str(image_root), "max_pixels": max_pixels}
+           "image_root": str(image_root), "max_pixels": max_pixels, "runtime": runtime, "precision": precision}
     return _mismatch(manifest, now, UPDATE_KEYS)
 
 
@@ -185,12 +205,14 @@ def update_collection(collection: PathLike, add: Sequence[str] = (), remove: Seq
                       labels: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
                       checkpoint: Optional[PathLike] = None, model: Optional[torch.nn.Module] = None,
                       batch_size: int = 64, workers: int = 0, device: str = "cpu", runtime: str = "auto",
-                      threads: Optional[int] = None, progress: bool = False, dry_run: bool = False) -> UpdateReport:
+                      threads: Optional[int] = None, progress: bool = False, dry_run: bool = False,
+                      precision: str = "auto") -> UpdateReport:
     """Add (or encode again) the images ``add`` and drop the images ``remove`` of a collection, by
     path relative to its image root, without scanning the folder; ``labels`` names the class(es) of
     added or relabelled paths (required for new images of a labelled collection).
 
-    The model is ``model`` or the checkpoint (default: the one the manifest names); it must be
+    The model is ``model`` or the checkpoint (default: the one the manifest names) on the runtime
+    and at the precision the collection records (:func:`recorded_engine`); it must be
     the collection's; images are read under the pixel limit it was encoded with. Returns what was
     done (or, ``dry_run``, what would be; nothing is written).
     """
@@ -205,7 +227,8 @@ def update_collection(collection: PathLike, add: Sequence[str] = (), remove: Seq
         checkpoint = checkpoint if checkpoint is not None else col.checkpoint
         if checkpoint is None:
             raise ConfigError(f"{out}: the manifest names no checkpoint; pass one")
-        model = open_encoder(checkpoint, runtime, str(device), threads=threads)
+        runtime, precision = recorded_engine(out, col.manifest, runtime, precision)
+        model = open_encoder(checkpoint, runtime, str(device), threads=threads, precision=precision)
     max_pixels = col.manifest.get("max_pixels")
     why = update_mismatch(col.manifest, model, col.root, max_pixels)
     if why:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .. import rundir as R
-from ...environment import autocast_context, pick_device, seed_everything, training_autocast, training_precision
+from ...environment import autocast_context, pick_device, seed_everything, precision_autocast, training_precision
 from ...errors import ConfigError
 from ...fileio import write_json
 from . import distributed as D
@@ -256,7 +256,7 @@ class Trainer(Selection):
             y = y[:keep].to(self.device, non_blocking=True)
             idx = idx[:keep].to(self.device)
             self._set_lr(optimizer)
-            with training_autocast(self.device, self.precision):
+            with precision_autocast(self.device, self.precision):
                 outs = [net(v, activate=False).float() for v in views]  # (B, bits) raw hash-layer outputs
             h = outs[0]
             _hook(self.method, "on_step")(self.step)

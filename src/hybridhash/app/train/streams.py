@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import rundir as R
-from ...environment import training_autocast
+from ...environment import precision_autocast
 from ...errors import CheckpointError, ConfigError
 from . import distributed as D
 from . import feeds as FD
@@ -53,7 +53,7 @@ class TwoStreams:
 
     def _outputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Raw outputs (B, bits) of ``model`` (in eval mode) for images x, without gradient."""
-        with torch.no_grad(), training_autocast(self.trainer.device, self.trainer.precision):
+        with torch.no_grad(), precision_autocast(self.trainer.device, self.trainer.precision):
             return model(x, activate=False).float()
 
     def train_epoch(self, epoch: int) -> float:
