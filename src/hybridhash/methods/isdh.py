@@ -43,6 +43,8 @@ class ISDH(IDHN):
 
     name = "isdh"
     Config = ISDHConfig
+    # IDHN's scratch_lr_scale (0.1) holds for it too: best val mAP under the scratch recipe (digits,
+    # hybridhash_cpu, 32 bits, 30 epochs, seed 0) 0.78 at lr 2e-3, 0.86 at 2e-4
 
     def pair_loss(self, h: Tensor, y: Tensor, U: Tensor, Y: Tensor) -> Tensor:
         c = self.config

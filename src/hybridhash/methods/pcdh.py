@@ -82,6 +82,9 @@ class PCDH(Method):
     Config = PCDHConfig
     # DeepHash-pytorch, on its own CNN trained from scratch at 128 px
     DEFAULTS = MethodDefaults("rmsprop", 1e-5, 1e-5, batch_size=64, epochs=2000)
+    # its best val mAP under the scratch recipe (digits, hybridhash_cpu, 32 bits, 30 epochs, seed 0):
+    # 0.45 at lr 2e-3, 0.71 at 2e-4
+    scratch_lr_scale = 0.1
     takes_features = True
 
     def __init__(self, bits, n_class, num_train, config=None):
