@@ -37,6 +37,34 @@ def _save(fig, path: os.PathLike) -> Path:
     return path
 
 
+def _line_styles(names: Sequence[str], dashed: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """A distinct look per name: colours of tab20 with a marker and line style that change every 20
+    names (matplotlib's default cycle repeats after 10, so a roster of 23 would share colours);
+    floors (``dashed``) grey and dashed."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab20").colors
+    markers, lines = "osD^v", ("-", "-.", ":")
+    looks, k = {}, 0
+    for name in names:
+        if name in dashed:
+            looks[name] = dict(linestyle="--", color="grey", marker="o")
+            continue
+        looks[name] = dict(color=colours[k % 20], marker=markers[(k // 20) % len(markers)],
+                           linestyle=lines[(k // 20) % len(lines)])
+        k += 1
+    return looks
+
+
+def _legend(ax, n: int) -> None:
+    """Inside the axes for a few lines; beside them, in columns, for a roster (a legend over 10 lines
+    would hide the curves)."""
+    if n <= 10:
+        ax.legend(fontsize="small")
+    else:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + n // 16,
+                  borderaxespad=0.0)
+
+
 def plot_pr_curves(results: Mapping[int, Dict[str, Any]], path: os.PathLike, title: str = "") -> Path:
     """Precision against recall of Hamming-ball retrieval, one line per code length.
 
@@ -100,18 +128,18 @@ def plot_mean_std_vs_bits(series: Mapping[str, Mapping[int, Sequence[Optional[fl
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.4))
     all_bits = sorted({b for s in series.values() for b in s})
+    looks = _line_styles(list(series), dashed)
     for name, values in series.items():
         bits = sorted(values)
         means = [values[b][0] for b in bits]
         stds = [values[b][1] or 0.0 for b in bits]
-        style = dict(linestyle="--", color="grey") if name in dashed else {}
-        ax.errorbar(bits, means, yerr=stds, marker="o", markersize=4, capsize=3, label=name, **style)
+        ax.errorbar(bits, means, yerr=stds, markersize=4, capsize=3, label=name, **looks[name])
     ax.set_xticks(all_bits)
     ax.set_xlabel("code length (bits)")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax, len(series))
     ax.set_title(title or f"{ylabel} against code length")
     return _save(fig, path)
 
@@ -122,15 +150,15 @@ def plot_pr_by_name(curves: Mapping[str, Dict[str, Sequence[float]]], path: os.P
     ``pr_curve`` {radius, precision, recall}}; names in ``dashed`` drawn dashed grey."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.4))
+    looks = _line_styles(list(curves), dashed)
     for name, pr in curves.items():
-        style = dict(linestyle="--", color="grey") if name in dashed else {}
-        ax.plot(pr["recall"], pr["precision"], marker=".", markersize=3, label=name, **style)
+        ax.plot(pr["recall"], pr["precision"], markersize=3, label=name, **looks[name])
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax, len(curves))
     ax.set_title(title or "precision-recall over Hamming radius")
     return _save(fig, path)
 
