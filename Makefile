@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py $(if $(ORIGINAL),--original $(ORIGINAL))
 	# bf16 against fp32 training on digits, 2 seeds: about 25 minutes where bf16 is emulated
 	$(BIN)/python benchmarks/bench_bf16_train.py
+	# every runtime x precision by batch, with bit agreement and mAP, on two digits checkpoints it trains once
+	$(BIN)/python benchmarks/bench_precision.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
