@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import cpu_model, load_text
+from machine import cpu_model, load_text, write_results
 
 from hybridhash.precision import cpu_has_bf16_units, unit_flags
 
@@ -81,12 +81,7 @@ def main(argv=None) -> dict:
                 print(json.dumps(figures))
                 result["runs"].append(figures)
     result["loadavg_after"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(report(result))
-    print(out.with_suffix(".md").read_text())
-    return result
+    return write_results(result, args.out, report)
 
 
 def report(r: dict) -> str:

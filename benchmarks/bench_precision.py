@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model, load_text
+from machine import cpu_model, load_text, write_results
 
 from hybridhash.app.commands.export import _images as preprocessed  # the images `export --calibrate` measures
 from hybridhash.app.evaluation import class_ids_or_multihot
@@ -166,12 +166,7 @@ def main(argv=None) -> dict:
     result["checkpoints"] = [measure(m, protocol, args) for m in args.models]
     result["loadavg_after"] = os.getloadavg()
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(report(result))
-    print(out.with_suffix(".md").read_text())
-    return result
+    return write_results(result, args.out, report)
 
 
 def _units(r: dict, precision: str) -> str:
