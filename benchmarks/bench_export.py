@@ -73,11 +73,12 @@ def ort_matmul_rate(threads: int, n: int = 4096, repeats: int = 5) -> float:
 def openvino_runner(path: Path, threads: int):
     """A callable (B, 3, S, S) float32 array -> (B, bits) outputs on OpenVINO's CPU plugin, or None."""
     try:
-        import openvino as ov
+        import openvino  # noqa: F401
     except ImportError:
         return None, None
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+    from hybridhash.engines.openvino import shared_core
+
+    compiled = shared_core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                       "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     out = compiled.output("outputs")

@@ -46,8 +46,9 @@ sys.exit(cli.main(["export", "--checkpoint", sys.argv[1] + "/bits32/best", "--ca
 def trained(tmp_path_factory):
     """A hybridhash_cpu (one layer per level) trained a few epochs on digits, exported and calibrated.
 
-    Built in a child process: training and calibration here left this process crashing (SIGSEGV
-    while delivering SIGCHLD) when later test files start processes in the same run."""
+    Built in a child process, which keeps the training's threads and data loaders out of this one.
+    (A crash once seen here, SIGSEGV on a later SIGCHLD, was OpenVINO's released Cores leaving a
+    freed alternate signal stack: engines.openvino.shared_core.)"""
     import subprocess
     import sys
 

@@ -143,3 +143,32 @@ def test_export_verifies_on_openvino_where_onnxruntime_is_missing(tmp_path, caps
     monkeypatch.setattr(engines, "onnx_available", lambda: False)
     assert cli.main(["export", "--checkpoint", str(ckpt)]) == 0
     assert "OpenVINO matches PyTorch" in capsys.readouterr().out
+
+
+_RELEASE_IN_ORDER = """
+import gc, signal, subprocess, sys
+from hybridhash.engines.openvino import OpenVinoEncoder
+signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, as torch's DataLoader leaves one
+first = OpenVinoEncoder.open(sys.argv[1])
+second = OpenVinoEncoder.open(sys.argv[1])
+del first; gc.collect()
+del second; gc.collect()
+for _ in range(3):
+    subprocess.run(["true"], check=True)  # each child's exit delivers SIGCHLD to this thread
+print("alive")
+"""
+
+
+def test_encoders_released_in_any_order_leave_signals_deliverable(world, tmp_path):
+    """OpenVINO's CPU plugin swaps the alternate signal stack of the thread making a Core and puts the
+    old one back when it is released: two Cores released in creation order left a freed stack in place,
+    and the next child process's exit killed the process (SIGSEGV). Encoders share one Core."""
+    import subprocess
+    import sys
+
+    from hybridhash.export import export_onnx
+
+    path = export_onnx(hybridhash.from_pretrained(str(world["ckpt"])), tmp_path / ONNX_NAME)
+    run = subprocess.run([sys.executable, "-c", _RELEASE_IN_ORDER, str(path)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "alive", (run.returncode, run.stderr[-2000:])

@@ -40,6 +40,29 @@ def openvino_reason(err: BaseException) -> str:
     return one_line(text or type(err).__name__, 240)
 
 
+_core: Any = None
+_core_lock = threading.Lock()
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and never released.
+
+    OpenVINO's CPU plugin gives the thread that makes a Core a new alternate signal stack and, when
+    that Core is released, puts back the stack it replaced, freeing its own. Two Cores released in
+    the order they were made leave the first one's freed stack installed, and the next signal Python
+    handles on that thread (SIGCHLD from a finished child process, SIGINT) kills the process with a
+    segmentation fault. One Core for the life of the process never restores anything (and later
+    compilations skip loading the plugin again).
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
 class OpenVinoEncoder(ExportEncoder):
     """A hybridhash ONNX export compiled by OpenVINO for the CPU; stands in for the torch model.
 
@@ -71,7 +94,7 @@ class OpenVinoEncoder(ExportEncoder):
             CheckpointError: no such file, not an ONNX model, or one without the project's metadata.
         """
         try:
-            import openvino as ov
+            import openvino  # noqa: F401
         except ImportError:
             raise ConfigError("--runtime openvino needs OpenVINO: pip install 'hybridhash[openvino]'") from None
         path = check_open(path, threads)
@@ -86,7 +109,7 @@ class OpenVinoEncoder(ExportEncoder):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            compiled = ov.Core().compile_model(str(path), "CPU", config)
+            compiled = shared_core().compile_model(str(path), "CPU", config)
         except Exception as err:  # OpenVINO raises RuntimeError and its own types for foreign graphs
             raise CheckpointError(f"{path}: OpenVINO could not compile it ({openvino_reason(err)})") from None
         inputs = compiled.inputs
