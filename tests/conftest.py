@@ -2,8 +2,14 @@
 another device (``pytest --device cuda`` on a GPU machine; the default is the CPU)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# encode's automatic export (hybridhash.autoexport) would, on a CPU with bf16 / int8 units, write to the
+# user's cache and change the precision the tests' new collections take; its own tests turn it back on
+os.environ["HYBRIDHASH_NO_AUTO_EXPORT"] = "1"
 
 
 def pytest_addoption(parser):

@@ -2,8 +2,8 @@
 
 A checkpoint's exports sit in one folder: beside the checkpoint (``hybridhash export`` writes them
 there) or, when the checkpoint's folder has none, in the cache folder of its weights
-(:func:`cache_dir`; read here, meant for exports made without the user's folder, which nothing
-writes yet). That folder holds the
+(:func:`cache_dir`; :mod:`hybridhash.autoexport` writes it when ``encode`` runs a checkpoint
+without an export on a CPU with bf16 or int8 units). That folder holds the
 fp32 graph :data:`ONNX_NAME`, optionally the quantized graph :data:`INT8_NAME` and the calibration
 figures :data:`CALIBRATION_NAME` (:mod:`hybridhash.calibration` writes them; ``--precision auto``
 reads them through :func:`read_calibration`). The cache is

@@ -48,6 +48,11 @@ def configure(p):
     add_precision_option(p, "an update keeps the collection's recorded runtime and precision; a new collection "
                             "takes the fastest precision the export's calibration figures pass where the CPU has "
                             "its units, else fp32")
+    p.add_argument("--auto-export", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a new collection at --runtime auto --precision auto, where the CPU has bf16 or int8 "
+                        "units and the checkpoint no export: export, quantize and calibrate it once on a few hundred "
+                        "of the images into its weights' cache folder first, so auto can take a faster precision "
+                        "(--no-auto-export or HYBRIDHASH_NO_AUTO_EXPORT=1: skip; docs/precision.md)")
 
 
 def run(args) -> int:
@@ -66,7 +71,7 @@ def run(args) -> int:
                             workers=args.workers, strict=args.strict, shard_size=args.shard_size,
                             max_pixels=args.max_pixels, device=args.device, resume=args.resume,
                             progress=args.progress, runtime=args.runtime, precision=args.precision,
-                            dry_run=args.dry_run,
+                            dry_run=args.dry_run, auto_export=args.auto_export,
                             report=reports.append)
     for line in (reports[0].lines() if reports else []):
         print(printable(line))

@@ -38,7 +38,8 @@ from ...generations import UpdateReport, diff_images
 from ...locking import exclusive
 from .plan import (DEFAULT_SHARD_SIZE, EncodePlan, PathLike, check_shard, done_shards, load_plan, plan_encode,
                    read_output, shard_path, shards_of_rank, _mismatch)
-from .shards import EncodeDataset, ShardBatches, collate_drop_bad, encode_shards, merge_shards
+from .shards import (EncodeDataset, ShardBatches, collate_drop_bad, encode_shards, merge_shards,
+                     spread_images)
 from .update import (dry_report, finish_update, new_fields, plan_update, recorded_engine, refuse,
                      update_collection, update_mismatch)
 
@@ -69,7 +70,7 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
                       on_shard: Optional[Callable[[int], None]] = None, runtime: str = "auto",
                       threads: Optional[int] = None, dry_run: bool = False,
                       report: Optional[Callable[[UpdateReport], None]] = None,
-                      precision: str = "auto") -> Optional["coll.Collection"]:
+                      precision: str = "auto", auto_export: bool = True) -> Optional["coll.Collection"]:
     """Encode a folder or list file of images into the collection ``out``, or update it in place.
 
     When ``out`` holds a finished collection of the same model (and ``resume``), only the images
@@ -81,7 +82,10 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
     The model is ``model`` or loaded from the project checkpoint ``checkpoint`` on ``runtime``
     (``torch``, ``onnx``, ``openvino`` or ``auto``: :func:`hybridhash.engines.open_encoder`) at
     ``precision`` (``fp32|bf16|int8|auto``); an update takes the collection's recorded ones
-    (:func:`.update.recorded_engine`), and the manifest records them. Under torchrun
+    (:func:`.update.recorded_engine`), and the manifest records them. A new collection at the default
+    ``auto`` / ``auto`` on the CPU first has the checkpoint exported and calibrated on its images where
+    that may pay (:func:`hybridhash.autoexport.auto_export`; not under torchrun, not with
+    ``auto_export=False``); an existing one keeps its recorded pair. Under torchrun
     (``WORLD_SIZE`` > 1) every rank runs this function: rank 0 plans, each rank encodes its
     shards, rank 0 merges; a CUDA ``device`` becomes ``cuda:<LOCAL_RANK>``.
 
@@ -100,6 +104,8 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
 
         if resume:
             runtime, precision = recorded_engine(out, read_output(out)[0], runtime, precision)
+        if auto_export and not dry_run and world_size == 1:
+            _export_on_first_use(images, out, checkpoint, root, runtime, precision, device, max_pixels, threads)
         model = open_encoder(checkpoint, runtime, str(device), threads=threads, precision=precision)
     if dry_run:
         _dry_run(images, out, model, root, max_pixels, resume, t0, report)
@@ -176,6 +182,21 @@ def encode_collection(images: PathLike, out: PathLike, checkpoint: Optional[Path
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _export_on_first_use(images: PathLike, out: PathLike, checkpoint: PathLike, root: Optional[PathLike],
+                         runtime: str, precision: str, device: str, max_pixels: Optional[int],
+                         threads: Optional[int]) -> None:
+    """:func:`hybridhash.autoexport.auto_export` on the images to encode, for a new collection only
+    (neither a manifest nor a plan in ``out``): an existing one's codes keep their recorded pair."""
+    manifest, plan, plan_error = read_output(out)
+    if (runtime, precision) != ("auto", "auto") or str(device) != "cpu" or manifest is not None \
+            or plan is not None or plan_error is not None:
+        return
+    from ...autoexport import auto_export
+
+    found = find_images(images, root)
+    auto_export(checkpoint, spread_images(found.root, found.paths, max_pixels), threads=threads)
 
 
 def _plan_update(out: PathLike, found: ImageList, model: torch.nn.Module, checkpoint: Optional[PathLike],

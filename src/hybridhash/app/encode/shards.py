@@ -63,6 +63,18 @@ def collate_drop_bad(items: List[Tuple[int, Optional[torch.Tensor], Optional[str
     }
 
 
+def spread_images(root: PathLike, paths: Sequence[str], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
+    """An image source for :func:`hybridhash.autoexport.auto_export`: ``(transform, count)`` -> float32
+    (m, 3, S, S), the readable ones of ``count`` images evenly spread over ``paths`` (the same ones
+    for the same list), None when none is readable."""
+    def source(transform: Callable, count: int) -> Optional[torch.Tensor]:
+        picks = np.unique(np.linspace(0, len(paths) - 1, num=min(count, len(paths))).round().astype(np.int64))
+        dataset = EncodeDataset(root, paths, transform, max_pixels)
+        return collate_drop_bad([dataset[int(i)] for i in picks])["images"] if len(paths) else None
+
+    return source
+
+
 class ShardBatches(Sampler):
     """Batches of list positions that never cross a shard boundary, for the given shards in order."""
 
