@@ -65,6 +65,7 @@ def test_first_use_writes_the_cache_and_says_so(setup, units, tmp_path, caplog):
     assert not [p for p in folder.iterdir() if p.name.startswith(".export-")]  # the work folder is gone
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exporting ")]
     assert len(said) == 1 and str(folder) in said[0] and "--no-auto-export" in said[0] and "int8" in said[0]
+    assert not [r for r in caplog.records if r.name == "root"]  # onnxruntime quantizer's advice kept to debug
     doc = json.loads((folder / CALIBRATION_NAME).read_text())
     # half of the collection's images are held out, the other half calibrate int8
     assert doc["held_out"] == IMAGES // 2 and doc["calibration_images"] == IMAGES // 2
@@ -142,4 +143,45 @@ def test_too_few_images_no_export(setup, units, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         got = autoexport.auto_export(setup["ckpt"], lambda tf, n: torch.zeros(autoexport.MIN_IMAGES - 1, 3, 32, 32))
     assert got is None and "calibration needs" in caplog.text
+    assert not (cache_dir(setup["fingerprint"]) / ONNX_NAME).exists()
+
+
+def test_an_export_whose_fp32_codes_disagree_is_not_kept(setup, units, tmp_path, caplog):
+    """The fp32 graph must give PyTorch's codes; figures saying otherwise leave nothing in the cache."""
+    from hybridhash import calibration
+
+    units.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    real = calibration.calibrate
+
+    def disagreeing(*args, **kw):
+        doc = real(*args, **kw)
+        for entry in doc["paths"]:
+            if entry["precision"] == "fp32" and entry["runtime"] != "torch":
+                entry["agreement"] = 0.9
+        return doc
+
+    units.setattr(calibration, "calibrate", disagreeing)
+    with caplog.at_level(logging.WARNING):
+        col = _encode(setup, tmp_path / "codes")
+    folder = cache_dir(setup["fingerprint"])
+    assert "gives other codes than PyTorch at fp32" in caplog.text
+    assert not [p for p in folder.iterdir() if p.name in (ONNX_NAME, INT8_NAME, CALIBRATION_NAME)]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".export-")]
+    assert _pair(col) == ("torch", "fp32")
+
+
+def test_an_exporter_failure_is_one_warning_and_the_encode_goes_on(setup, units, tmp_path, caplog):
+    from hybridhash import export
+
+    units.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+    def broken(*args, **kw):
+        raise RuntimeError("exporter\nfailed\n  on an operator")
+
+    units.setattr(export, "export_onnx", broken)
+    with caplog.at_level(logging.WARNING):
+        col = _encode(setup, tmp_path / "codes")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hybridhash.autoexport"]
+    assert len(lines) == 1 and "RuntimeError: exporter failed on an operator" in lines[0] and "\n" not in lines[0]
+    assert _pair(col) == ("torch", "fp32") and col.count == IMAGES
     assert not (cache_dir(setup["fingerprint"]) / ONNX_NAME).exists()

@@ -17,6 +17,8 @@ The quantized graph keeps the export's ``hybridhash.*`` metadata and adds ``hybr
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +31,7 @@ from .errors import ConfigError, DataError
 from .fileio import atomic_path
 
 PathLike = Union[str, os.PathLike]
+_log = logging.getLogger(__name__)
 
 # the part of the graph kept at fp32: the exported model's hash head (every architecture names it so)
 HEAD_SCOPE = "/model/hash_head/"
@@ -43,6 +46,29 @@ def _kept_fp32(proto) -> List[str]:
     constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in proto.graph.node if n.op_type in WEIGHT_OPS
             and (n.name.startswith(HEAD_SCOPE) or not any(i in constants for i in n.input))]
+
+
+class _QuantizerAdvice(logging.Filter):
+    """onnxruntime's quantizer gives advice on the root logger ("consider pre-processing before
+    quantization", "Expected bias ... to be an initializer") about choices this module makes on
+    purpose; it goes to this module's debug log instead of the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = record.pathname.replace(os.sep, "/")
+        if "/onnxruntime/quantization/" in path and record.levelno < logging.ERROR:
+            _log.debug("onnxruntime quantizer: %s", record.getMessage())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    advice = _QuantizerAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 def quantize_int8(onnx_path: PathLike, out: PathLike, images: np.ndarray) -> Path:
@@ -75,7 +101,7 @@ def quantize_int8(onnx_path: PathLike, out: PathLike, images: np.ndarray) -> Pat
             return None if batch is None else {INPUT_NAME: batch}
 
     out = Path(out)
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=out.parent) as work:
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=out.parent) as work, _quiet_quantizer():
         tmp_out = Path(work) / "int8.onnx"
         quantize_static(str(onnx_path), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
