@@ -399,3 +399,23 @@ def test_a_methods_own_gradients_are_averaged_over_the_ranks(tmp_path):
     layer.weight.grad = torch.ones(2, 2)
     D.average_gradients(layer.parameters())  # one process: unchanged
     assert torch.equal(layer.weight.grad, torch.ones(2, 2))
+
+
+def test_kept_worker_processes_train_what_new_ones_do(tmp_path, small_digits, monkeypatch):
+    """Under keep_workers (a comparison grid) parallel code lengths reuse the same processes from
+    one run to the next, and train the weights that new processes train."""
+    from hybridhash.app.train import run as RUN
+
+    monkeypatch.setenv("HYBRIDHASH_CPU_GEMM", "aten")  # one GEMM in every process: bitwise comparable
+    kw = dict(bits=(16, 32), parallel=2, epochs=2, eval_every=2)
+    train(small_config(tmp_path / "fresh", **kw), protocol=small_digits)
+    with RUN.keep_workers():
+        train(small_config(tmp_path / "other", seed=1, **kw), protocol=small_digits)
+        pids = sorted(p.pid for p in RUN._kept[0][1]._pool)
+        train(small_config(tmp_path / "kept", **kw), protocol=small_digits)
+        assert sorted(p.pid for p in RUN._kept[0][1]._pool) == pids
+    assert RUN._kept is None
+    for bits in (16, 32):
+        for sub in ("last/model.safetensors", "best/model.safetensors"):
+            assert_same_tensors(tensors(tmp_path / f"fresh/bits{bits}" / sub),
+                                tensors(tmp_path / f"kept/bits{bits}" / sub))

@@ -291,8 +291,15 @@ class Grid:
                 check_same_run(cell, saved, self.resolved(self.config_for(cell), len(protocols[cell.seed].train)))
         Path(self.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(self.out) / GRID_NAME, {k: v for k, v in self.to_dict().items() if k != "out"})
+        from ..train.run import keep_workers
+
         t_grid = time.perf_counter()
         outcomes: Dict[int, Dict[str, Any]] = {}
+        with keep_workers():  # the cells' training processes serve every cell
+            self._run_queue(cells, protocols, callbacks, echo, outcomes, t_grid)
+        return [outcomes[cell.index] for cell in cells]
+
+    def _run_queue(self, cells: List[Cell], protocols, callbacks, echo, outcomes: Dict[int, Any], t_grid) -> None:
         queue, wait = cells, False
         while queue:  # cells another process holds come back, waited for, after the others
             held = []
@@ -311,7 +318,6 @@ class Grid:
                 echo(f"{tag}: {what}; mAP {maps} (grid {time.perf_counter() - t_grid:.0f} s)")
                 outcomes[cell.index] = outcome
             queue, wait = held, True
-        return [outcomes[cell.index] for cell in cells]
 
     def run_cell(self, cell: Cell, protocol, callbacks: Sequence[Callable[..., None]] = (),
                  echo: Callable[[str], None] = print, *, wait: bool = True) -> Optional[Dict[str, Any]]:

@@ -9,9 +9,9 @@ import dataclasses
 import json
 import logging
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -266,18 +266,72 @@ def _worker(job) -> BitsResult:
                        protocol.split_record()["hash"])
 
 
-def _train_parallel(config: TrainConfig, run_dir: Path, workers: int,
-                    callbacks: Sequence[Callback]) -> Dict[int, BitsResult]:
+# (processes, pool) while keep_workers() is active: the pool the next parallel run reuses
+_kept: Optional[list] = None
+
+
+@contextmanager
+def keep_workers() -> Iterator[None]:
+    """Within this block, runs that train code lengths in parallel processes hand their jobs to the
+    same processes from one run to the next (a comparison grid's cells) instead of starting new
+    ones: each start imports torch and timm again, about 3 s of a cell of a minute on 2 cores. Every
+    job seeds what it draws, so a reused process trains what a new one would."""
+    global _kept
+    if _kept is not None:  # nested: the outer block owns the pool
+        yield
+        return
+    _kept = []
+    try:
+        yield
+    finally:
+        held, _kept = _kept, None
+        for _, pool in held:
+            pool.close()
+            pool.join()
+
+
+def _pool(workers: int) -> Tuple[Any, bool]:
+    """A pool of ``workers`` spawned processes, and whether the caller must close it."""
     import multiprocessing as mp
 
+    ctx = mp.get_context("spawn")
+    if _kept is None:
+        return ctx.Pool(workers, maxtasksperchild=1), True
+    if not _kept or _kept[0][0] != workers:
+        for _, pool in _kept:
+            pool.close()
+            pool.join()
+        _kept[:] = [(workers, ctx.Pool(workers))]
+    return _kept[0][1], False
+
+
+def _train_parallel(config: TrainConfig, run_dir: Path, workers: int,
+                    callbacks: Sequence[Callback]) -> Dict[int, BitsResult]:
     threads = config.threads or max(1, usable_cores() // workers)
     level = logging.getLogger().getEffectiveLevel()
     jobs = [(config, run_dir, bits, list(callbacks), threads, level) for bits in config.bits]
     _log.info("training %d code lengths in %d processes of %d thread(s)", len(jobs), workers, threads)
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, maxtasksperchild=1) as pool:
+    pool, own = _pool(workers)
+    try:
         done = pool.map(_worker, jobs, chunksize=1)
+    except BaseException:
+        if not own:  # a failed or interrupted job may leave its process half way: never reuse the pool
+            _drop_kept()
+        raise
+    finally:
+        if own:  # as `with Pool(...)` does: its processes have done their one job
+            pool.terminate()
+            pool.join()
     return {r.bits: r for r in done}
+
+
+def _drop_kept() -> None:
+    """Terminate the kept pool's processes; the next parallel run starts new ones."""
+    if _kept:
+        for _, pool in _kept:
+            pool.terminate()
+            pool.join()
+        _kept.clear()
 
 
 def _build_cache(config: TrainConfig, protocol, bits: int, dist_info: D.DistEnv) -> Optional[CachedImages]:
