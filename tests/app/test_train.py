@@ -419,3 +419,28 @@ def test_kept_worker_processes_train_what_new_ones_do(tmp_path, small_digits, mo
         for sub in ("last/model.safetensors", "best/model.safetensors"):
             assert_same_tensors(tensors(tmp_path / f"fresh/bits{bits}" / sub),
                                 tensors(tmp_path / f"kept/bits{bits}" / sub))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_the_adam_family_runs_fused_and_takes_the_looped_update(name):
+    """On the CPU the Adam optimisers use PyTorch's fused kernel; its steps equal the looped ones'."""
+    from types import SimpleNamespace
+
+    from hybridhash.app.train.optim import build_optimizer, param_groups
+
+    config = SimpleNamespace(optimizer=name, lr=1e-2, weight_decay=1e-2, momentum=None)
+    fused_model = hybridhash.create_model("hybridhash_cpu", bits=16, depths=[1, 1, 1])
+    looped_model = hybridhash.create_model("hybridhash_cpu", bits=16, depths=[1, 1, 1])
+    looped_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, config)
+    looped = type(fused)(param_groups(looped_model, config.weight_decay), lr=config.lr, foreach=False)
+    assert fused.defaults["fused"] is True
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for a, b in zip(fused_model.parameters(), looped_model.parameters()):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        fused.step()
+        looped.step()
+    for a, b in zip(fused_model.parameters(), looped_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

