@@ -401,6 +401,11 @@ def test_a_methods_own_gradients_are_averaged_over_the_ranks(tmp_path):
     assert torch.equal(layer.weight.grad, torch.ones(2, 2))
 
 
+def _stop_at_first_step(event, trainer, **info):
+    if event == "step_end":
+        raise RuntimeError("stopped in a kept process")
+
+
 def test_kept_worker_processes_train_what_new_ones_do(tmp_path, small_digits, monkeypatch):
     """Under keep_workers (a comparison grid) parallel code lengths reuse the same processes from
     one run to the next, and train the weights that new processes train."""
@@ -415,10 +420,16 @@ def test_kept_worker_processes_train_what_new_ones_do(tmp_path, small_digits, mo
         train(small_config(tmp_path / "kept", **kw), protocol=small_digits)
         assert sorted(p.pid for p in RUN._kept[0][1]._pool) == pids
     assert RUN._kept is None
+    with RUN.keep_workers():  # a job that fails drops the kept processes; the next run starts new ones
+        with pytest.raises(Exception, match="stopped in a kept process"):
+            train(small_config(tmp_path / "failed", **kw), protocol=small_digits, callbacks=[_stop_at_first_step])
+        assert RUN._kept == []
+        train(small_config(tmp_path / "after", **kw), protocol=small_digits)
     for bits in (16, 32):
         for sub in ("last/model.safetensors", "best/model.safetensors"):
-            assert_same_tensors(tensors(tmp_path / f"fresh/bits{bits}" / sub),
-                                tensors(tmp_path / f"kept/bits{bits}" / sub))
+            for run in ("kept", "after"):
+                assert_same_tensors(tensors(tmp_path / f"fresh/bits{bits}" / sub),
+                                    tensors(tmp_path / f"{run}/bits{bits}" / sub))
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])

@@ -283,9 +283,12 @@ def keep_workers() -> Iterator[None]:
     _kept = []
     try:
         yield
+    except BaseException:  # interrupted (Ctrl-C reaches the processes too) or failed: stop them now
+        _drop_kept()
+        raise
     finally:
         held, _kept = _kept, None
-        for _, pool in held:
+        for _, pool in held:  # idle between runs: they finish at once
             pool.close()
             pool.join()
 
