@@ -437,7 +437,7 @@ def test_the_adam_family_runs_fused_and_takes_the_looped_update(name):
     """On the CPU the Adam optimisers use PyTorch's fused kernel; its steps equal the looped ones'."""
     from types import SimpleNamespace
 
-    if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 4):
+    if torch.__version__ < (2, 4):  # a TorchVersion: compares with tuples
         pytest.skip("PyTorch has fused CPU Adam kernels from 2.4 on; older ones run the loop")
 
     from hybridhash.app.train.optim import build_optimizer, param_groups
